@@ -1,0 +1,62 @@
+"""Array backends, one small module each, found by name: `load("numpy")`, `load("cupy", "0")`.
+
+A backend module exposes `load(device: str | None) -> Backend` and raises ImportError with the
+reason when it cannot (library missing, no CUDA device, driver too old).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+NAMES = ("numpy", "array-api-strict", "torch", "cupy")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the training loop needs of an array library: its namespace and where arrays live."""
+
+    name: str
+    xp: Any
+    device: Any
+    device_name: str
+    version: str
+    asarray: Callable[[Any], Any]  # host numpy array -> array on this backend's device
+    to_numpy: Callable[[Any], Any]  # array on the device -> host numpy array
+    sync: Callable[[], None]  # wait for queued device work (for timing)
+    devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    version: str = ""
+    devices: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def _module(name: str) -> Any:
+    if name not in NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
+    return importlib.import_module(f"backends.{name.replace('-', '_')}")
+
+
+def load(name: str, device: str | None = None) -> Backend:
+    """Load backend `name` on `device` (None: its default). Raises ImportError if unavailable."""
+    return _module(name).load(device)
+
+
+def status(name: str) -> BackendStatus:
+    """Whether backend `name` loads here, with its version and devices, or why not."""
+    try:
+        b = load(name)
+    except ImportError as e:
+        return BackendStatus(name, False, reason=str(e) or type(e).__name__)
+    return BackendStatus(name, True, b.version, b.devices or (b.device_name,))
+
+
+def nop() -> None:
+    """The sync of a backend that computes eagerly on the host."""

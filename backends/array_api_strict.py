@@ -1,0 +1,22 @@
+"""array-api-strict: the standard and nothing more, to prove the math uses only the standard."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backends import Backend, nop
+
+
+def load(device: str | None = None) -> Backend:
+    try:
+        import array_api_strict as xp
+    except ImportError as e:
+        raise ImportError(f"array-api-strict is not installed ({e}); pip install array-api-strict") from e
+    dev = xp.Device()
+    if device not in (None, "cpu", "CPU_DEVICE"):
+        raise ImportError(f"array-api-strict has only its CPU device, not {device!r}")
+    return Backend(
+        name="array-api-strict", xp=xp, device=dev, device_name="cpu", version=xp.__version__,
+        asarray=xp.asarray, to_numpy=lambda a: np.from_dlpack(a).copy(), sync=nop,
+        devices=("cpu",),
+    )

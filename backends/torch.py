@@ -1,0 +1,33 @@
+"""PyTorch through array-api-compat: CPU, or CUDA with `--device cuda[:N]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backends import Backend, nop
+
+
+def load(device: str | None = None) -> Backend:
+    try:
+        import torch
+        from array_api_compat import torch as xp
+    except ImportError as e:
+        raise ImportError(f"torch is not installed ({e}); pip install 'trainer[torch]'") from e
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ImportError(f"torch {torch.__version__} sees no CUDA device")
+    devices = ("cpu",) + tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+
+    def asarray(a: Any) -> Any:
+        return torch.from_numpy(a).to(dev)
+
+    def to_numpy(a: Any) -> Any:
+        return a.detach().cpu().numpy()
+
+    cuda = dev.type == "cuda"
+    return Backend(
+        name="torch", xp=xp, device=dev,
+        device_name=torch.cuda.get_device_name(dev) if cuda else "cpu",
+        version=torch.__version__, asarray=asarray, to_numpy=to_numpy,
+        sync=torch.cuda.synchronize if cuda else nop, devices=devices,
+    )

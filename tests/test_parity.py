@@ -1,0 +1,63 @@
+"""Every backend against numpy: same seed, same batches, same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_dataset
+
+import backends
+from trainer.config import Config
+from trainer.train import train
+
+
+def small_config(dtype: str, **changes) -> Config:
+    return Config.from_dict({
+        "layers": [{"nodes": 20, "activation": "Tanh"}, {"nodes": 16, "activation": "ReLU"},
+                   {"nodes": 12, "activation": "Softmax"}, {"nodes": 4}],
+        "learning_rate": 0.01, "momentum": 0.9, "batch_size": 16, "epochs": 2,
+        "dtype": dtype, "regularization_type": "L2", "regularization_rate": 1e-3,
+    } | changes)
+
+
+def test_float64_weights_match_numpy_after_50_steps(backend: backends.Backend) -> None:
+    data = make_dataset(n_train=400)  # 25 steps per epoch, 2 epochs
+    config = small_config("float64")
+    ref = train(config, data, "numpy")
+    got = train(config, data, backend)
+    for r, g in zip(ref.params, got.params, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+    assert got.history[-1].loss == pytest.approx(ref.history[-1].loss, rel=1e-10)
+
+
+def test_float32_weights_match_numpy_within_dtype_tolerance(backend: backends.Backend) -> None:
+    # Summation order differs between BLAS libraries, so each step differs by a few ulps and 50
+    # momentum steps amplify that a little: 100 eps relative to the weights' scale is the bound.
+    data = make_dataset(n_train=400)
+    config = small_config("float32")
+    ref = train(config, data, "numpy")
+    got = train(config, data, backend)
+    tol = 100 * np.finfo(np.float32).eps
+    for r, g in zip(ref.params, got.params, strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol * np.max(np.abs(r)))
+
+
+@pytest.mark.parametrize("variant", [{"nesterov": True}, {"loss": "mse", "loss_reduction": "mean"},
+                                     {"regularization_type": "L1"}])
+def test_options_keep_parity(backend: backends.Backend, variant: dict) -> None:
+    data = make_dataset(n_train=160)
+    config = small_config("float64", **variant)
+    ref = train(config, data, "numpy")
+    got = train(config, data, backend)
+    for r, g in zip(ref.params, got.params, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_same_seed_gives_bitwise_identical_weights() -> None:
+    data = make_dataset()
+    a = train(small_config("float32"), data, "numpy")
+    b = train(small_config("float32"), data, "numpy")
+    c = train(small_config("float32", seed=1), data, "numpy")
+    assert all(np.array_equal(x, y) for x, y in zip(a.params, b.params, strict=True))
+    assert not np.array_equal(a.params[0], c.params[0])

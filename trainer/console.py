@@ -1,0 +1,29 @@
+"""Console helpers shared by the CLI commands: one place that turns errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+from trainer.errors import TrainerError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn project errors into one red line on stderr and their exit code; Ctrl-C into 130."""
+    try:
+        yield
+    except TrainerError as e:
+        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(code=e.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.stderr.flush()
+        raise typer.Exit(code=130) from None

@@ -1,0 +1,25 @@
+"""The project's error types: user-facing failures with one clear message, never a traceback."""
+
+
+class TrainerError(Exception):
+    """Base of every error the CLI turns into a message and an exit code."""
+
+    exit_code = 1
+
+
+class UsageError(TrainerError):
+    """Bad input from the user (config, data, options): exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A config file or value is invalid; the message names the key, the value and what is allowed."""
+
+
+class DataError(UsageError):
+    """A data file is missing, corrupt or inconsistent; the message names the file."""
+
+
+class FetchError(DataError):
+    """Every source for a dataset failed; the message lists what was tried."""
