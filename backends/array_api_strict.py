@@ -11,7 +11,8 @@ def load(device: str | None = None) -> Backend:
     try:
         import array_api_strict as xp
     except ImportError as e:
-        raise ImportError(f"array-api-strict is not installed ({e}); pip install array-api-strict") from e
+        raise ImportError(f"array-api-strict is not installed ({e}); "
+                          "pip install array-api-strict") from e
     dev = xp.Device()
     if device not in (None, "cpu", "CPU_DEVICE"):
         raise ImportError(f"array-api-strict has only its CPU device, not {device!r}")

@@ -88,12 +88,5 @@ def write_data_folder(folder, data, gz: bool = False):
 @pytest.fixture
 def idx_dir(tmp_path_factory: pytest.TempPathFactory):
     """A folder with the four standard IDX files of a small synthetic 28x28, 10-class dataset."""
-    from trainer.idx import write_idx
-
-    folder = tmp_path_factory.mktemp("idx")
     data = make_dataset(n_train=600, n_test=200, shape=(28, 28), classes=10, seed=3)
-    write_idx(folder / "train-images-idx3-ubyte", data.train_images)
-    write_idx(folder / "train-labels-idx1-ubyte", data.train_labels)
-    write_idx(folder / "t10k-images-idx3-ubyte", data.test_images)
-    write_idx(folder / "t10k-labels-idx1-ubyte", data.test_labels)
-    return folder
+    return write_data_folder(tmp_path_factory.mktemp("idx"), data)

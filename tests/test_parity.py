@@ -61,3 +61,17 @@ def test_same_seed_gives_bitwise_identical_weights() -> None:
     c = train(small_config("float32", seed=1), data, "numpy")
     assert all(np.array_equal(x, y) for x, y in zip(a.params, b.params, strict=True))
     assert not np.array_equal(a.params[0], c.params[0])
+
+
+@pytest.mark.slow
+def test_one_epoch_on_real_mnist_predicts_like_numpy(backend: backends.Backend, mnist) -> None:
+    """float32, 5000 MNIST training images, 1 epoch: test predictions agree on >= 99.9%."""
+    config = Config.from_dict({
+        "layers": [{"nodes": 784, "activation": "Sigmoid"}, {"nodes": 128, "activation": "Softmax"},
+                   {"nodes": 10}],
+        "learning_rate": 0.01, "momentum": 0.5, "batch_size": 32, "epochs": 1})
+    ref = train(config, mnist, "numpy", limit_train=5000)
+    got = train(config, mnist, backend, limit_train=5000)
+    agree = np.mean(ref.test_predictions == got.test_predictions)
+    assert agree >= 0.999, f"only {agree:.4%} of test predictions agree"
+    assert ref.test_accuracy > 0.85

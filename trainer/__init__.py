@@ -1,4 +1,4 @@
-"""trainer: a fast, array-backend-agnostic trainer for fully connected networks on MNIST-like data."""
+"""trainer: a fast, array-backend-agnostic trainer for MLPs on MNIST-like data."""
 
 from trainer.config import Config, default_config
 from trainer.errors import ConfigError, DataError, TrainerError

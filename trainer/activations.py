@@ -83,7 +83,8 @@ ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], Callable[[Array, Array], 
 }
 
 # Spellings accepted in configs (case-insensitive), mapped to the canonical names above.
-ALIASES = {"leakyrelu": "leaky_relu", "leaky-relu": "leaky_relu", "linear": "identity", "none": "identity"}
+ALIASES = {"leakyrelu": "leaky_relu", "leaky-relu": "leaky_relu", "linear": "identity",
+           "none": "identity"}
 
 
 def canonical(name: str) -> str | None:

