@@ -12,8 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from trainer import Config, train
-from trainer.data import load_dataset
+from trainer import Config, load_dataset, train
 
 
 def main() -> None:
