@@ -78,7 +78,9 @@ def test_overrides_and_limits_apply(idx_dir: Path, tmp_path: Path) -> None:
     assert (config["epochs"], config["dtype"], config["seed"]) == (1, "float64", 7)
     assert (config["learning_rate"], config["momentum"], config["batch_size"]) == (0.02, 0.1, 8)
     assert "(50 images)" in result.output
-    assert "epoch   1/1" not in result.output  # --quiet
+    assert "epoch   1/1" in result.output  # --quiet: plain lines per epoch, no tables
+    assert "Network configuration" not in result.output
+    assert "Confusion matrix" not in result.output
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -7,7 +7,7 @@ Parameters are a flat list [W0, b0, W1, b1, ...] with W of shape (fan_in, fan_ou
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,10 +62,14 @@ def backward(params: Sequence[Array], activations: Sequence[str], outs: Sequence
     return grads
 
 
-def predict(params: Sequence[Array], activations: Sequence[str], x: Array,
-            chunk: int = 8192) -> Array:
-    """Predicted class per row, computed in chunks to bound memory."""
+def predict(params: Sequence[Array], activations: Sequence[str], x: Array, chunk: int = 8192,
+            on_chunk: Callable[[int, int], None] | None = None) -> Array:
+    """Predicted class per row, in chunks to bound memory; `on_chunk(done, total)` after each."""
     xp, n = array_namespace(x), x.shape[0]
-    preds = [xp.argmax(forward(params, activations, x[i:min(i + chunk, n), ...])[1], axis=1)
-             for i in range(0, n, chunk)]
+    preds = []
+    for i in range(0, n, chunk):
+        preds.append(xp.argmax(forward(params, activations, x[i:min(i + chunk, n), ...])[1],
+                               axis=1))
+        if on_chunk is not None:
+            on_chunk(min(i + chunk, n), n)
     return xp.concat(preds) if len(preds) > 1 else preds[0]

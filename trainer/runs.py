@@ -1,21 +1,34 @@
-"""Run directories: claimed exclusively, filled with atomic writes."""
+"""Run directories: names checked, claimed exclusively, filled with atomic writes."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainer.data import Dataset
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json, atomic_write_text
 from trainer.model_io import SavedModel, save_model
-from trainer.train import TrainResult
+from trainer.plots import confusion_svg, history_svg, write_svg
+from trainer.train import EpochStats, TrainResult
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one plain path component: letters, digits, . _ + -, and never `..`."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise UsageError(f"run name {name!r} is not allowed: use letters, digits, '.', '_', "
+                         f"'+' and '-' (no path separators, no '..'), at most 100 characters")
+    return name
 
 
 def claim_run_dir(run_dir: str | Path | None, name: str, root: str | Path = "runs") -> Path:
@@ -30,6 +43,7 @@ def claim_run_dir(run_dir: str | Path | None, name: str, root: str | Path = "run
         except OSError as e:
             raise UsageError(f"cannot create run directory {path}: {e.strerror or e}") from None
         return path
+    check_run_name(name)
     root = Path(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
@@ -46,7 +60,7 @@ def claim_run_dir(run_dir: str | Path | None, name: str, root: str | Path = "run
     raise UsageError(f"too many runs named {stamp}-{name} under {root}")
 
 
-def library_versions(backend_version: str, backend: str) -> dict[str, str]:
+def library_versions(backend: str, backend_version: str) -> dict[str, str]:
     import array_api_compat
 
     return {"python": platform.python_version(), "numpy": np.__version__,
@@ -54,32 +68,51 @@ def library_versions(backend_version: str, backend: str) -> dict[str, str]:
 
 
 def history_rows(result: TrainResult) -> list[dict[str, Any]]:
-    return [{"epoch": h.epoch, "loss": h.loss, "train_accuracy": h.train_accuracy,
-             "seconds": h.seconds} for h in result.history]
+    return [dataclasses.asdict(h) for h in result.history]
 
 
-def write_run(path: Path, result: TrainResult, class_names: list[str],
-              extra: dict[str, Any] | None = None) -> None:
-    """Write the trained model, the resolved config, the history and the final metrics."""
-    cfg = result.config
-    save_model(path / "model.safetensors",
-               SavedModel(cfg, result.params, result.scaling, class_names))
-    rows = history_rows(result)
-    atomic_write_json(path / "history.json", rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["epoch", "loss", "train_accuracy", "seconds"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path / "history.csv", buf.getvalue())
-    metrics = {
+def run_metrics(result: TrainResult, class_names: list[str], backend_version: str,
+                data: Dataset) -> dict[str, Any]:
+    """Everything metrics.json records: final figures, the report, where and how it ran."""
+    cfg, rows = result.config, history_rows(result)
+    best = max(result.history, key=lambda h: h.test_accuracy)
+    report = result.test_report.to_dict(class_names) if result.test_report else {}
+    return {
         "train_accuracy": result.train_accuracy,
         "test_accuracy": result.test_accuracy,
+        "best_epoch": best.epoch,
         "total_seconds": result.total_seconds,
         "backend": result.backend,
         "device": result.device,
         "dtype": cfg.dtype,
         "seed": cfg.seed,
+        "train_samples": result.train_samples,
+        "test_samples": len(result.test_predictions) if result.test_predictions is not None else 0,
         "epochs": rows,
-        "host": platform.node() or os.uname().nodename,
-    } | (extra or {})
+        "confusion_matrix": report.get("confusion_matrix"),
+        "per_class": report.get("per_class"),
+        "macro_avg": report.get("macro_avg"),
+        "weighted_avg": report.get("weighted_avg"),
+        "versions": library_versions(result.backend, backend_version),
+        "data": {"source": data.source, "path": str(data.path)},
+        "host": platform.node(),
+    }
+
+
+def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: dict[str, Any],
+              title: str = "") -> None:
+    """Write the model, the history (JSON, CSV, SVG), the confusion heatmap and the metrics."""
+    save_model(path / "model.safetensors",
+               SavedModel(result.config, result.params, result.scaling, class_names))
+    rows = history_rows(result)
+    atomic_write_json(path / "history.json", rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(EpochStats)])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path / "history.csv", buf.getvalue())
+    write_svg(path / "history.svg", history_svg(rows, title=title))
+    if result.test_report is not None:
+        write_svg(path / "confusion.svg",
+                  confusion_svg(result.test_report.confusion, class_names, title=title))
     atomic_write_json(path / "metrics.json", metrics)

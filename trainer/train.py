@@ -17,6 +17,7 @@ from trainer.config import Config
 from trainer.data import Dataset, InputScaling
 from trainer.errors import ConfigError, TrainerError, UsageError
 from trainer.losses import loss_and_delta
+from trainer.metrics import Report, confusion_matrix, report
 from trainer.network import backward, forward, init_params, predict
 from trainer.optim import add_regularization, sgd_step
 
@@ -31,8 +32,27 @@ class DivergedError(TrainerError):
 class EpochStats:
     epoch: int
     loss: float  # mean loss per training sample
-    train_accuracy: float
+    train_accuracy: float  # running accuracy over the epoch's batches, as neural-net-rs reports
+    test_accuracy: float  # shown, never used to choose anything
     seconds: float
+
+
+@dataclass
+class StepInfo:
+    """What a step hook sees. `running()` reads the device, so hooks call it only now and then."""
+
+    epoch: int
+    step: int  # 1-based, within the epoch
+    steps: int
+    seen: int  # training samples processed this epoch
+    _backend: Backend
+    _loss: Array
+    _correct: Array
+
+    def running(self) -> tuple[float, float]:
+        """(mean loss, accuracy) over this epoch so far: one device-to-host read."""
+        loss = float(self._backend.to_numpy(self._loss))
+        return loss / self.seen, float(self._backend.to_numpy(self._correct)) / self.seen
 
 
 @dataclass
@@ -43,11 +63,15 @@ class TrainResult:
     scaling: InputScaling
     params: list[np.ndarray]  # on the host: [W0, b0, W1, b1, ...]
     history: list[EpochStats] = field(default_factory=list)
-    train_accuracy: float = math.nan
-    test_accuracy: float = math.nan
-    test_labels: np.ndarray | None = None
+    train_accuracy: float = math.nan  # the trained network evaluated on the training set
+    test_report: Report | None = None
     test_predictions: np.ndarray | None = None
     total_seconds: float = 0.0
+    train_samples: int = 0
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test_report.accuracy if self.test_report else math.nan
 
 
 def load_backend(backend: Backend | str, device: str | None = None) -> Backend:
@@ -93,60 +117,80 @@ def train_step(config: Config, params: Sequence[Array], velocities: Sequence[Arr
     return loss, correct
 
 
+def evaluate(params: Sequence[Array], activations: Sequence[str], x: Array, labels: Array,
+             num_classes: int, to_numpy: Callable[[Array], Any],
+             on_chunk: Callable[[int, int], None] | None = None) -> tuple[Report, np.ndarray]:
+    """The report and the predictions for `x`: computed on the device, read back once each."""
+    pred = predict(params, activations, x, on_chunk=on_chunk)
+    cm = to_numpy(confusion_matrix(labels, pred, num_classes))
+    return report(cm), np.asarray(to_numpy(pred)).astype(np.int64)
+
+
 def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
           device: str | None = None, limit_train: int | None = None,
           limit_test: int | None = None,
-          on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
-    """Train `config` on `data` with `backend`, then evaluate on the test set."""
+          on_epoch: Callable[[EpochStats], None] | None = None,
+          on_step: Callable[[StepInfo], None] | None = None,
+          on_test_chunk: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train `config` on `data` with `backend`, then evaluate on the test set.
+
+    `on_step` is called after every step (cheaply: it gets device scalars it may read when it
+    likes), `on_epoch` after every epoch with that epoch's figures, `on_test_chunk(done, total)`
+    during the final test evaluation.
+    """
     check_shapes(config, data)
     be = load_backend(backend, device)
     xp, dtype = be.xp, getattr(be.xp, config.dtype)
     scaling = InputScaling.fit(data.train_images, config.input_scaling)
-    n_train = min(limit_train or len(data.train_labels), len(data.train_labels))
-    n_test = min(limit_test or len(data.test_labels), len(data.test_labels))
+    data = data.limit(limit_train, limit_test)
+    n_train, classes, acts = len(data.train_labels), data.num_classes, config.activations
 
-    x_train = be.asarray(scaling.apply(data.train_images[:n_train], dtype=config.dtype))
-    y_train = be.asarray(data.train_labels[:n_train].astype(np.int64))
-    t_train = onehot(xp, y_train, data.num_classes, dtype)
+    x_train = be.asarray(scaling.apply(data.train_images, dtype=config.dtype))
+    y_train = be.asarray(data.train_labels.astype(np.int64))
+    t_train = onehot(xp, y_train, classes, dtype)
+    x_test = be.asarray(scaling.apply(data.test_images, dtype=config.dtype))
+    y_test = be.asarray(data.test_labels.astype(np.int64))
 
     init_rng, shuffle_rng = np.random.default_rng(config.seed).spawn(2)
-    host = init_params(config.sizes, config.activations, config.init, init_rng, config.dtype)
+    host = init_params(config.sizes, acts, config.init, init_rng, config.dtype)
     params = [be.asarray(p) for p in host]
     velocities = [be.asarray(np.zeros_like(p)) for p in host]
 
-    result = TrainResult(config, be.name, be.device_name, scaling, host)
+    result = TrainResult(config, be.name, be.device_name, scaling, host, train_samples=n_train)
     start = time.perf_counter()
     bs = config.batch_size
+    steps = -(-n_train // bs)
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         perm = be.asarray(shuffle_rng.permutation(n_train))
         loss_sum = xp.zeros((), dtype=dtype, device=x_train.device)
         correct = xp.zeros((), dtype=dtype, device=x_train.device)
-        for s in range(0, n_train, bs):
-            idx = perm[s:min(s + bs, n_train)]
+        for step in range(steps):
+            lo, hi = step * bs, min(step * bs + bs, n_train)
+            idx = perm[lo:hi]
             loss, ok = train_step(config, params, velocities, xp.take(x_train, idx, axis=0),
                                   xp.take(t_train, idx, axis=0), xp.take(y_train, idx, axis=0))
             loss_sum += loss
             correct += ok
-        loss_mean = float(be.to_numpy(loss_sum)) / n_train
-        stats = EpochStats(epoch, loss_mean, float(be.to_numpy(correct)) / n_train,
-                           time.perf_counter() - t0)
+            if on_step is not None:
+                on_step(StepInfo(epoch, step + 1, steps, hi, be, loss_sum, correct))
+        loss_mean = float(be.to_numpy(loss_sum)) / n_train  # waits for the epoch's work
+        seconds = time.perf_counter() - t0
         if not math.isfinite(loss_mean):
             raise DivergedError(
                 f"training diverged in epoch {epoch}: the loss is {loss_mean} at learning rate "
                 f"{config.learning_rate}; try a smaller learning_rate or batch_size")
+        test_acc = evaluate(params, acts, x_test, y_test, classes, be.to_numpy)[0].accuracy
+        stats = EpochStats(epoch, loss_mean, float(be.to_numpy(correct)) / n_train, test_acc,
+                           seconds)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-    be.sync()
     result.total_seconds = time.perf_counter() - start
 
-    acts = config.activations
-    train_pred = be.to_numpy(predict(params, acts, x_train))
-    result.train_accuracy = float(np.mean(train_pred == data.train_labels[:n_train]))
-    x_test = be.asarray(scaling.apply(data.test_images[:n_test], dtype=config.dtype))
-    result.test_predictions = be.to_numpy(predict(params, acts, x_test)).astype(np.int64)
-    result.test_labels = data.test_labels[:n_test].astype(np.int64)
-    result.test_accuracy = float(np.mean(result.test_predictions == result.test_labels))
+    result.train_accuracy = evaluate(params, acts, x_train, y_train, classes,
+                                     be.to_numpy)[0].accuracy
+    result.test_report, result.test_predictions = evaluate(
+        params, acts, x_test, y_test, classes, be.to_numpy, on_chunk=on_test_chunk)
     result.params = [np.asarray(be.to_numpy(p)) for p in params]
     return result

@@ -1,0 +1,164 @@
+"""Digit images from files (PNG, JPEG, PGM, ...) prepared as MNIST was: 28x28, white on black."""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from trainer.errors import DataError
+
+MAX_PIXELS = 4096 * 4096  # far beyond any digit drawing; refused before the pixels are decoded
+BOX_FRACTION = 20 / 28  # MNIST fits each digit's bounding box in 20x20 of the 28x28 field
+# Ink is what rises above this fraction of the peak: MNIST's own boxes do not change up to ~5%
+# (12 of 255), and JPEG ringing around strokes stays below it.
+INK_FRACTION = 0.05
+MIN_CONTRAST = 8.0  # gray levels: less than this above the background is noise, not a stroke
+# What Pillow and its format plugins raise for missing, unreadable, corrupt or truncated files.
+_READ_ERRORS = (
+    OSError,  # includes UnidentifiedImageError, FileNotFoundError, "image file is truncated"
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+def load_digit(path: str | Path, size: int = 28) -> np.ndarray:
+    """One image file as a uint8 (size, size) digit, white on black, centred as in MNIST.
+
+    Any image Pillow reads works (PNG, JPEG, PGM/PPM, ...), of any size up to MAX_PIXELS, dark
+    ink on a light background or light on dark. Raises DataError naming the file when it is
+    missing, not an image, too large, or blank.
+    """
+    path = Path(path)
+    return prepare_digit(_read_gray(path), size, source=str(path))
+
+
+def load_digits(paths: Iterable[str | Path], size: int = 28) -> np.ndarray:
+    """Several image files as one uint8 (N, size, size) array, in order."""
+    digits = [load_digit(p, size) for p in paths]
+    return np.stack(digits) if digits else np.zeros((0, size, size), np.uint8)
+
+
+def prepare_digit(gray: np.ndarray, size: int = 28, source: str = "image") -> np.ndarray:
+    """A grayscale array (0..255, any size) as MNIST prepared its digits.
+
+    Background from the border, inverted if the ink is darker, cropped to the ink's bounding
+    box, scaled so its longer side is 20/28 of `size`, pasted so the centre of mass is at the
+    centre. `source` names the image in the error raised when it is blank.
+    """
+    if size < 8:
+        raise ValueError(f"size must be at least 8, got {size}")
+    ink = _ink(np.asarray(gray, dtype=np.float64))
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
+        raise DataError(f"{source}: no digit found: the image is blank")
+    mask = ink > INK_FRACTION * peak
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    scale = round(size * BOX_FRACTION) / max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    digit = _fit_box(crop * (255.0 / peak), scale)
+    if not digit.any():  # e.g. two specks far apart: each shrinks to less than one gray level
+        raise DataError(f"{source}: no digit found: the marks vanish when scaled to {size} px")
+    return _centre(digit, size)
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """The image as float64 gray levels 0..255, transparency flattened onto its background."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about damaged metadata it skips (EXIF, TIFF tags): the pixels are
+            # what we need; and about huge sizes, which our own smaller limit refuses below.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return _decode(image, path)
+    except UnidentifiedImageError as e:
+        raise DataError(f"{path}: cannot read image: not an image format Pillow knows") from e
+    except _READ_ERRORS as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DataError(f"{path}: cannot read image: {reason or type(e).__name__}") from e
+
+
+def _decode(image: Image.Image, path: Path) -> np.ndarray:
+    width, height = image.size
+    if width * height > MAX_PIXELS:  # known from the header, before the pixels are decoded
+        raise DataError(
+            f"{path}: image too large: {width}x{height} pixels, at most {MAX_PIXELS} "
+            "(4096x4096) are read"
+        )
+    image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        gray = np.asarray(rgba.convert("L"), dtype=np.float64)
+        return _flatten_alpha(gray, np.asarray(rgba.getchannel("A"), dtype=np.float64))
+    if image.mode.startswith("I"):  # 16-bit PNG/PGM: Pillow's convert("L") would clip
+        return np.asarray(image, dtype=np.float64) / 257.0
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def _ring(a: np.ndarray) -> np.ndarray:
+    """The outer ring of pixels (first and last row and column), flattened."""
+    return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+
+
+def _flatten_alpha(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite on the image's background: the border's colour where the border is opaque,
+    else (a drawing on a transparent sheet) the colour farthest from the ink's."""
+    a = alpha / 255.0
+    ring_a, ring_g = _ring(a), _ring(gray)
+    opaque = ring_a >= 0.5
+    if opaque.mean() >= 0.5:
+        background = float(np.median(ring_g[opaque]))
+    else:
+        ink = float((gray * a).sum() / max(float(a.sum()), 1e-12))
+        background = 255.0 if ink < 127.5 else 0.0
+    return gray * a + background * (1.0 - a)
+
+
+def _ink(gray: np.ndarray) -> np.ndarray:
+    """How far each pixel stands out from the background (the border's median), >= 0.
+
+    Inverted when the background is light, i.e. nearer the image's lightest level than its
+    darkest: then black on white and white on black give the same ink.
+    """
+    background = float(np.median(_ring(gray)))
+    lo, hi = float(gray.min()), float(gray.max())
+    ink = background - gray if background - lo > hi - background else gray - background
+    return np.maximum(ink, 0.0)
+
+
+def _fit_box(crop: np.ndarray, scale: float) -> np.ndarray:
+    """The crop scaled by `scale` (anti-aliased, aspect kept), as uint8 levels."""
+    height, width = crop.shape
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(crop.astype(np.float32)).resize(new_size, Image.Resampling.LANCZOS)
+    # quantise before centring, so the centre of mass measured is the one of the result
+    return np.clip(np.rint(np.asarray(resized, dtype=np.float64)), 0, 255).astype(np.uint8)
+
+
+def _centre(digit: np.ndarray, size: int) -> np.ndarray:
+    """`digit` pasted in a black size x size canvas, shifted by the rounded centre-of-mass
+    offset so the centre of mass is within half a pixel of (size/2, size/2), as in MNIST.
+
+    As in MNIST, a very lopsided digit may be pushed partly off the canvas.
+    """
+    weights = digit.astype(np.float64)
+    total = float(weights.sum())
+    cy = float(weights.sum(axis=1) @ np.arange(digit.shape[0])) / total
+    cx = float(weights.sum(axis=0) @ np.arange(digit.shape[1])) / total
+    top, left = math.floor(size / 2 - cy + 0.5), math.floor(size / 2 - cx + 0.5)
+    canvas = np.zeros((size, size), np.uint8)
+    y0, y1 = max(top, 0), min(top + digit.shape[0], size)
+    x0, x1 = max(left, 0), min(left + digit.shape[1], size)
+    canvas[y0:y1, x0:x1] = digit[y0 - top : y1 - top, x0 - left : x1 - left]
+    return canvas

@@ -1,0 +1,138 @@
+"""SVG plots of a run: training history and confusion matrix, drawn with matplotlib's object API."""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from trainer.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Fixed salt and no date: the same data gives byte-identical SVGs (clip-path ids are hashes).
+# Text stays text so the numbers in a plot are searchable, and the files stay small; one font
+# name (always bundled with matplotlib, so the layout is measured with it) instead of matplotlib's
+# ten-name fallback list, which would be repeated in every <text> style.
+_RC = {"svg.hashsalt": "trainer", "svg.fonttype": "none", "font.sans-serif": ["DejaVu Sans"]}
+# rc_context swaps matplotlib's global rcParams; serialise our renders so that two threads
+# plotting at once cannot see each other's (or the restored default) settings mid-save.
+_LOCK = threading.Lock()
+
+
+def _render(draw: Callable[..., None], *args: object) -> str:
+    """Build a Figure with `draw(fig, *args)` and return it as SVG text. No pyplot, no GUI."""
+    import matplotlib
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.figure import Figure
+
+    with _LOCK, matplotlib.rc_context(_RC):
+        fig = Figure(layout="constrained")
+        FigureCanvasSVG(fig)
+        draw(fig, *args)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()
+
+
+def _column(history: Sequence[Mapping[str, float]], key: str) -> np.ndarray:
+    return np.array([float(row.get(key, math.nan)) for row in history], dtype=float)
+
+
+def history_svg(history: Sequence[Mapping[str, float]], title: str = "") -> str:
+    """Loss per epoch (left) and train/test accuracy in % (right); lines have gids
+    `loss`, `train_accuracy` and `test_accuracy`. Missing or NaN test accuracies are not drawn."""
+    return _render(_draw_history, history, title)
+
+
+def _draw_history(fig: Figure, history: Sequence[Mapping[str, float]], title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    fig.set_size_inches(10, 4)
+    epochs = _column(history, "epoch")
+    # markers keep a 1-epoch run (or an isolated test point between NaNs) visible
+    style = {"marker": "o" if len(history) <= 50 else "", "markersize": 3}
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, _column(history, "loss"), color="C0", label="loss", gid="loss", **style)
+    loss_ax.set_ylabel("loss")
+    if all(v > 0 for v in _column(history, "loss") if v == v):
+        loss_ax.set_yscale("log")  # late epochs' loss falls below 1e-2: linear shows a flat line
+        loss_ax.set_ylabel("loss (log scale)")
+    acc_ax.plot(epochs, 100 * _column(history, "train_accuracy"), color="C1", label="train",
+                gid="train_accuracy", **style)
+    test = 100 * _column(history, "test_accuracy")
+    if np.isfinite(test).any():  # runs without a test evaluation get no empty legend entry
+        acc_ax.plot(epochs, test, color="C2", label="test", gid="test_accuracy", **style)
+    acc_ax.set_ylabel("accuracy (%)")
+    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+
+
+def confusion_svg(confusion: np.ndarray, class_names: Sequence[str], title: str = "") -> str:
+    """A heatmap of counts[actual, predicted] (gid `confusion`), each cell showing its count."""
+    counts = np.asarray(confusion)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or len(class_names) != len(counts):
+        raise ValueError(f"need an n x n matrix and n class names, got {counts.shape} and "
+                         f"{len(class_names)} names")
+    return _render(_draw_confusion, counts, list(class_names), title)
+
+
+def _draw_confusion(fig: Figure, counts: np.ndarray, names: list[str], title: str) -> None:
+    import matplotlib
+    from matplotlib.colors import ListedColormap, LogNorm
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    n = len(counts)
+    side = min(max(4.0, 0.55 * n + 2.0), 16.0)
+    fig.set_size_inches(side + 1.2, side)
+    # Colour is the fraction of each actual class (row), on a log scale; the text is the raw
+    # count. With ~1000 test images per digit the diagonal is ~98% and errors are 0.1-2%: a
+    # linear scale paints every error the colour of an empty cell. Row-normalising makes
+    # classes of different sizes comparable; the log scale gives each decade of error rate its
+    # own shade; zeros (no error at all) are white, below the colour bar's lightest blue.
+    totals = counts.sum(axis=1, keepdims=True)
+    fraction = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    positive = fraction[fraction > 0]
+    vmin = min(positive.min() if positive.size else 1.0, 0.01)  # at least two decades
+    blues = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.15, 1.0, 256)))
+    cmap = blues.with_extremes(bad="white", under="white")
+    norm = LogNorm(vmin=vmin, vmax=1.0)
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_less_equal(fraction, 0), cmap=cmap, norm=norm,
+                      interpolation="none", gid="confusion")
+    bar = fig.colorbar(image, ax=ax, label="share of the actual class")
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))  # 0.1%, 1%
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
+
+    size = max(5.0, min(10.0, 100.0 / n))
+    for (i, j), count in np.ndenumerate(counts):
+        r, g, b, _ = cmap(norm(fraction[i, j])) if fraction[i, j] > 0 else (1, 1, 1, 1)
+        dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.55  # perceived luminance of the cell
+        color = "white" if dark else ("0.6" if count == 0 else "black")
+        ax.text(j, i, f"{count:.0f}", ha="center", va="center", fontsize=size, color=color,
+                fontweight="bold" if i == j else "normal")
+
+    ax.set_xticks(range(n), names)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.tick_params(length=0)
+    if title:
+        ax.set_title(title)
+
+
+def write_svg(path: str | Path, svg_text: str) -> None:
+    """Write an SVG atomically: the old file stays intact on any error (WriteError on OSError)."""
+    atomic_write_text(path, svg_text)
