@@ -88,7 +88,7 @@ def test_history_without_any_test_accuracy_has_no_test_line() -> None:
 
 
 def test_confusion_shows_every_count_labels_and_image(confusion_text: str) -> None:
-    assert by_id(confusion_text, "confusion").tag == f"{SVG}image"
+    assert by_id(confusion_text, "confusion").tag == f"{SVG}g"  # the cells, drawn as paths
     words = texts(confusion_text)
     for count in CONFUSION.ravel():
         assert str(count) in words

@@ -110,8 +110,12 @@ def _draw_confusion(fig: Figure, counts: np.ndarray, names: list[str], title: st
     cmap = blues.with_extremes(bad="white", under="white")
     norm = LogNorm(vmin=vmin, vmax=1.0)
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_less_equal(fraction, 0), cmap=cmap, norm=norm,
-                      interpolation="none", gid="confusion")
+    # vector cells (one path each), not an embedded bitmap: some SVG viewers smooth bitmaps
+    edges = np.arange(n + 1) - 0.5
+    image = ax.pcolormesh(edges, edges, np.ma.masked_less_equal(fraction, 0), cmap=cmap,
+                          norm=norm, gid="confusion")
+    ax.set_aspect("equal")
+    ax.invert_yaxis()  # row 0 (actual class 0) at the top, as in the printed matrix
     bar = fig.colorbar(image, ax=ax, label="share of the actual class")
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))  # 0.1%, 1%
     bar.ax.yaxis.set_minor_formatter(NullFormatter())
