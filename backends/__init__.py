@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 NAMES = ("numpy", "array-api-strict", "torch", "cupy")
@@ -23,10 +23,21 @@ class Backend:
     device: Any
     device_name: str
     version: str
-    asarray: Callable[[Any], Any]  # host numpy array -> array on this backend's device
+    asarray: Callable[[Any], Any]  # host numpy array -> on the device (numpy: may not copy)
     to_numpy: Callable[[Any], Any]  # array on the device -> host numpy array
     sync: Callable[[], None]  # wait for queued device work (for timing)
     devices: tuple[str, ...] = ()
+    # Optional accelerations the training step uses when present (see trainer/step.py):
+    # "matmul": (a, b, out) -> out = a @ b written into `out`;
+    # "take": (x, idx, out) -> out = rows `idx` of x written into `out`;
+    # "sum0": (x, out) -> out = x summed over axis 0, written into `out`;
+    # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
+    # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
+    # "softmax_xent": (logits, t, scale) -> (summed cross-entropy, correct count,
+    #     scale * (softmax(logits) - t)), free to overwrite `logits`.
+    # With "matmul" and "sum0" the step keeps its parameters as views of one flat buffer, so
+    # the backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
+    kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,17 @@ class BackendStatus:
     available: bool
     version: str = ""
     devices: tuple[str, ...] = ()
+    # Optional accelerations the training step uses when present (see trainer/step.py):
+    # "matmul": (a, b, out) -> out = a @ b written into `out`;
+    # "take": (x, idx, out) -> out = rows `idx` of x written into `out`;
+    # "sum0": (x, out) -> out = x summed over axis 0, written into `out`;
+    # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
+    # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
+    # "softmax_xent": (logits, t, scale) -> (summed cross-entropy, correct count,
+    #     scale * (softmax(logits) - t)), free to overwrite `logits`.
+    # With "matmul" and "sum0" the step keeps its parameters as views of one flat buffer, so
+    # the backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
+    kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)
     reason: str = ""
 
 

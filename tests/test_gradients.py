@@ -8,7 +8,6 @@ import pytest
 from trainer.activations import ACTIVATIONS
 from trainer.losses import loss_and_delta
 from trainer.network import backward, forward
-from trainer.optim import add_regularization
 
 HIDDEN = list(ACTIVATIONS)
 CASES = [(h, "softmax", "cross_entropy") for h in HIDDEN] + [
@@ -55,11 +54,19 @@ def _numeric_grads(params, acts, loss, x, target, reg=(None, 0.0), h=1e-6):
     return grads
 
 
+def penalty_gradient(w: np.ndarray, kind: str | None, rate: float) -> np.ndarray:
+    """neural-net-rs's penalty gradients, as trainer/step.py adds them to weight gradients."""
+    if kind == "L2":
+        return rate * w
+    return rate * np.sign(w) if kind == "L1" else np.zeros_like(w)
+
+
 def _analytic_grads(params, acts, loss, x, target, reg=(None, 0.0)):
     outs, logits = forward(params, acts, x)
     _, delta = loss_and_delta(loss, acts[-1], logits, outs[-1], target)
     grads = backward(params, acts, outs, delta)
-    add_regularization(grads, params, *reg)
+    for i in range(0, len(grads), 2):
+        grads[i] = grads[i] + penalty_gradient(params[i], *reg)
     return grads
 
 

@@ -9,19 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from threadpoolctl import threadpool_limits
 
 import backends
 from backends import Backend
 from trainer.config import Config
 from trainer.data import Dataset, InputScaling
 from trainer.errors import ConfigError, TrainerError, UsageError
-from trainer.losses import loss_and_delta
 from trainer.metrics import Report, confusion_matrix, report
-from trainer.network import backward, forward, init_params, predict
-from trainer.optim import add_regularization, sgd_step
+from trainer.network import init_params, predict
+from trainer.step import TrainStep
 
 Array = Any
+CPU_BLAS_BACKENDS = ("numpy", "array-api-strict")  # they compute with numpy's BLAS
+SMALL_GEMM_MACS = 10_000_000  # batch x largest fan_in x fan_out: below it 1 BLAS thread is faster
 
 
 class DivergedError(TrainerError):
@@ -68,6 +69,7 @@ class TrainResult:
     test_predictions: np.ndarray | None = None
     total_seconds: float = 0.0
     train_samples: int = 0
+    blas_threads: int | None = None  # what the CPU BLAS was limited to (None: its default)
 
     @property
     def test_accuracy(self) -> float:
@@ -101,22 +103,6 @@ def onehot(xp: Any, labels: Array, classes: int, dtype: Any) -> Array:
     return xp.astype(labels[:, None] == xp.arange(classes, device=labels.device)[None, :], dtype)
 
 
-def train_step(config: Config, params: Sequence[Array], velocities: Sequence[Array],
-               x: Array, target: Array, labels: Array) -> tuple[Array, Array]:
-    """One SGD step on a batch, in place; returns (summed loss, correct count) as device scalars."""
-    xp = array_namespace(x)
-    acts = config.activations
-    outs, logits = forward(params, acts, x)
-    loss, delta = loss_and_delta(config.loss, acts[-1], logits, outs[-1], target)
-    if config.loss_reduction == "mean":
-        delta = delta / x.shape[0]
-    grads = backward(params, acts, outs, delta)
-    add_regularization(grads, params, config.regularization_type, config.regularization_rate)
-    sgd_step(params, velocities, grads, config.learning_rate, config.momentum, config.nesterov)
-    correct = xp.sum(xp.astype(xp.argmax(outs[-1], axis=1) == labels, outs[-1].dtype))
-    return loss, correct
-
-
 def evaluate(params: Sequence[Array], activations: Sequence[str], x: Array, labels: Array,
              num_classes: int, to_numpy: Callable[[Array], Any],
              on_chunk: Callable[[int, int], None] | None = None) -> tuple[Report, np.ndarray]:
@@ -131,15 +117,42 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
           limit_test: int | None = None,
           on_epoch: Callable[[EpochStats], None] | None = None,
           on_step: Callable[[StepInfo], None] | None = None,
-          on_test_chunk: Callable[[int, int], None] | None = None) -> TrainResult:
+          on_test_chunk: Callable[[int, int], None] | None = None,
+          fast: bool = True, blas_threads: int | str | None = "auto") -> TrainResult:
     """Train `config` on `data` with `backend`, then evaluate on the test set.
 
     `on_step` is called after every step (cheaply: it gets device scalars it may read when it
     likes), `on_epoch` after every epoch with that epoch's figures, `on_test_chunk(done, total)`
-    during the final test evaluation.
+    during the final test evaluation. `fast=False` trains without the backend's kernels (the
+    plain array-API path), for checking that both agree. `blas_threads` limits the threads of
+    the CPU BLAS ("auto": see `auto_blas_threads`; None: leave them alone).
     """
     check_shapes(config, data)
     be = load_backend(backend, device)
+    if blas_threads == "auto":
+        blas_threads = auto_blas_threads(config, be)
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _train(config, data, be, limit_train, limit_test, on_epoch, on_step,
+                      on_test_chunk, fast, blas_threads)
+
+
+def auto_blas_threads(config: Config, be: Backend) -> int | None:
+    """One BLAS thread when every GEMM of a step is small, else the BLAS's own choice.
+
+    At neural-net-rs's batch of 32 a weight GEMM is ~3 MFLOP: waking a second thread for each of
+    the ~5 GEMMs of a step costs more than it saves (measured with `trainer bench`).
+    """
+    if be.name not in CPU_BLAS_BACKENDS:
+        return None
+    largest = max(a * b for a, b in zip(config.sizes[:-1], config.sizes[1:], strict=True))
+    return 1 if config.batch_size * largest < SMALL_GEMM_MACS else None
+
+
+def _train(config: Config, data: Dataset, be: Backend, limit_train: int | None,
+           limit_test: int | None, on_epoch: Callable[[EpochStats], None] | None,
+           on_step: Callable[[StepInfo], None] | None,
+           on_test_chunk: Callable[[int, int], None] | None, fast: bool,
+           blas_threads: int | None) -> TrainResult:
     xp, dtype = be.xp, getattr(be.xp, config.dtype)
     scaling = InputScaling.fit(data.train_images, config.input_scaling)
     data = data.limit(limit_train, limit_test)
@@ -155,8 +168,11 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     host = init_params(config.sizes, acts, config.init, init_rng, config.dtype)
     params = [be.asarray(p) for p in host]
     velocities = [be.asarray(np.zeros_like(p)) for p in host]
+    step_fn = TrainStep(config, xp, params, velocities, be.kernels if fast else None)
+    params = step_fn.params  # the step may have moved them into one flat buffer
 
-    result = TrainResult(config, be.name, be.device_name, scaling, host, train_samples=n_train)
+    result = TrainResult(config, be.name, be.device_name, scaling, host, train_samples=n_train,
+                         blas_threads=blas_threads)
     start = time.perf_counter()
     bs = config.batch_size
     steps = -(-n_train // bs)
@@ -168,8 +184,7 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
         for step in range(steps):
             lo, hi = step * bs, min(step * bs + bs, n_train)
             idx = perm[lo:hi]
-            loss, ok = train_step(config, params, velocities, xp.take(x_train, idx, axis=0),
-                                  xp.take(t_train, idx, axis=0), xp.take(y_train, idx, axis=0))
+            loss, ok = step_fn(x_train, t_train, idx, config.learning_rate)
             loss_sum += loss
             correct += ok
             if on_step is not None:
@@ -192,5 +207,5 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
                                      be.to_numpy)[0].accuracy
     result.test_report, result.test_predictions = evaluate(
         params, acts, x_test, y_test, classes, be.to_numpy, on_chunk=on_test_chunk)
-    result.params = [np.asarray(be.to_numpy(p)) for p in params]
+    result.params = [np.array(be.to_numpy(p)) for p in params]  # copies, not views
     return result

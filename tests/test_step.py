@@ -1,0 +1,120 @@
+"""The training step against an independent reference: network.py's forward and backward (which
+test_gradients checks against finite differences), the momentum rule and the penalty written out
+here, in float64. Every way the step can keep its state (plain array API, flat buffers, velocity
+GEMMs) and every CPU backend must match it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_gradients import penalty_gradient
+
+import backends
+from trainer.config import Config
+from trainer.losses import loss_and_delta
+from trainer.network import backward, forward, init_params
+from trainer.step import TrainStep
+
+VARIANTS = {
+    "sgd": {},
+    "nesterov": {"nesterov": True},
+    "l2": {"regularization_type": "L2", "regularization_rate": 0.01},
+    "l1": {"regularization_type": "L1", "regularization_rate": 0.01},
+    "mse-mean": {"loss": "mse", "loss_reduction": "mean",
+                 "layers": [{"nodes": 6, "activation": "relu"}, {"nodes": 5, "activation": "tanh"},
+                            {"nodes": 3, "activation": "sigmoid"}, {"nodes": 4}]},
+}
+
+
+def config(**changes) -> Config:
+    return Config.from_dict({
+        "layers": [{"nodes": 6, "activation": "Sigmoid"}, {"nodes": 5, "activation": "Tanh"},
+                   {"nodes": 3, "activation": "Softmax"}, {"nodes": 4}],
+        "learning_rate": 0.05, "momentum": 0.7, "batch_size": 4, "epochs": 1,
+        "dtype": "float64"} | changes)
+
+
+def reference_steps(cfg: Config, params, x, t, batches, lr):
+    """What the step must do, written plainly: summed loss, then v = m v - lr g, w += v."""
+    params = [p.copy() for p in params]
+    velocities = [np.zeros_like(p) for p in params]
+    losses = []
+    for idx in batches:
+        outs, logits = forward(params, cfg.activations, x[idx])
+        loss, delta = loss_and_delta(cfg.loss, cfg.activations[-1], logits, outs[-1], t[idx])
+        if cfg.loss_reduction == "mean":
+            delta = delta / len(idx)
+        grads = backward(params, cfg.activations, outs, delta)
+        for i, (w, v, g) in enumerate(zip(params, velocities, grads, strict=True)):
+            if i % 2 == 0:
+                g = g + penalty_gradient(w, cfg.regularization_type, cfg.regularization_rate)
+            v[...] = cfg.momentum * v - lr * g
+            w += cfg.momentum * v - lr * g if cfg.nesterov else v
+        losses.append(float(loss))
+    return params, losses
+
+
+def kernel_sets(be: backends.Backend) -> dict[str, dict]:
+    """The kernel combinations that select each of the step's modes on this backend."""
+    k = be.kernels
+    sets = {"plain": {}}
+    if {"matmul", "sum0"} <= k.keys():
+        sets["flat"] = {n: f for n, f in k.items() if n != "gemm_acc"}
+    if "gemm_acc" in k:
+        sets["velocity"] = dict(k)
+    return sets
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant: str) -> None:
+    cfg = config(**VARIANTS[variant])
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (10, 6))
+    t = np.eye(4)[rng.integers(0, 4, 10)]
+    batches = [np.array([0, 3, 5, 7]), np.array([1, 2, 9, 4]), np.array([8, 6])]  # last partial
+    host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
+    want_params, want_losses = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
+    for mode, kernels in kernel_sets(backend).items():
+        params = [backend.asarray(p.copy()) for p in host]  # numpy's asarray does not copy
+        velocities = [backend.asarray(np.zeros_like(p)) for p in host]
+        step = TrainStep(cfg, backend.xp, params, velocities, kernels)
+        # Nesterov needs the step itself, so the velocity GEMM gives way to the flat buffers
+        assert step.mode == ("flat" if variant == "nesterov" and mode == "velocity" else mode)
+        xd, td = backend.asarray(x), backend.asarray(t)
+        losses = [float(backend.to_numpy(step(xd, td, backend.asarray(i), cfg.learning_rate)[0]))
+                  for i in batches]
+        np.testing.assert_allclose(losses, want_losses, rtol=1e-12, err_msg=mode)
+        for got, want in zip(step.params, want_params, strict=True):
+            np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-11, atol=1e-13,
+                                       err_msg=mode)
+
+
+def test_correct_count_is_the_argmax_hits(backend: backends.Backend) -> None:
+    cfg = config()
+    rng = np.random.default_rng(5)
+    x, t = rng.normal(0, 1, (8, 6)), np.eye(4)[rng.integers(0, 4, 8)]
+    host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
+    outs, _ = forward(host, cfg.activations, x)
+    want = int(np.sum(np.argmax(outs[-1], axis=1) == np.argmax(t, axis=1)))
+    for kernels in kernel_sets(backend).values():
+        step = TrainStep(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
+                         [backend.asarray(np.zeros_like(p)) for p in host], kernels)
+        _, correct = step(backend.asarray(x), backend.asarray(t), backend.asarray(np.arange(8)),
+                          0.0)
+        assert float(backend.to_numpy(correct)) == want
+
+
+def test_numpy_offers_the_velocity_gemm() -> None:
+    """On numpy's own OpenBLAS the fastest mode must be in use (or the benchmark is off)."""
+    be = backends.load("numpy")
+    assert "gemm_acc" in be.kernels
+    step = TrainStep(config(), be.xp, [np.zeros((6, 5)), np.zeros(5), np.zeros((5, 3)),
+                                       np.zeros(3), np.zeros((3, 4)), np.zeros(4)],
+                     [np.zeros((6, 5)), np.zeros(5), np.zeros((5, 3)), np.zeros(3),
+                      np.zeros((3, 4)), np.zeros(4)], be.kernels)
+    assert step.mode == "velocity"
+    plain = dataclasses.replace(be, kernels={})
+    plain_step = TrainStep(config(), plain.xp, step.params, step.velocities, plain.kernels)
+    assert plain_step.mode == "plain"

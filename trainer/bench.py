@@ -1,0 +1,144 @@
+"""`trainer bench`: epoch times per backend and batch size, and against peer libraries.
+
+Every measurement runs in its own subprocess (so NumPy's and SciPy's BLAS never meet, and one
+library's threads never linger into another's timing), one warm-up epoch then `epochs` timed
+ones, the targets interleaved round by round; the table reports medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import backends
+from trainer.config import Config, default_config
+from trainer.data import InputScaling, load_dataset
+from trainer.errors import UsageError
+from trainer.fileio import atomic_write_json
+
+BLAS_TRAPS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # force an old, slow kernel when set
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one target for warm-up + timed epochs, in this process; return its figures."""
+    config = Config.from_dict(spec["config"]).replace(
+        batch_size=spec["batch_size"], epochs=spec["warmup"] + spec["epochs"])
+    data = load_dataset(quiet=True).limit(spec.get("limit_train"), 1000)
+    target = spec["target"]
+    info: dict[str, Any] = {}
+    if target.startswith("peer:"):
+        from trainer.peers import PEERS
+
+        x = InputScaling.fit(data.train_images).apply(data.train_images)
+        times = PEERS[target[5:]][1](config, x, data.train_labels, config.epochs)
+    else:
+        from trainer.train import train
+
+        be = backends.load(target, spec.get("device"))
+        result = train(config, data, be, blas_threads=spec.get("blas_threads", "auto"))
+        times = [h.seconds for h in result.history]
+        info["threads"] = result.blas_threads
+    try:
+        import threadpoolctl
+
+        info["blas"] = [{k: lib.get(k) for k in ("internal_api", "version", "architecture",
+                                                  "num_threads", "filepath")}
+                        for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    except ImportError:
+        pass
+    return {"times": times[spec["warmup"]:], "peak_rss_mb": _peak_rss_mb(), **info}
+
+
+def _peak_rss_mb() -> float:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _run_worker(spec: dict[str, Any], keep_blas_env: bool) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if keep_blas_env or k not in BLAS_TRAPS}
+    proc = subprocess.run([sys.executable, "-m", "trainer.bench", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def available_targets(names: list[str] | None, peers: bool) -> list[str]:
+    import importlib.util
+
+    chosen = names or [n for n in backends.NAMES if backends.status(n).available]
+    for name in chosen:
+        if name not in backends.NAMES:
+            raise UsageError(f"unknown backend {name!r}; choose from {', '.join(backends.NAMES)}")
+    if peers:
+        from trainer.peers import PEERS
+
+        chosen += [f"peer:{p}" for p, (module, _) in PEERS.items()
+                   if importlib.util.find_spec(module) is not None]
+    return chosen
+
+
+def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: list[str],
+              epochs: int = 3, warmup: int = 1, rounds: int = 1, limit_train: int | None = None,
+              keep_blas_env: bool = False, on_result: Any = None) -> dict[str, Any]:
+    config = config or default_config()
+    rows = []
+    for bs in batch_sizes:
+        samples: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+        for _ in range(rounds):
+            for target in targets:  # interleaved: a slow spell of the machine hits every target
+                spec = {"config": config.to_dict(), "batch_size": bs, "target": target,
+                        "epochs": epochs, "warmup": warmup, "limit_train": limit_train}
+                samples[target].append(_run_worker(spec, keep_blas_env))
+        base = None
+        for target in targets:
+            row = _summarise(target, bs, samples[target], limit_train)
+            if target == targets[0]:
+                base = row.get("seconds")
+            row["ratio_to_first"] = (row["seconds"] / base if base and row.get("seconds")
+                                     else None)
+            rows.append(row)
+            if on_result:
+                on_result(row)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(),
+            "config": config.to_dict(), "epochs": epochs, "warmup": warmup, "rounds": rounds,
+            "blas_env_unset": not keep_blas_env, "results": rows}
+
+
+def _summarise(target: str, bs: int, runs: list[dict[str, Any]],
+               limit_train: int | None) -> dict[str, Any]:
+    errors = [r["error"] for r in runs if "error" in r]
+    times = [t for r in runs for t in r.get("times", [])]
+    row: dict[str, Any] = {"target": target, "batch_size": bs}
+    if not times:
+        return row | {"error": errors[0] if errors else "no timing"}
+    n = limit_train or 60000
+    seconds = statistics.median(times)
+    ok = [r for r in runs if "times" in r]
+    return row | {"seconds": seconds, "samples_per_s": n / seconds, "all_seconds": times,
+                  "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
+                  "threads": ok[0].get("threads"), "blas": ok[0].get("blas")}
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    atomic_write_json(path, report)
+
+
+if __name__ == "__main__":  # a worker: python -m trainer.bench SPEC_JSON
+    print(json.dumps(worker(json.loads(sys.argv[1]))))
