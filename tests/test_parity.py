@@ -75,3 +75,14 @@ def test_one_epoch_on_real_mnist_predicts_like_numpy(backend: backends.Backend, 
     agree = np.mean(ref.test_predictions == got.test_predictions)
     assert agree >= 0.999, f"only {agree:.4%} of test predictions agree"
     assert ref.test_accuracy > 0.85
+
+
+def test_fast_path_matches_plain_path(backend: backends.Backend) -> None:
+    """The backend's kernels (buffers, fused ops, velocity GEMMs) against plain array-API code."""
+    data = make_dataset(n_train=400)
+    for dtype, rtol in (("float64", 1e-10), ("float32", 100 * np.finfo(np.float32).eps)):
+        config = small_config(dtype)
+        fast = train(config, data, backend, fast=True)
+        plain = train(config, data, backend, fast=False)
+        for f, p in zip(fast.params, plain.params, strict=True):
+            np.testing.assert_allclose(f, p, rtol=rtol, atol=rtol * np.max(np.abs(p)))

@@ -105,8 +105,8 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
             row = _summarise(target, bs, samples[target], limit_train)
             if target == targets[0]:
                 base = row.get("seconds")
-            row["ratio_to_first"] = (row["seconds"] / base if base and row.get("seconds")
-                                     else None)
+            # each target's time divided by ours (the first target, numpy by default)
+            row["vs_ours"] = row["seconds"] / base if base and row.get("seconds") else None
             rows.append(row)
             if on_result:
                 on_result(row)

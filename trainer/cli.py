@@ -14,6 +14,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import backends
+from trainer.cli_bench import bench_cmd
 from trainer.cli_data import data_app
 from trainer.config import Config, default_config
 from trainer.console import cli_errors, console, err_console
@@ -28,6 +29,7 @@ from trainer.train import check_shapes, load_backend, train
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Train fully connected networks on MNIST-like data, on any array backend.")
 app.add_typer(data_app, name="data")
+app.command("bench")(bench_cmd)
 
 Opt = typer.Option
 BackendOpt = Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")]

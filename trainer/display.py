@@ -87,9 +87,10 @@ class TrainProgress:
         if self.live:
             self.progress.update(self.epoch_task, completed=s.epoch,
                                  figures=f"test acc {s.test_accuracy:6.2%}")
-            self.progress.console.print(epoch_line(s, self.epochs), highlight=False)
+            self.progress.console.print(epoch_line(s, self.epochs), highlight=False,
+                                        soft_wrap=True)
         elif not self.silent:
-            self.console.print(epoch_line(s, self.epochs), highlight=False)
+            self.console.print(epoch_line(s, self.epochs), highlight=False, soft_wrap=True)
 
 
 def confusion_table(report: Report, class_names: list[str]) -> Table:

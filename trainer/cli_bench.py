@@ -1,0 +1,70 @@
+"""`trainer bench`: time epochs per backend and batch size, optionally against peer libraries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from trainer.bench import available_targets, run_bench, write_json
+from trainer.config import Config, default_config
+from trainer.console import cli_errors, console
+from trainer.errors import UsageError
+
+Opt = typer.Option
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UsageError(f"{option} must be a comma-separated list of positive integers, "
+                         f"got {text!r}")
+    return values
+
+
+def bench_cmd(
+    config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
+    batch_sizes: Annotated[str, Opt(help="comma-separated batch sizes")] = "32,128,512,4096",
+    backends: Annotated[str | None, Opt(help="comma-separated (default: all that load)")] = None,
+    peers: Annotated[bool, Opt("--peers", help="also time scikit-learn, PyTorch, JAX "
+                                               "and the GEMM floor, interleaved")] = False,
+    epochs: Annotated[int, Opt(min=1, help="timed epochs per run (median reported)")] = 3,
+    warmup: Annotated[int, Opt(min=0, help="untimed epochs first")] = 1,
+    rounds: Annotated[int, Opt(min=1, help="interleaved rounds of every target")] = 1,
+    limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images")] = None,
+    keep_blas_env: Annotated[bool, Opt("--keep-blas-env", help="keep OPENBLAS_CORETYPE and "
+                                       "OPENBLAS_L2_SIZE (unset by default)")] = False,
+    out: Annotated[Path, Opt(help="JSON report")] = Path("bench.json"),
+) -> None:
+    """Time training epochs on real MNIST; print a table and write a JSON report."""
+    with cli_errors():
+        cfg = Config.from_file(config) if config else default_config()
+        sizes = _ints(batch_sizes, "--batch-sizes")
+        targets = available_targets(backends.split(",") if backends else None, peers)
+        table = Table(title=f"s/epoch, median of {epochs} x {rounds} after {warmup} warm-up")
+        for col in ("batch", "target", "s/epoch", "samples/s", "RSS MB", "threads", "÷ ours"):
+            table.add_column(col, justify="right", no_wrap=True)
+
+        def show(row: dict[str, Any]) -> None:
+            if "error" in row:
+                console.print(f"[red]{row['target']} at batch {row['batch_size']}: "
+                              f"{row['error']}[/]", soft_wrap=True)
+                return
+            threads = row.get("threads")
+            table.add_row(str(row["batch_size"]), row["target"], f"{row['seconds']:.3f}",
+                          f"{row['samples_per_s']:,.0f}", f"{row['peak_rss_mb']:.0f}",
+                          "default" if threads is None else str(threads),
+                          f"{row['vs_ours']:.2f}" if row.get("vs_ours") else "")
+
+        with console.status("benchmarking (each run in its own process)..."):
+            report = run_bench(cfg, batch_sizes=sizes, targets=targets, epochs=epochs,
+                               warmup=warmup, rounds=rounds, limit_train=limit_train,
+                               keep_blas_env=keep_blas_env, on_result=show)
+        console.print(table)
+        write_json(out, report)
+        console.print(f"JSON report: {out}", soft_wrap=True)
