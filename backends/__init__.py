@@ -34,7 +34,8 @@ class Backend:
     # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
     # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
     # "softmax_xent": (logits, t, scale) -> (summed cross-entropy, correct count,
-    #     scale * (softmax(logits) - t)), free to overwrite `logits`.
+    #     scale * (softmax(logits) - t)), free to overwrite `logits`;
+    # "hash32": int64 values in [0, 2**32) -> trainer/dropout.py's hash32 of them, same bits.
     # With "matmul" and "sum0" the step keeps its parameters as views of one flat buffer, so
     # the backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
     kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)
@@ -53,7 +54,8 @@ class BackendStatus:
     # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
     # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
     # "softmax_xent": (logits, t, scale) -> (summed cross-entropy, correct count,
-    #     scale * (softmax(logits) - t)), free to overwrite `logits`.
+    #     scale * (softmax(logits) - t)), free to overwrite `logits`;
+    # "hash32": int64 values in [0, 2**32) -> trainer/dropout.py's hash32 of them, same bits.
     # With "matmul" and "sum0" the step keeps its parameters as views of one flat buffer, so
     # the backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
     kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)

@@ -11,7 +11,8 @@ from backends import Backend, ndkernels, nop, numpy_blas
 def load(device: str | None = None) -> Backend:
     if device not in (None, "cpu"):
         raise ImportError(f"numpy runs on the CPU only, not on device {device!r}")
-    kernels = ndkernels.make(np, take=_take, sum0=_sum0, gemm_acc=numpy_blas.load())
+    kernels = ndkernels.make(np, take=_take, sum0=_sum0, gemm_acc=numpy_blas.load(),
+                             hash32=_hash32)
     return Backend(
         name="numpy", xp=xp, device="cpu", device_name="cpu", version=np.__version__,
         asarray=np.ascontiguousarray, to_numpy=np.asarray, sync=nop, devices=("cpu",),
@@ -27,3 +28,13 @@ def _take(x: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def _sum0(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.add.reduce(x, axis=0, out=out)  # np.sum's wrapper doubles the cost here
+
+
+def _hash32(x: np.ndarray) -> np.ndarray:
+    """trainer/dropout.py's hash32 in unsigned 32-bit arithmetic (wrapping = its masking)."""
+    x = x.astype(np.uint32)
+    for _ in range(2):
+        x ^= x >> 16
+        x *= np.uint32(0x45D9F3B)
+    x ^= x >> 16
+    return x

@@ -68,7 +68,8 @@ def test_run_files_and_svgs(trained: Path) -> None:
     diagonal = np.diag(np.array(metrics["confusion_matrix"]))
     assert all(str(n) in texts for n in diagonal)
     csv_lines = (trained / "history.csv").read_text().splitlines()
-    assert csv_lines[0] == "epoch,loss,train_accuracy,test_accuracy,seconds"
+    assert csv_lines[0] == ("epoch,loss,train_accuracy,test_accuracy,seconds,val_accuracy,"
+                            "learning_rate")
     assert len(csv_lines) == 4
 
 

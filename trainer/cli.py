@@ -19,7 +19,7 @@ from trainer.cli_data import data_app
 from trainer.config import Config, default_config
 from trainer.console import cli_errors, console, err_console
 from trainer.data import load_dataset
-from trainer.display import TrainProgress, print_report
+from trainer.display import TrainProgress, held_out, print_report
 from trainer.fileio import atomic_write_json
 from trainer.images import load_digits
 from trainer.inference import evaluate_model, load_run, predict_proba
@@ -103,7 +103,9 @@ def train_cmd(
         path = claim_run_dir(run_dir, run_name)
         atomic_write_json(path / "config.json", cfg.to_dict())
         samples = min(limit_train or len(data.train_labels), len(data.train_labels))
-        with TrainProgress(console, cfg.epochs, samples, live=live, silent=as_json) as progress:
+        show_lr = cfg.lr_schedule.type != "constant" or cfg.lr_schedule.warmup_epochs > 0
+        with TrainProgress(console, cfg.epochs, samples, live=live, silent=as_json,
+                           show_lr=show_lr) as progress:
             result = train(cfg, data, be, limit_train=limit_train, limit_test=limit_test,
                            on_epoch=progress.on_epoch, on_step=progress.on_step,
                            on_test_chunk=progress.on_test_chunk)
@@ -113,9 +115,12 @@ def train_cmd(
         if as_json:
             print_json({"run_dir": str(path)} | metrics)
             return
-        best = max(result.history, key=lambda h: h.test_accuracy)
+        best = result.best()
         console.print(f"Final training accuracy: {result.train_accuracy:.2%}")
-        console.print(f"Best epoch: {best.epoch} (test accuracy {best.test_accuracy:.2%})")
+        if best is not None:
+            kept = " (its weights kept)" if result.best_epoch else ""
+            console.print(f"Best epoch: {best.epoch}, {held_out(best)}{kept}"
+                          + ("; stopped early" if result.stopped_early else ""))
         console.print(f"Total training time: {result.total_seconds:.2f} s")
         if not quiet:
             console.print(f"Test evaluation ({len(result.test_predictions)} images):")

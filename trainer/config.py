@@ -21,6 +21,7 @@ class Layer(BaseModel):
 
     nodes: StrictInt = Field(gt=0)
     activation: str | None = None
+    dropout: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)  # on this layer's nodes
 
     @field_validator("activation")
     @classmethod
@@ -31,6 +32,26 @@ class Layer(BaseModel):
         if name is None:
             raise ValueError(f"must be one of {', '.join(ACTIVATIONS)} (any case)")
         return name
+
+
+class Schedule(BaseModel):
+    """How the learning rate changes with (fractional) epochs; see trainer/schedule.py."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: Literal["constant", "step", "exponential", "cosine"] = "constant"
+    step_epochs: StrictInt = Field(default=10, gt=0)  # step: multiply by gamma every N epochs
+    gamma: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # step, exponential
+    min_lr: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # cosine: the final rate
+    warmup_epochs: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # linear from ~0
+
+
+class Augment(BaseModel):
+    """Random per-epoch changes of the training images, drawn on the host from the seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    shift: StrictInt = Field(default=0, ge=0, le=4)  # up to this many pixels in x and in y
 
 
 class Config(BaseModel):
@@ -52,6 +73,16 @@ class Config(BaseModel):
     init: Literal["auto", "xavier", "he", "uniform"] = "auto"
     input_scaling: Literal["standardize", "unit"] = "standardize"
     nesterov: bool = False
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    beta1: float = Field(default=0.9, ge=0, lt=1, allow_inf_nan=False)  # adam, adamw
+    beta2: float = Field(default=0.999, ge=0, lt=1, allow_inf_nan=False)
+    epsilon: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # adamw, decoupled
+    lr_schedule: Schedule = Schedule()
+    validation_split: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # share or count
+    early_stopping_patience: StrictInt | None = Field(default=None, gt=0)
+    restore_best_weights: bool = True  # with a validation split: end on the best epoch's
+    augment: Augment = Augment()
 
     @field_validator("regularization_type", mode="before")
     @classmethod
@@ -67,6 +98,14 @@ class Config(BaseModel):
         if self.layers[-1].activation is not None:
             raise ConfigError(f"layers[{last}].activation must be absent: the last layer is the "
                               f"output and has no activation, got {self.layers[-1].activation!r}")
+        if self.layers[-1].dropout:
+            raise ConfigError(f"layers[{last}].dropout must be 0: the output layer cannot drop "
+                              f"nodes, got {self.layers[-1].dropout}")
+        if self.validation_split >= 1 and self.validation_split != int(self.validation_split):
+            raise ConfigError(f"validation_split must be a share below 1 or a whole number of "
+                              f"images, got {self.validation_split}")
+        if self.early_stopping_patience and not self.validation_split:
+            raise ConfigError("early_stopping_patience needs a validation_split to watch")
         out = self.layers[-2].activation
         if self.loss == "cross_entropy" and out != "softmax":
             raise ConfigError(f"loss cross_entropy needs a Softmax output (layers[{last - 1}]"
@@ -80,10 +119,20 @@ class Config(BaseModel):
     def sizes(self) -> list[int]:
         return [layer.nodes for layer in self.layers]
 
+    @property
+    def dropouts(self) -> list[float]:
+        return [layer.dropout for layer in self.layers]
+
+    def validation_size(self, n_train: int) -> int:
+        """How many of `n_train` training images the validation split holds out."""
+        v = self.validation_split
+        return int(v) if v >= 1 else int(round(v * n_train))
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config: every key, loadable again with `Config.from_dict`."""
         d = self.model_dump()
-        d["layers"] = [{k: v for k, v in layer.items() if v is not None} for layer in d["layers"]]
+        d["layers"] = [{k: v for k, v in layer.items() if v is not None and
+                        not (k == "dropout" and v == 0.0)} for layer in d["layers"]]
         return d
 
     @classmethod

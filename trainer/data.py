@@ -254,7 +254,7 @@ class InputScaling:
                 f"expected uint8 images of shape (N, rows, cols), found {images.dtype} "
                 f"with shape {images.shape}"
             )
-        x = images.reshape(len(images), -1).astype(dtype)
+        x = images.reshape(len(images), int(np.prod(images.shape[1:]))).astype(dtype)
         # (x/255 - mean)/std folded into one shift and one divide; for "unit" that is exactly x/255
         x -= x.dtype.type(255.0 * self.mean)
         x /= x.dtype.type(255.0 * self.std)

@@ -23,9 +23,23 @@ from trainer.train import EpochStats, StepInfo
 REFRESH_SECONDS = 0.25  # device reads for the display: four a second at most, never every step
 
 
-def epoch_line(s: EpochStats, epochs: int) -> str:
-    return (f"epoch {s.epoch:>3}/{epochs}  loss {s.loss:.4f}  train accuracy "
-            f"{s.train_accuracy:7.2%}  test accuracy {s.test_accuracy:7.2%}  {s.seconds:6.2f} s")
+def epoch_line(s: EpochStats, epochs: int, show_lr: bool = False) -> str:
+    line = f"epoch {s.epoch:>3}/{epochs}  loss {s.loss:.4f}"
+    line += f"  train accuracy {s.train_accuracy:7.2%}"
+    if s.val_accuracy is not None:
+        line += f"  validation accuracy {s.val_accuracy:7.2%}"
+    if s.test_accuracy is not None:
+        line += f"  test accuracy {s.test_accuracy:7.2%}"
+    if show_lr and s.learning_rate is not None:
+        line += f"  lr {s.learning_rate:.3g}"
+    return line + f"  {s.seconds:6.2f} s"
+
+
+def held_out(s: EpochStats) -> str:
+    """The epoch's accuracy on held-out images: validation if there is a split, else test."""
+    if s.val_accuracy is not None:
+        return f"val acc {s.val_accuracy:6.2%}"
+    return f"test acc {s.test_accuracy:6.2%}" if s.test_accuracy is not None else ""
 
 
 class TrainProgress:
@@ -36,8 +50,8 @@ class TrainProgress:
     """
 
     def __init__(self, console: Console, epochs: int, samples: int, live: bool,
-                 silent: bool = False) -> None:
-        self.console, self.epochs, self.samples = console, epochs, samples
+                 silent: bool = False, show_lr: bool = False) -> None:
+        self.console, self.epochs, self.samples, self.show_lr = console, epochs, samples, show_lr
         self.live, self.silent = live and not silent, silent
         self._next = 0.0
         self._first = (0.0, 0)  # (time, samples) at the epoch's first step, for samples/s
@@ -86,11 +100,12 @@ class TrainProgress:
     def on_epoch(self, s: EpochStats) -> None:
         if self.live:
             self.progress.update(self.epoch_task, completed=s.epoch,
-                                 figures=f"test acc {s.test_accuracy:6.2%}")
-            self.progress.console.print(epoch_line(s, self.epochs), highlight=False,
+                                 figures=held_out(s))
+            self.progress.console.print(epoch_line(s, self.epochs, self.show_lr), highlight=False,
                                         soft_wrap=True)
         elif not self.silent:
-            self.console.print(epoch_line(s, self.epochs), highlight=False, soft_wrap=True)
+            self.console.print(epoch_line(s, self.epochs, self.show_lr), highlight=False,
+                               soft_wrap=True)
 
 
 def confusion_table(report: Report, class_names: list[str]) -> Table:

@@ -42,7 +42,8 @@ def _render(draw: Callable[..., None], *args: object) -> str:
 
 
 def _column(history: Sequence[Mapping[str, float]], key: str) -> np.ndarray:
-    return np.array([float(row.get(key, math.nan)) for row in history], dtype=float)
+    values = [row.get(key) for row in history]
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
 def history_svg(history: Sequence[Mapping[str, float]], title: str = "") -> str:
@@ -66,9 +67,11 @@ def _draw_history(fig: Figure, history: Sequence[Mapping[str, float]], title: st
         loss_ax.set_ylabel("loss (log scale)")
     acc_ax.plot(epochs, 100 * _column(history, "train_accuracy"), color="C1", label="train",
                 gid="train_accuracy", **style)
-    test = 100 * _column(history, "test_accuracy")
-    if np.isfinite(test).any():  # runs without a test evaluation get no empty legend entry
-        acc_ax.plot(epochs, test, color="C2", label="test", gid="test_accuracy", **style)
+    held_out = (("val_accuracy", "validation", "C3"), ("test_accuracy", "test", "C2"))
+    for key, label, color in held_out:
+        held = 100 * _column(history, key)
+        if np.isfinite(held).any():  # runs without this evaluation get no empty legend entry
+            acc_ax.plot(epochs, held, color=color, label=label, gid=key, **style)
     acc_ax.set_ylabel("accuracy (%)")
     for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_title(name)

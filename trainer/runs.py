@@ -75,12 +75,14 @@ def run_metrics(result: TrainResult, class_names: list[str], backend_version: st
                 data: Dataset) -> dict[str, Any]:
     """Everything metrics.json records: final figures, the report, where and how it ran."""
     cfg, rows = result.config, history_rows(result)
-    best = max(result.history, key=lambda h: h.test_accuracy)
+    best = result.best()
     report = result.test_report.to_dict(class_names) if result.test_report else {}
     return {
         "train_accuracy": result.train_accuracy,
         "test_accuracy": result.test_accuracy,
-        "best_epoch": best.epoch,
+        "best_epoch": best.epoch if best else None,
+        "stopped_early": result.stopped_early,
+        "validation_samples": result.validation_samples,
         "total_seconds": result.total_seconds,
         "backend": result.backend,
         "device": result.device,

@@ -1,9 +1,9 @@
 """One training step, built once per run and called for every batch.
 
 The math is network.py's and losses.py's, rearranged for speed: `xp` is bound once, the
-learning rate is folded into the output gradient so every weight gradient comes out already
-scaled, the softmax and the cross-entropy share their intermediates, and parameters are updated
-in place. A backend may offer kernels (see backends/__init__.py) that write into reused
+learning rate is folded into the output gradient (SGD) so every weight gradient comes out
+already scaled, the softmax and the cross-entropy share their intermediates, and parameters are
+updated in place. A backend may offer kernels (see backends/__init__.py) that write into reused
 buffers; without them this is plain array-API code, and the tests check that both agree.
 """
 
@@ -15,15 +15,16 @@ from typing import Any
 
 from trainer.activations import ACTIVATIONS
 from trainer.config import Config
+from trainer.dropout import keep_mask, step_key
 
 Array = Any
 
 
 class TrainStep:
-    """SGD with momentum (v = m v - lr g; w += v), Nesterov and L1/L2 as configured.
+    """SGD with momentum (v = m v - lr g; w += v) or Nesterov, or Adam/AdamW; L1/L2; dropout.
 
     Three ways to keep the state, fastest first, by what the backend offers:
-    - "velocity": weights, velocities and gradients are views of flat buffers, and each
+    - "velocity" (SGD): weights, velocities and gradients are views of flat buffers, and each
       weight GEMM updates its velocity itself (v = m v + a^T delta); one pass adds v to w;
     - "flat": the GEMMs write gradients into a flat buffer, one update covers every layer;
     - "plain": array-API operations only, one update per array.
@@ -34,12 +35,18 @@ class TrainStep:
         self.config, self.xp = config, xp
         self.params, self.velocities = list(params), list(velocities)
         self.acts, self.fused_ce = config.activations, config.loss == "cross_entropy"
+        self.adam = config.optimizer in ("adam", "adamw")
         self.regularized = config.regularization_type is not None and config.regularization_rate
+        self.dropouts = config.dropouts
+        self.global_step = 0  # steps taken: the dropout masks' counter and Adam's t
+        self.augment: Callable[[Array, Array], Array] | None = None  # set by the training loop
         k = kernels or {}
         self._matmul, self._take, self._sum0 = k.get("matmul"), k.get("take"), k.get("sum0")
         self._activate, self._softmax_xent = k.get("activate"), k.get("softmax_xent")
-        self._gemm_acc = k.get("gemm_acc") if not config.nesterov else None
+        self._hash = k.get("hash32")
+        self._gemm_acc = k.get("gemm_acc") if not (config.nesterov or self.adam) else None
         self._buffers: dict[int, tuple[Array, list[Array]]] = {}
+        self._counters: dict[tuple[int, int], Array] = {}
         self.mode = "plain"
         if self._matmul and self._sum0:
             w, self.params = _flatten(xp, self.params)
@@ -47,9 +54,13 @@ class TrainStep:
             g, self._grads = _flatten(xp, self.params)
             self._flat = (w, v, g)
             self.mode = "velocity" if self._gemm_acc else "flat"
+        # Adam's second moments, laid out like the velocities (its first moments)
+        self.second = ([xp.zeros_like(v) for v in self.velocities] if self.adam else [])
+        if self.adam and self.mode == "flat":
+            self._second_flat, self.second = _flatten(xp, self.second)
 
     def __call__(self, x_all: Array, t_all: Array, idx: Array, lr: float) -> tuple[Array, Array]:
-        """Train on rows `idx` of x_all (inputs) and t_all (one-hot targets).
+        """Train on rows `idx` of x_all (inputs) and t_all (one-hot targets) at rate `lr`.
 
         Returns (summed loss, number of rows whose true class has the largest output), both as
         device scalars: nothing is read back to the host here.
@@ -60,26 +71,51 @@ class TrainStep:
         else:
             x_buf, bufs = self._batch_buffers(n, x_all)
             x = self._take(x_all, idx, x_buf) if self._take else xp.take(x_all, idx, axis=0)
+        if self.augment is not None:
+            x = self.augment(x, idx)
         t = xp.take(t_all, idx, axis=0)
-        outs = self._forward(x, bufs)
-        scale = -lr / n if self.config.loss_reduction == "mean" else -lr
+        outs, pre, masks = self._forward(x, bufs)
+        scale = 1.0 if self.adam else -lr  # SGD: fold -lr into every gradient
+        if self.config.loss_reduction == "mean":
+            scale /= n
         loss, correct, delta = self._loss(outs, t, scale)
-        self._backward(outs, delta, lr)
+        self._backward(outs, pre, masks, delta, lr, scale)
+        self.global_step += 1
         return loss, correct
 
-    def _forward(self, x: Array, bufs: list[Array] | None) -> list[Array]:
-        """[x, a1, ..., aL]; with fused cross-entropy aL is the logits (softmax comes later)."""
-        outs, last = [x], len(self.acts) - 1
+    def _forward(self, x: Array, bufs: list[Array] | None
+                 ) -> tuple[list[Array], list[Array], list[Array | None]]:
+        """Layer outputs after dropout ([x, a1, ..., aL]), before dropout, and the masks.
+
+        With fused cross-entropy aL is the logits (the softmax comes in `_loss`).
+        """
+        last = len(self.acts) - 1
+        masks: list[Array | None] = [self._mask(0, x)]
+        pre, outs = [x], [x if masks[0] is None else x * masks[0]]
         for i, act in enumerate(self.acts):
             w, b = self.params[2 * i], self.params[2 * i + 1]
             z = self._matmul(outs[-1], w, bufs[i]) if bufs else outs[-1] @ w
             z += b
             if i == last and self.fused_ce:
-                outs.append(z)
+                a = z
             else:
                 a = self._activate(act, z) if bufs and self._activate else None
-                outs.append(a if a is not None else ACTIVATIONS[act][0](z))
-        return outs
+                a = a if a is not None else ACTIVATIONS[act][0](z)
+            masks.append(self._mask(i + 1, a) if i < last else None)
+            pre.append(a)
+            outs.append(a if masks[-1] is None else a * masks[-1])
+        return outs, pre, masks
+
+    def _mask(self, layer: int, a: Array) -> Array | None:
+        p = self.dropouts[layer]
+        if not p:
+            return None
+        shape = (a.shape[0], a.shape[1])
+        if shape not in self._counters:
+            self._counters[shape] = self.xp.reshape(
+                self.xp.arange(shape[0] * shape[1], dtype=self.xp.int64, device=a.device), shape)
+        key = step_key(self.config.seed, self.global_step, layer)
+        return keep_mask(self.xp, self._counters[shape], key, p, a.dtype, self._hash)
 
     def _loss(self, outs: list[Array], t: Array, scale: float) -> tuple[Array, Array, Array]:
         """(summed loss, correct count, delta = scale * d loss / d last pre-activation)."""
@@ -98,20 +134,23 @@ class TrainStep:
         loss = 0.5 * xp.sum(diff * diff)
         return loss, correct, ACTIVATIONS[self.acts[-1]][1](out, diff) * scale
 
-    def _backward(self, outs: list[Array], delta: Array, lr: float) -> None:
+    def _backward(self, outs: list[Array], pre: list[Array], masks: list[Array | None],
+                  delta: Array, lr: float, scale: float) -> None:
         for i in range(len(self.acts) - 1, -1, -1):
-            a_in = outs[i]
             down = delta @ self.params[2 * i].T if i > 0 else None  # w before its update
-            self._gradient(i, a_in, delta, lr)
+            self._gradient(i, outs[i], delta, lr, scale)
             if i > 0:
-                delta = ACTIVATIONS[self.acts[i - 1]][1](a_in, down)
+                if masks[i] is not None:
+                    down = down * masks[i]
+                delta = ACTIVATIONS[self.acts[i - 1]][1](pre[i], down)
         if self.mode == "velocity":
             w, v, _ = self._flat
             w += v
         elif self.mode == "flat":
-            self._update(*self._flat)
+            w, v, g = self._flat
+            self._apply(w, v, g, lr, self._second_flat if self.adam else None)
 
-    def _gradient(self, i: int, a_in: Array, delta: Array, lr: float) -> None:
+    def _gradient(self, i: int, a_in: Array, delta: Array, lr: float, scale: float) -> None:
         """Layer i's scaled gradient into its velocity, the flat buffer, or straight to w."""
         w = self.params[2 * i]
         if self.mode == "velocity":  # v = m v + a^T delta in the GEMM; biases are too small
@@ -127,21 +166,32 @@ class TrainStep:
             grad_w = a_in.T @ delta
         if self.regularized:  # lands in v directly in "velocity" mode: the same v = m v + step
             kind, rate = self.config.regularization_type, self.config.regularization_rate
-            grad_w += (-lr * rate) * (w if kind == "L2" else self.xp.sign(w))
+            grad_w += (scale * rate) * (w if kind == "L2" else self.xp.sign(w))
         if self.mode == "plain":
-            self._update(w, self.velocities[2 * i], grad_w)
-            self._update(self.params[2 * i + 1], self.velocities[2 * i + 1],
-                         self.xp.sum(delta, axis=0))
+            for j, g in ((2 * i, grad_w), (2 * i + 1, self.xp.sum(delta, axis=0))):
+                self._apply(self.params[j], self.velocities[j], g, lr,
+                            self.second[j] if self.adam else None)
 
-    def _update(self, w: Array, v: Array, step: Array) -> None:
-        """v = m v + step; w += v (or the Nesterov look-ahead), with step = -lr * gradient."""
-        m = self.config.momentum
-        v *= m
-        v += step
-        if self.config.nesterov:
-            w += m * v + step
-        else:
-            w += v
+    def _apply(self, w: Array, v: Array, g: Array, lr: float, second: Array | None) -> None:
+        """The optimizer's update of w (SGD: g is already -lr * gradient; Adam: the gradient)."""
+        c = self.config
+        if second is None:  # SGD: v = m v + g; w += v, or Nesterov's look-ahead
+            v *= c.momentum
+            v += g
+            if c.nesterov:
+                w += c.momentum * v + g
+            else:
+                w += v
+            return
+        t = self.global_step + 1  # Adam, with bias correction; v is the first moment
+        v *= c.beta1
+        v += (1 - c.beta1) * g
+        second *= c.beta2
+        second += (1 - c.beta2) * (g * g)
+        if c.optimizer == "adamw" and c.weight_decay:
+            w *= 1 - lr * c.weight_decay  # decoupled weight decay
+        denom = self.xp.sqrt(second / (1 - c.beta2 ** t)) + c.epsilon
+        w -= (lr / (1 - c.beta1 ** t)) * (v / denom)
 
     def _batch_buffers(self, n: int, like: Array) -> tuple[Array, list[Array]]:
         """Input and per-layer output buffers for batches of `n` rows (two sizes at most)."""

@@ -13,11 +13,13 @@ from threadpoolctl import threadpool_limits
 
 import backends
 from backends import Backend
+from trainer.augment import Shifter
 from trainer.config import Config
 from trainer.data import Dataset, InputScaling
 from trainer.errors import ConfigError, TrainerError, UsageError
 from trainer.metrics import Report, confusion_matrix, report
 from trainer.network import init_params, predict
+from trainer.schedule import learning_rate
 from trainer.step import TrainStep
 
 Array = Any
@@ -34,8 +36,10 @@ class EpochStats:
     epoch: int
     loss: float  # mean loss per training sample
     train_accuracy: float  # running accuracy over the epoch's batches, as neural-net-rs reports
-    test_accuracy: float  # shown, never used to choose anything
+    test_accuracy: float | None  # shown (never used to choose) when there is no validation split
     seconds: float
+    val_accuracy: float | None = None  # on the validation split, if the config has one
+    learning_rate: float | None = None  # at the epoch's last step
 
 
 @dataclass
@@ -70,10 +74,20 @@ class TrainResult:
     total_seconds: float = 0.0
     train_samples: int = 0
     blas_threads: int | None = None  # what the CPU BLAS was limited to (None: its default)
+    validation_samples: int = 0
+    best_epoch: int | None = None  # the epoch whose weights were kept (validation split)
+    stopped_early: bool = False
 
     @property
     def test_accuracy(self) -> float:
         return self.test_report.accuracy if self.test_report else math.nan
+
+    def best(self) -> EpochStats | None:
+        """The epoch whose weights were kept, else the best one by validation (or test) accuracy."""
+        if self.best_epoch is not None:
+            return self.history[self.best_epoch - 1]
+        key = "val_accuracy" if self.validation_samples else "test_accuracy"
+        return max(self.history, key=lambda h: getattr(h, key) or 0.0, default=None)
 
 
 def load_backend(backend: Backend | str, device: str | None = None) -> Backend:
@@ -156,35 +170,49 @@ def _train(config: Config, data: Dataset, be: Backend, limit_train: int | None,
     xp, dtype = be.xp, getattr(be.xp, config.dtype)
     scaling = InputScaling.fit(data.train_images, config.input_scaling)
     data = data.limit(limit_train, limit_test)
-    n_train, classes, acts = len(data.train_labels), data.num_classes, config.activations
+    classes, acts = data.num_classes, config.activations
+    # children 0 and 1 are what runs without these features always used: adding streams keeps
+    # every earlier result reproducible
+    init_rng, shuffle_rng, augment_rng, split_rng = np.random.default_rng(config.seed).spawn(4)
+    train_idx, val_idx = split(config, len(data.train_labels), split_rng)
+    n_train = len(train_idx)
 
-    x_train = be.asarray(scaling.apply(data.train_images, dtype=config.dtype))
-    y_train = be.asarray(data.train_labels.astype(np.int64))
+    def on_device(images: np.ndarray, labels: np.ndarray) -> tuple[Array, Array]:
+        return (be.asarray(scaling.apply(images, dtype=config.dtype)),
+                be.asarray(labels.astype(np.int64)))
+
+    x_train, y_train = on_device(data.train_images[train_idx], data.train_labels[train_idx])
     t_train = onehot(xp, y_train, classes, dtype)
-    x_test = be.asarray(scaling.apply(data.test_images, dtype=config.dtype))
-    y_test = be.asarray(data.test_labels.astype(np.int64))
+    x_val, y_val = on_device(data.train_images[val_idx], data.train_labels[val_idx])
+    x_test, y_test = on_device(data.test_images, data.test_labels)
 
-    init_rng, shuffle_rng = np.random.default_rng(config.seed).spawn(2)
     host = init_params(config.sizes, acts, config.init, init_rng, config.dtype)
     params = [be.asarray(p) for p in host]
     velocities = [be.asarray(np.zeros_like(p)) for p in host]
     step_fn = TrainStep(config, xp, params, velocities, be.kernels if fast else None)
     params = step_fn.params  # the step may have moved them into one flat buffer
+    if config.augment.shift:
+        blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
+        step_fn.augment = Shifter(xp, be.asarray, data.train_images.shape[1:3],
+                                  config.augment.shift, blank, dtype)
 
     result = TrainResult(config, be.name, be.device_name, scaling, host, train_samples=n_train,
-                         blas_threads=blas_threads)
+                         blas_threads=blas_threads, validation_samples=len(val_idx))
+    best: tuple[float, int, list[Array]] | None = None  # (val accuracy, epoch, weights)
     start = time.perf_counter()
     bs = config.batch_size
     steps = -(-n_train // bs)
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         perm = be.asarray(shuffle_rng.permutation(n_train))
+        if step_fn.augment is not None:
+            step_fn.augment.new_epoch(augment_rng, n_train)
         loss_sum = xp.zeros((), dtype=dtype, device=x_train.device)
         correct = xp.zeros((), dtype=dtype, device=x_train.device)
         for step in range(steps):
             lo, hi = step * bs, min(step * bs + bs, n_train)
-            idx = perm[lo:hi]
-            loss, ok = step_fn(x_train, t_train, idx, config.learning_rate)
+            lr = learning_rate(config, epoch, step, steps)
+            loss, ok = step_fn(x_train, t_train, perm[lo:hi], lr)
             loss_sum += loss
             correct += ok
             if on_step is not None:
@@ -194,14 +222,28 @@ def _train(config: Config, data: Dataset, be: Backend, limit_train: int | None,
         if not math.isfinite(loss_mean):
             raise DivergedError(
                 f"training diverged in epoch {epoch}: the loss is {loss_mean} at learning rate "
-                f"{config.learning_rate}; try a smaller learning_rate or batch_size")
-        test_acc = evaluate(params, acts, x_test, y_test, classes, be.to_numpy)[0].accuracy
+                f"{lr:g}; try a smaller learning_rate or batch_size")
+        # the test set only shows progress when there is no validation split to do that
+        val_acc = (evaluate(params, acts, x_val, y_val, classes, be.to_numpy)[0].accuracy
+                   if len(val_idx) else None)
+        test_acc = (None if len(val_idx) else
+                    evaluate(params, acts, x_test, y_test, classes, be.to_numpy)[0].accuracy)
         stats = EpochStats(epoch, loss_mean, float(be.to_numpy(correct)) / n_train, test_acc,
-                           seconds)
+                           seconds, val_acc, lr)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
+        if val_acc is not None and (best is None or val_acc > best[0]):
+            best = (val_acc, epoch, [xp.asarray(p, copy=True) for p in params])
+        if (best and config.early_stopping_patience
+                and epoch - best[1] >= config.early_stopping_patience):
+            result.stopped_early = True
+            break
     result.total_seconds = time.perf_counter() - start
+    if best is not None and config.restore_best_weights:
+        for p, saved in zip(params, best[2], strict=True):
+            p[...] = saved
+        result.best_epoch = best[1]
 
     result.train_accuracy = evaluate(params, acts, x_train, y_train, classes,
                                      be.to_numpy)[0].accuracy
@@ -209,3 +251,15 @@ def _train(config: Config, data: Dataset, be: Backend, limit_train: int | None,
         params, acts, x_test, y_test, classes, be.to_numpy, on_chunk=on_test_chunk)
     result.params = [np.array(be.to_numpy(p)) for p in params]  # copies, not views
     return result
+
+
+def split(config: Config, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices: a seeded random share held out, both in data order."""
+    n_val = config.validation_size(n)
+    if n_val == 0:
+        return np.arange(n), np.arange(0)
+    if n_val >= n:
+        raise ConfigError(f"validation_split {config.validation_split:g} leaves no training "
+                          f"images out of {n}")
+    order = rng.permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -1,0 +1,56 @@
+"""Random shifts of the training images, per sample and per epoch, done on the device.
+
+The shifts are drawn on the host from the run's seed (so every backend sees the same images)
+and applied with array-API gathers: each shift is a table row giving, for every output pixel,
+the input pixel it comes from, or the background (the standardized value of a blank pixel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+def shift_table(rows: int, cols: int, max_shift: int) -> np.ndarray:
+    """(S, rows*cols) source pixel per output pixel for each shift; rows*cols = background."""
+    table = []
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            sr, sc = r - dy, c - dx  # output (r, c) shows input (r - dy, c - dx)
+            inside = (sr >= 0) & (sr < rows) & (sc >= 0) & (sc < cols)
+            table.append(np.where(inside, sr * cols + sc, rows * cols).reshape(-1))
+    return np.stack(table).astype(np.int64)
+
+
+class Shifter:
+    """Shift each training image by its own (dx, dy) in [-max_shift, max_shift]^2 this epoch."""
+
+    def __init__(self, xp: Any, asarray: Any, shape: tuple[int, int], max_shift: int,
+                 background: float, dtype: Any) -> None:
+        self.xp, self.asarray, self.dtype = xp, asarray, dtype
+        self.table = asarray(shift_table(*shape, max_shift))
+        self.pixels = shape[0] * shape[1]
+        self.background = background
+        self.shifts: Array = None
+        self._offsets: dict[int, Array] = {}
+
+    def new_epoch(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Draw this epoch's shift (an index into the table) for each of the n images."""
+        ids = rng.integers(0, self.table.shape[0], n)
+        self.shifts = self.asarray(ids.astype(np.int64))
+        return ids
+
+    def __call__(self, x: Array, idx: Array) -> Array:
+        """The batch `x` (rows `idx` of the training set), each row shifted by its own shift."""
+        xp, n, width = self.xp, x.shape[0], self.pixels + 1
+        src = xp.take(self.table, xp.take(self.shifts, idx, axis=0), axis=0)
+        if n not in self._offsets:
+            self._offsets[n] = xp.reshape(xp.arange(n, device=x.device) * width, (n, 1))
+        bg = xp.full((n, 1), self.background, dtype=x.dtype, device=x.device)
+        flat = xp.reshape(xp.concat([x, bg], axis=1), (-1,))
+        return xp.reshape(xp.take(flat, xp.reshape(src + self._offsets[n], (-1,))),
+                          (n, self.pixels))
