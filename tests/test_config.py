@@ -92,3 +92,48 @@ def test_unreadable_and_invalid_json_files(tmp_path: Path) -> None:
     bad.write_text("{ not json")
     with pytest.raises(ConfigError, match=r"bad.json: not valid JSON"):
         Config.from_file(bad)
+
+
+# --- any JSON at all: only ConfigError, and from the CLI exit 2 without a traceback ------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=3),
+    max_leaves=12)
+KEYS = st.sampled_from(["layers", "learning_rate", "epochs", "momentum", "batch_size",
+                        "regularization_type", "dtype", "loss", "optimizer", "lr_schedule",
+                        "augment", "validation_split", "early_stopping_patience", "seed"])
+
+
+@given(st.dictionaries(KEYS, JSON, max_size=4) | JSON)
+def test_random_configs_raise_only_config_errors(data) -> None:
+    candidate = BASE | data if isinstance(data, dict) else data
+    try:
+        Config.from_dict(candidate)
+    except ConfigError as e:
+        assert str(e)
+
+
+@given(st.dictionaries(KEYS, JSON, min_size=1, max_size=3))
+def test_random_configs_through_the_cli_exit_2(tmp_path_factory, data) -> None:
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    candidate = BASE | data
+    try:
+        Config.from_dict(candidate)
+        return  # valid by chance: nothing to check here
+    except ConfigError:
+        pass
+    path = tmp_path_factory.mktemp("cfg") / "random.json"
+    path.write_text(json.dumps(candidate))
+    result = CliRunner().invoke(app, ["train", str(path), "--run-dir",
+                                      str(path.parent / "run")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "random.json" in result.output
+    assert not (path.parent / "run").exists()

@@ -38,10 +38,18 @@ class Shifter:
         self.shifts: Array = None
         self._offsets: dict[int, Array] = {}
 
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """An epoch's shifts: an index into the table for each of the n images."""
+        return rng.integers(0, self.table.shape[0], n).astype(np.int64)
+
+    def use(self, ids: np.ndarray) -> None:
+        """Shift by `ids` (from `draw`) from now on."""
+        self.shifts = self.asarray(ids)
+
     def new_epoch(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """Draw this epoch's shift (an index into the table) for each of the n images."""
-        ids = rng.integers(0, self.table.shape[0], n)
-        self.shifts = self.asarray(ids.astype(np.int64))
+        """Draw this epoch's shifts and use them."""
+        ids = self.draw(rng, n)
+        self.use(ids)
         return ids
 
     def __call__(self, x: Array, idx: Array) -> Array:

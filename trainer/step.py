@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from trainer.activations import ACTIVATIONS
 from trainer.config import Config
 from trainer.dropout import keep_mask, step_key
@@ -192,6 +194,23 @@ class TrainStep:
             w *= 1 - lr * c.weight_decay  # decoupled weight decay
         denom = self.xp.sqrt(second / (1 - c.beta2 ** t)) + c.epsilon
         w -= (lr / (1 - c.beta1 ** t)) * (v / denom)
+
+    def export(self, to_numpy: Callable[[Array], Any]) -> tuple[list, list, list]:
+        """Host copies of (weights, velocities or first moments, second moments)."""
+        def copy(arrays: Sequence[Array]) -> list:
+            return [np.array(to_numpy(a)) for a in arrays]
+        return copy(self.params), copy(self.velocities), copy(self.second)
+
+    def restore(self, asarray: Callable[[Any], Array], params: Sequence[Any],
+                velocities: Sequence[Any], second: Sequence[Any], global_step: int) -> None:
+        """Put exported state back, in place (the flat buffers keep their views)."""
+        for mine, theirs in ((self.params, params), (self.velocities, velocities),
+                             (self.second, second)):
+            if len(mine) != len(theirs):
+                raise ValueError(f"expected {len(mine)} arrays, got {len(theirs)}")
+            for a, h in zip(mine, theirs, strict=True):
+                a[...] = asarray(np.ascontiguousarray(h))  # saved in the run's own dtype
+        self.global_step = global_step
 
     def _batch_buffers(self, n: int, like: Array) -> tuple[Array, list[Array]]:
         """Input and per-layer output buffers for batches of `n` rows (two sizes at most)."""

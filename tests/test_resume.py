@@ -1,0 +1,270 @@
+"""Runs that survive: resume, signals, divergence, corrupt checkpoints, full disks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_dataset
+from typer.testing import CliRunner
+
+from trainer.checkpoint import LATEST, PREVIOUS, LoopState, load_checkpoint, save_checkpoint
+from trainer.cli import app
+from trainer.config import Config
+from trainer.errors import DataError
+from trainer.fileio import WriteError
+from trainer.train import DivergedError, Interrupted, RunHooks, train
+
+ROOT = Path(__file__).parent.parent
+runner = CliRunner()
+
+RECIPES = {
+    "sgd-dropout-shift-val": {"momentum": 0.9, "augment": {"shift": 1},
+                              "validation_split": 0.2},
+    "adam": {"optimizer": "adam", "learning_rate": 0.003,
+             "lr_schedule": {"type": "cosine", "warmup_epochs": 1}},
+}
+
+
+def config(recipe: str, epochs: int = 4) -> Config:
+    return Config.from_dict({
+        "layers": [{"nodes": 36, "activation": "relu", "dropout": 0.1},
+                   {"nodes": 12, "activation": "softmax", "dropout": 0.2}, {"nodes": 4}],
+        "learning_rate": 0.01, "batch_size": 16, "epochs": epochs} | RECIPES[recipe])
+
+
+def data():
+    return make_dataset(n_train=200, n_test=50, shape=(6, 6), classes=4, seed=5)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resume_after_an_epoch_is_bitwise_equal(recipe: str, tmp_path: Path) -> None:
+    cfg, d = config(recipe), data()
+    straight = train(cfg, d, "numpy")
+    calls = []
+
+    def stop_requested() -> int | None:  # asked once per step and once per epoch end
+        calls.append(1)
+        return signal.SIGINT if len(calls) >= 16 else None
+
+    with pytest.raises(Interrupted) as caught:  # stopped in epoch 2, after the step in progress
+        train(cfg, d, "numpy", hooks=RunHooks(
+            checkpoint=lambda st: save_checkpoint(tmp_path, st), stop_requested=stop_requested))
+    state = load_checkpoint(tmp_path)
+    assert state.epoch == 2 and state.step > 0  # mid-epoch
+    assert (caught.value.epoch, caught.value.step, caught.value.exit_code) == (2, state.step, 130)
+    resumed = train(cfg, d, "numpy", hooks=RunHooks(resume=state))
+    for a, b in zip(straight.params, resumed.params, strict=True):
+        assert np.array_equal(a, b)
+    assert [h.loss for h in straight.history] == [h.loss for h in resumed.history]
+    assert straight.test_accuracy == resumed.test_accuracy
+
+
+def test_resume_at_an_epoch_boundary_is_bitwise_equal(tmp_path: Path) -> None:
+    cfg, d = config("sgd-dropout-shift-val"), data()
+    states: list[LoopState] = []
+    straight = train(cfg, d, "numpy", hooks=RunHooks(checkpoint=states.append))
+    save_checkpoint(tmp_path, states[1])  # after epoch 2, through a file and back
+    resumed = train(cfg, d, "numpy", hooks=RunHooks(resume=load_checkpoint(tmp_path)))
+    for a, b in zip(straight.params, resumed.params, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_checkpoint_every_n_steps(tmp_path: Path) -> None:
+    states: list[LoopState] = []
+    train(config("adam", epochs=1), data(), "numpy",
+          hooks=RunHooks(checkpoint=states.append, checkpoint_every=5))
+    assert [(s.epoch, s.step) for s in states] == [(1, 5), (1, 10), (2, 0)]
+
+
+# --- the checkpoint file ----------------------------------------------------------------------
+
+def small_state(value: float) -> LoopState:
+    return LoopState(epoch=3, step=2, params=[np.full((3, 4), value, np.float32)],
+                     velocities=[np.zeros((3, 4), np.float32)], rng={"shuffle": {"x": 1}},
+                     history=[{"epoch": 1, "loss": 0.5}])
+
+
+def test_checkpoint_round_trip_and_rotation(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, small_state(1.0))
+    save_checkpoint(tmp_path, small_state(2.0))
+    assert load_checkpoint(tmp_path).params[0][0, 0] == 2.0
+    assert (tmp_path / PREVIOUS).exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_corrupt_latest_falls_back_to_previous(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, small_state(1.0))
+    save_checkpoint(tmp_path, small_state(2.0))
+    blob = bytearray((tmp_path / LATEST).read_bytes())
+    blob[-20:-10] = b"\xff" * 10  # overwrite tensor bytes: only the checksum can tell
+    (tmp_path / LATEST).write_bytes(bytes(blob))
+    warnings: list[str] = []
+    state = load_checkpoint(tmp_path, warn=warnings.append)
+    assert state.params[0][0, 0] == 1.0
+    assert len(warnings) == 1 and "checksum mismatch" in warnings[0]
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, small_state(1.0))
+    (tmp_path / LATEST).write_bytes(b"garbage")
+    with pytest.raises(DataError, match="no usable checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync"])
+def test_disk_full_keeps_the_old_checkpoint(failing: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    save_checkpoint(tmp_path, small_state(1.0))
+    before = (tmp_path / LATEST).read_bytes()
+
+    def enospc(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if failing == "fsync":
+        monkeypatch.setattr(os, "fsync", enospc)
+    else:
+        real_fdopen = os.fdopen
+
+        def fdopen(fd, *a, **k):
+            f = real_fdopen(fd, *a, **k)
+            f.write = enospc
+            return f
+        monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(WriteError, match="No space left on device"):
+        save_checkpoint(tmp_path, small_state(2.0))
+    monkeypatch.undo()
+    assert (tmp_path / LATEST).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]
+
+
+def test_a_poisoned_value_leaves_nothing_behind(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, small_state(1.0))
+    before = (tmp_path / LATEST).read_bytes()
+    poisoned = small_state(2.0)
+    poisoned.loss_sum = float("nan")  # not JSON: refused before a byte is written
+    with pytest.raises(ValueError):
+        save_checkpoint(tmp_path, poisoned)
+    poisoned = small_state(2.0)
+    poisoned.params = [np.array([object()])]  # not a tensor
+    with pytest.raises(Exception, match="object"):  # safetensors refuses it
+        save_checkpoint(tmp_path, poisoned)
+    assert (tmp_path / LATEST).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]
+
+
+WRITER = """
+import sys, numpy as np
+from trainer.checkpoint import LoopState, save_checkpoint
+i = 0
+while True:
+    i += 1
+    save_checkpoint(sys.argv[1], LoopState(epoch=i, params=[np.full((300, 300), i, np.float32)]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_never_breaks_the_checkpoint(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    for _ in range(15):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+        deadline = time.time() + 10
+        while not (tmp_path / LATEST).exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.15))
+        proc.kill()
+        proc.wait()
+        state = load_checkpoint(tmp_path)  # verifies the checksum
+        assert state.params[0][0, 0] == state.epoch
+
+
+# --- divergence --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("loss", "output"), [("cross_entropy", "softmax"), ("mse", "identity")])
+def test_huge_learning_rate_stops_at_the_first_broken_loss(loss: str, output: str) -> None:
+    cfg = Config.from_dict({
+        "layers": [{"nodes": 20, "activation": "relu"}, {"nodes": 8, "activation": output},
+                   {"nodes": 4}], "learning_rate": 1e6, "batch_size": 10, "epochs": 3,
+        "loss": loss})
+    sums: list[float] = []
+    with pytest.raises(DivergedError) as caught:
+        train(cfg, make_dataset(n_train=200), "numpy",
+              on_step=lambda info: sums.append(info.running()[0] * info.seen))
+    steps = np.diff([0.0, *sums])  # each reported step's own loss (10 images a step)
+    assert np.all(np.isfinite(steps))  # every reported step was still finite
+    if loss == "cross_entropy":  # and no cross-entropy had exploded past 1000 nats an image
+        assert np.all(steps / 10 <= 1000)
+    e = caught.value
+    assert (e.epoch, e.step) == (1, len(sums) + 1)  # the very step that broke
+    message = str(e)
+    assert ("per image" in message) if loss == "cross_entropy" else (
+        "the loss is nan" in message or "the loss is inf" in message)
+    assert "learning rate 1e+06" in message and "smaller learning_rate" in message
+
+
+def test_cli_divergence_exits_1_and_marks_metrics(idx_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data-dir", str(idx_dir), "--run-dir", str(run_dir),
+                                 "--learning-rate", "1e6", "--epochs", "2", "-q"])
+    assert result.exit_code == 1
+    assert "diverged in epoch 1" in result.output and "Traceback" not in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["diverged"] is True and metrics["epoch"] == 1
+
+
+def test_out_of_memory_is_one_clear_message(idx_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.cli_train
+
+    def no_memory(*_a, **_k):
+        raise MemoryError("Unable to allocate 1.2 TiB")
+    monkeypatch.setattr(trainer.cli_train, "train", no_memory)
+    result = runner.invoke(app, ["train", "--data-dir", str(idx_dir), "--run-dir",
+                                 str(tmp_path / "r"), "--batch-size", "99999"])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "out of memory training at batch size 99999" in out and "host memory" in out
+    assert "smaller --batch-size" in out and "Traceback" not in out
+
+
+# --- the whole CLI: SIGTERM, resume ----------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_143_and_resumes(idx_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer", "train", "--data-dir", str(idx_dir),
+           "--run-dir", str(run_dir), "--epochs", "60", "--batch-size", "8", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / LATEST).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out + err
+    assert "trainer train --resume" in err and "Traceback" not in err
+    state = load_checkpoint(run_dir)
+    assert state.epoch >= 1
+    resumed = subprocess.run([sys.executable, "-m", "trainer", "train", "--resume", str(run_dir),
+                              "--data-dir", str(idx_dir), "-q", "--json"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["epochs"][-1]["epoch"] == 60
+
+
+def test_resume_refuses_overrides(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--epochs", "3"])
+    assert result.exit_code == 2 and "drop CONFIG and the overrides (epochs)" in result.output
+
+
+def test_resume_without_checkpoint_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "no usable checkpoint" in result.output

@@ -1,0 +1,228 @@
+"""`trainer train`: train, evaluate, write the run; resume, stop cleanly, fail clearly."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from backends import Backend
+from trainer.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from trainer.config import Config, default_config
+from trainer.console import cli_errors, console, err_console
+from trainer.data import load_dataset
+from trainer.display import TrainProgress, held_out, print_report
+from trainer.errors import TrainerError, UsageError
+from trainer.fileio import atomic_write_json
+from trainer.runs import check_run_name, claim_run_dir, run_metrics, write_run
+from trainer.train import (
+    DivergedError,
+    Interrupted,
+    RunHooks,
+    TrainResult,
+    check_shapes,
+    load_backend,
+    train,
+)
+
+Opt = typer.Option
+
+
+class OutOfMemory(TrainerError):
+    """The host or the device ran out of memory."""
+
+
+def describe_network(config: Config) -> str:
+    parts = [str(config.sizes[0])]
+    for act, nodes in zip(config.activations, config.sizes[1:], strict=True):
+        parts.append(f"{nodes} ({act})")
+    return " -> ".join(parts)
+
+
+def print_config(config: Config, name: str, backend: str, device: str) -> None:
+    table = Table(title=f"Network configuration: {escape(name)}", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("network", describe_network(config))
+    for key, value in config.to_dict().items():
+        if key != "layers":
+            table.add_row(key, str(value))
+    table.add_row("backend", f"{backend} ({device})")
+    console.print(table)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Any]:
+    """The first SIGINT or SIGTERM asks the loop to stop after its step (and checkpoint); a
+    second one interrupts at once. Yields a function telling which signal came, if any."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt  # the second one: stop now; atomic writes leave no debris
+        received.append(signum)
+        err_console.print(f"\n{signal.Signals(signum).name}: stopping after this step and "
+                          f"writing a checkpoint (again to stop at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def resumed_run(resume: Path, overrides: dict[str, Any]) -> tuple[Config, LoopState, dict]:
+    if any(v is not None for v in overrides.values()):
+        raise UsageError("--resume continues the run as it was configured: drop CONFIG and "
+                         "the overrides (" + ", ".join(k for k, v in overrides.items()
+                                                      if v is not None) + ")")
+    state = load_checkpoint(resume, warn=lambda m: err_console.print(f"[yellow]warning:[/] "
+                                                                      f"{escape(m)}"))
+    run = state.run
+    try:
+        return Config.from_dict(run["config"], source=f"{resume} checkpoint"), state, run
+    except KeyError:
+        raise UsageError(f"{resume}: the checkpoint does not record its run") from None
+
+
+def memory_error(e: BaseException, cfg: Config, be: Backend) -> OutOfMemory:
+    """One clear message with the batch size and what memory there was."""
+    figures = ""
+    with contextlib.suppress(Exception):
+        if be.name == "cupy":
+            import cupy
+
+            free, total = cupy.cuda.runtime.memGetInfo()
+            figures = f"GPU memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
+        elif "cuda" in str(be.device):
+            import torch
+
+            free, total = torch.cuda.mem_get_info(be.device)
+            figures = f"GPU memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
+        else:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f)
+            figures = (f"host memory: {info['MemAvailable'].strip()} available of "
+                       f"{info['MemTotal'].strip()}")
+    return OutOfMemory(f"out of memory training at batch size {cfg.batch_size} on {be.name} "
+                       f"({type(e).__name__}: {e}); {figures}; try a smaller --batch-size "
+                       f"or network")
+
+
+def train_cmd(
+    config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
+    backend: Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")] = "numpy",
+    device: Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")] = None,
+    data_dir: Annotated[Path | None, Opt(help="folder with the four IDX files")] = None,
+    run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>)")] = None,
+    name: Annotated[str | None, Opt(help="run name (default: the config's file name)")] = None,
+    seed: Annotated[int | None, Opt(min=0, help="override the config's seed")] = None,
+    epochs: Annotated[int | None, Opt(min=1, help="override epochs")] = None,
+    batch_size: Annotated[int | None, Opt(min=1, help="override batch_size")] = None,
+    learning_rate: Annotated[float | None, Opt(help="override learning_rate")] = None,
+    momentum: Annotated[float | None, Opt(help="override momentum")] = None,
+    dtype: Annotated[str | None, Opt(help="float32 | float64")] = None,
+    limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images only")] = None,
+    limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only")] = None,
+    resume: Annotated[Path | None, Opt(help="continue the run in this directory")] = None,
+    checkpoint_every: Annotated[int | None, Opt(min=1, help="also checkpoint every N steps "
+                                                "(always: every epoch)")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="plain lines, no bars or tables")] = False,
+    as_json: Annotated[bool, Opt("--json", help="print a JSON summary instead")] = False,
+) -> None:
+    """Train a network, evaluate it on the test set and write a run directory."""
+    with cli_errors():
+        overrides = {"seed": seed, "epochs": epochs, "batch_size": batch_size,
+                     "learning_rate": learning_rate, "momentum": momentum, "dtype": dtype}
+        state = None
+        if resume is not None:
+            given = overrides | {"CONFIG": config, "--limit-train": limit_train,
+                                 "--limit-test": limit_test, "--name": name,
+                                 "--run-dir": run_dir}
+            cfg, state, run = resumed_run(resume, given)
+            run_name, limit_train, limit_test = run["name"], run["limit_train"], run["limit_test"]
+        else:
+            cfg = Config.from_file(config) if config else default_config()
+            cfg = cfg.replace(**overrides)
+            run_name = check_run_name(name or (config.stem if config else "default"))
+        be = load_backend(backend, device)
+        data = load_dataset(data_dir, quiet=quiet or as_json)
+        check_shapes(cfg, data)
+        if not (quiet or as_json):
+            print_config(cfg, run_name, be.name, be.device_name)
+        path = resume if resume is not None else claim_run_dir(run_dir, run_name)
+        if resume is None:
+            atomic_write_json(path / "config.json", cfg.to_dict())
+        elif not quiet and not as_json:
+            console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
+        result = _run(cfg, be, data, path, run_name, limit_train, limit_test, state,
+                      checkpoint_every, quiet, as_json)
+        _report(cfg, be, data, path, run_name, result, quiet, as_json)
+
+
+def _run(cfg: Config, be: Backend, data: Any, path: Path, run_name: str,
+         limit_train: int | None, limit_test: int | None, state: LoopState | None,
+         checkpoint_every: int | None, quiet: bool, as_json: bool) -> TrainResult:
+    live = not (quiet or as_json) and console.is_terminal
+    samples = min(limit_train or len(data.train_labels), len(data.train_labels))
+    show_lr = cfg.lr_schedule.type != "constant" or cfg.lr_schedule.warmup_epochs > 0
+    run = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
+           "limit_test": limit_test}
+    try:
+        with stop_on_signals() as stop_requested, TrainProgress(
+                console, cfg.epochs, samples, live=live, silent=as_json,
+                show_lr=show_lr) as progress:
+            hooks = RunHooks(checkpoint=lambda st: save_checkpoint(path, st),
+                             checkpoint_every=checkpoint_every, resume=state,
+                             stop_requested=stop_requested, run=run)
+            return train(cfg, data, be, limit_train=limit_train, limit_test=limit_test,
+                         on_epoch=progress.on_epoch, on_step=progress.on_step,
+                         on_test_chunk=progress.on_test_chunk, hooks=hooks)
+    except Interrupted as e:
+        err_console.print(f"Stopped in epoch {e.epoch} after step {e.step}; checkpoint in "
+                          f"{escape(str(path))}. Resume with:\n  trainer train --resume "
+                          f"{escape(str(path))}", soft_wrap=True)
+        raise typer.Exit(code=e.exit_code) from None
+    except DivergedError as e:
+        atomic_write_json(path / "metrics.json", {
+            "diverged": True, "message": str(e), "epoch": e.epoch, "step": e.step,
+            "backend": be.name, "dtype": cfg.dtype, "seed": cfg.seed})
+        raise
+    except MemoryError as e:
+        raise memory_error(e, cfg, be) from None
+    except Exception as e:  # the GPU libraries' own out-of-memory errors
+        if "OutOfMemory" in type(e).__name__:
+            raise memory_error(e, cfg, be) from None
+        raise
+
+
+def _report(cfg: Config, be: Backend, data: Any, path: Path, run_name: str,
+            result: TrainResult, quiet: bool, as_json: bool) -> None:
+    classes = [str(c) for c in range(data.num_classes)]
+    metrics = run_metrics(result, classes, be.version, data)
+    write_run(path, result, classes, metrics, title=run_name)
+    if as_json:
+        sys.stdout.write(__import__("json").dumps({"run_dir": str(path)} | metrics, indent=2)
+                         + "\n")
+        return
+    best = result.best()
+    console.print(f"Final training accuracy: {result.train_accuracy:.2%}")
+    if best is not None:
+        kept = " (its weights kept)" if result.best_epoch else ""
+        console.print(f"Best epoch: {best.epoch}, {held_out(best)}{kept}"
+                      + ("; stopped early" if result.stopped_early else ""))
+    console.print(f"Total training time: {result.total_seconds:.2f} s")
+    if not quiet:
+        console.print(f"Test evaluation ({len(result.test_predictions)} images):")
+        print_report(console, result.test_report, classes)
+    console.print(f"Test accuracy: {result.test_accuracy:.2%} "
+                  f"({len(result.test_predictions)} images)")
+    console.print(f"Run directory: {escape(str(path))}", soft_wrap=True)
