@@ -163,15 +163,18 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
           on_step: Callable[[StepInfo], None] | None = None,
           on_test_chunk: Callable[[int, int], None] | None = None,
           fast: bool = True, blas_threads: int | str | None = "auto",
-          hooks: RunHooks | None = None) -> TrainResult:
+          hooks: RunHooks | None = None, test: bool = True) -> TrainResult:
     """Train `config` on `data` with `backend`, then evaluate on the test set.
 
     `on_step` is called after every step (cheaply: it gets device scalars it may read when it
     likes), `on_epoch` after every epoch with that epoch's figures, `on_test_chunk(done, total)`
     during the final test evaluation. `fast=False` trains without the backend's kernels (the
     plain array-API path), for checking that both agree. `blas_threads` limits the threads of
-    the CPU BLAS ("auto": see `auto_blas_threads`; None: leave them alone).
+    the CPU BLAS ("auto": see `auto_blas_threads`; None: leave them alone). `test=False`
+    never touches the test set (sweeps): it needs a validation split to report progress.
     """
+    if not test and not config.validation_split:
+        raise ConfigError("training without the test set needs a validation_split")
     check_shapes(config, data)
     be = load_backend(backend, device)
     if blas_threads == "auto":
@@ -179,8 +182,9 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     # overflow on the way to a NaN is reported once, by check_finite, not as numpy warnings
     with threadpool_limits(limits=blas_threads, user_api="blas"), \
             np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _train(config, data, be, limit_train, limit_test, on_epoch, on_step,
-                      on_test_chunk, fast, blas_threads, hooks or RunHooks())
+        return _train(config, data if test else data.limit(None, 0), be, limit_train,
+                      limit_test, on_epoch, on_step, on_test_chunk, fast, blas_threads,
+                      hooks or RunHooks())
 
 
 def auto_blas_threads(config: Config, be: Backend) -> int | None:
@@ -326,8 +330,9 @@ def _train(config: Config, data: Dataset, be: Backend, limit_train: int | None,
 
     result.train_accuracy = evaluate(params, acts, x_train, y_train, classes,
                                      be.to_numpy)[0].accuracy
-    result.test_report, result.test_predictions = evaluate(
-        params, acts, x_test, y_test, classes, be.to_numpy, on_chunk=on_test_chunk)
+    if len(data.test_labels):
+        result.test_report, result.test_predictions = evaluate(
+            params, acts, x_test, y_test, classes, be.to_numpy, on_chunk=on_test_chunk)
     result.params = [np.array(be.to_numpy(p)) for p in params]  # copies, not views
     return result
 
