@@ -92,6 +92,7 @@ def test_overrides_and_limits_apply(idx_dir: Path, tmp_path: Path) -> None:
     ({"layers": [{"nodes": 784, "activation": "Softmax"}, {"nodes": 7}]},
      "layers[1].nodes is 7, but the data has 10 classes"),
     ({"batch_size": 0}, "batch_size must be greater than 0"),
+    ({"validation_split": 600}, "validation_split 600 leaves no training images out of 600"),
 ])
 def test_bad_config_exits_2_without_a_run_dir(idx_dir: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch, changes: dict,

@@ -16,6 +16,7 @@ from rich.table import Table
 import backends
 from trainer.cli_bench import bench_cmd
 from trainer.cli_data import data_app
+from trainer.cli_sweep import sweep_cmd
 from trainer.cli_train import describe_network, train_cmd
 from trainer.console import cli_errors, console, err_console
 from trainer.data import load_dataset
@@ -27,6 +28,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Train fully connected networks on MNIST-like data, on any array backend.")
 app.add_typer(data_app, name="data")
 app.command("bench")(bench_cmd)
+app.command("sweep")(sweep_cmd)
 
 Opt = typer.Option
 BackendOpt = Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")]

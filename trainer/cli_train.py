@@ -28,6 +28,7 @@ from trainer.train import (
     RunHooks,
     TrainResult,
     check_shapes,
+    check_split,
     load_backend,
     train,
 )
@@ -51,8 +52,15 @@ def print_config(config: Config, name: str, backend: str, device: str) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("network", describe_network(config))
+    drop = [f"{i}: {layer.dropout:g}" for i, layer in enumerate(config.layers) if layer.dropout]
+    if drop:
+        table.add_row("dropout", ", ".join(drop))
+    core = ("learning_rate", "epochs", "momentum", "batch_size")  # what neural-net-rs showed
     for key, value in config.to_dict().items():
-        if key != "layers":
+        field = Config.model_fields[key]
+        default = field.default.model_dump() if hasattr(field.default, "model_dump") else (
+            field.default)
+        if key != "layers" and (key in core or value != default):
             table.add_row(key, str(value))
     table.add_row("backend", f"{backend} ({device})")
     console.print(table)
@@ -156,6 +164,8 @@ def train_cmd(
         be = load_backend(backend, device)
         data = load_dataset(data_dir, quiet=quiet or as_json)
         check_shapes(cfg, data)
+        n_train = min(limit_train or len(data.train_labels), len(data.train_labels))
+        check_split(cfg, n_train)  # before the run directory exists: a bad run leaves nothing
         if not (quiet or as_json):
             print_config(cfg, run_name, be.name, be.device_name)
         path = resume if resume is not None else claim_run_dir(run_dir, run_name)

@@ -354,13 +354,17 @@ def check_loss(config: Config, loss: Array, n: int, be: Backend, epoch: int, ste
         f"the batch), or \"loss_reduction\": \"mean\"", epoch, step)
 
 
+def check_split(config: Config, n: int) -> None:
+    if config.validation_size(n) >= n:
+        raise ConfigError(f"validation_split {config.validation_split:g} leaves no training "
+                          f"images out of {n}")
+
+
 def split(config: Config, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(training, validation) indices: a seeded random share held out, both in data order."""
+    check_split(config, n)
     n_val = config.validation_size(n)
     if n_val == 0:
         return np.arange(n), np.arange(0)
-    if n_val >= n:
-        raise ConfigError(f"validation_split {config.validation_split:g} leaves no training "
-                          f"images out of {n}")
     order = rng.permutation(n)
     return np.sort(order[n_val:]), np.sort(order[:n_val])

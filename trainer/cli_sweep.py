@@ -1,0 +1,216 @@
+"""`trainer sweep`: a hyper-parameter search over a space file, with a live table of trials."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from trainer.config import Config
+from trainer.console import cli_errors, console, err_console
+from trainer.errors import UsageError
+from trainer.runs import check_run_name
+from trainer.sweep import SAMPLERS, SweepSettings, run_sweep
+from trainer.sweep_report import leaderboard
+from trainer.sweep_space import load_space
+
+Opt = typer.Option
+ROWS = 30  # the live table shows the last this many trials
+
+
+class TrialTable:
+    """The trials as a rich table redrawn live, or one plain line per finished trial."""
+
+    def __init__(self, names: list[str], epochs: int, live: bool, silent: bool) -> None:
+        self.names, self.epochs, self.silent = names, epochs, silent
+        self.trials: list[Any] = []
+        self.printed: set[int] = set()
+        self.next = 0.0
+        self.live = Live(self, console=console, refresh_per_second=2, transient=False) \
+            if live and not silent else None
+
+    def __enter__(self) -> TrialTable:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, study: Any, force: bool = False) -> None:
+        """Re-read the study (at most twice a second, unless forced) and show it."""
+        now = time.monotonic()
+        if self.silent or (now < self.next and not force):
+            return
+        self.next = now + 0.5  # each refresh reads the study from its database
+        self.trials = study.get_trials(deepcopy=False)
+        if self.live is None:
+            self._print_finished()
+
+    def _print_finished(self) -> None:
+        best = None
+        for t in sorted(self.trials, key=lambda t: t.number):
+            if t.state.name == "COMPLETE" and (best is None or t.value > best.value):
+                best = t
+            if t.number in self.printed or t.state.name in ("RUNNING", "WAITING"):
+                continue
+            self.printed.add(t.number)
+            value = f"{t.value:.2%}" if t.value is not None else "-"
+            params = "  ".join(f"{n}={_fmt(t.params.get(n))}" for n in self.names)
+            row = leaderboard([t], self.names)[0]
+            line = f"trial {t.number:>3} {t.state.name:<8} val acc {value:>7}  {params}"
+            if best is not None:
+                line += f"  (best {best.value:.2%}, trial {best.number})"
+            console.print(escape(line + (f"  {row['note']}" if row["note"] else "")),
+                          soft_wrap=True)
+
+    def __rich__(self) -> Table:
+        table = Table(title="Trials", title_justify="left")
+        for col in ("#", "state", "val acc", "epoch", "seconds", *self.names, "note"):
+            table.add_column(col, justify="right" if col not in ("state", "note") else "left")
+        done = [t for t in self.trials if t.state.name == "COMPLETE"]
+        best = max(done, key=lambda t: t.value).number if done else None
+        shown = sorted(self.trials, key=lambda t: t.number)[-ROWS:]
+        for row, t in zip(leaderboard(shown, self.names),
+                          sorted(shown, key=lambda t: (_rank(t), t.number)), strict=True):
+            value = t.value if t.value is not None else (
+                max(t.intermediate_values.values()) if t.intermediate_values else None)
+            secs = row["seconds"] if row["seconds"] is not None else (
+                (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else None)
+            style = {"FAIL": "red", "PRUNED": "dim", "RUNNING": "cyan"}.get(t.state.name, "")
+            table.add_row(
+                f"{t.number}{' *' if t.number == best else ''}", t.state.name,
+                f"{value:.2%}" if value is not None else "",
+                f"{len(t.intermediate_values)}/{self.epochs}",
+                f"{secs:.1f}" if secs is not None else "",
+                *[escape(_fmt(t.params.get(n))) for n in self.names], escape(row["note"]),
+                style="bold green" if t.number == best else style)
+        return table
+
+
+def _rank(t: Any) -> int:
+    from trainer.sweep_report import ORDER
+
+    return ORDER.get(t.state.name, 5)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in summary["trials"].items() if n)
+    console.print(f"Study {escape(summary['study'])}: {counts} "
+                  f"({summary['seconds']:.0f} s this run)")
+    base = summary.get("baseline")
+    if base is not None:
+        console.print(f"The config as given (trial {base['trial']}): validation accuracy "
+                      f"{base['value']:.2%}")
+    best = summary.get("best")
+    if best is not None:
+        gain = f" ({100 * (best['value'] - base['value']):+.2f} points)" if base else ""
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        console.print(f"Best: trial {best['trial']}, validation accuracy "
+                      f"{best['value']:.2%}{gain}: {escape(params)}", soft_wrap=True)
+        if "importances" in summary:
+            imp = ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items())
+            console.print(f"Importances: {escape(imp)}", soft_wrap=True)
+        console.print(f"Best config: {escape(summary['sweep_dir'])}/best.json (train it with "
+                      f"`trainer train {escape(summary['sweep_dir'])}/best.json`)", soft_wrap=True)
+    for n in summary["notes"]:
+        console.print(f"[yellow]note:[/] {escape(n)}", soft_wrap=True)
+    console.print(f"Sweep directory: {escape(summary['sweep_dir'])} "
+                  f"({', '.join(summary['files'])}, trials/)", soft_wrap=True)
+
+
+def sweep_cmd(
+    config: Annotated[Path, typer.Argument(help="the JSON config to start from")],
+    space: Annotated[Path, Opt(help="JSON file: config key -> {uniform|log_uniform|int|choice}")],
+    trials: Annotated[int, Opt(min=1, help="run until the study holds N finished trials")],
+    sampler: Annotated[str, Opt(help=" | ".join(SAMPLERS))] = "tpe",
+    storage: Annotated[str | None, Opt(help="SQLAlchemy URL shared by workers, e.g. "
+                                       "postgresql+psycopg2://user:pw@host/db (default: "
+                                       "SQLite in the sweep directory)")] = None,
+    study: Annotated[str | None, Opt(help="study name (default: the config's file name)")] = None,
+    sweep_dir: Annotated[Path | None, Opt(help="default sweeps/<study>")] = None,
+    workers: Annotated[int, Opt(min=1, help="local worker processes (BLAS threads split "
+                                "between them)")] = 1,
+    backend: Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")] = "numpy",
+    device: Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")] = None,
+    data_dir: Annotated[Path | None, Opt(help="folder with the four IDX files")] = None,
+    validation_split: Annotated[float | None, Opt(min=0, help="share or count of training "
+                                                  "images scored (default: the config's, "
+                                                  "else 0.1)")] = None,
+    timeout: Annotated[float | None, Opt(min=0, help="start no trial after this many "
+                                         "seconds")] = None,
+    seed: Annotated[int | None, Opt(min=0, help="seed of the sampler and of every trial's "
+                                    "training (default: the config's)")] = None,
+    epochs: Annotated[int | None, Opt(min=1, help="override epochs")] = None,
+    batch_size: Annotated[int | None, Opt(min=1, help="override batch_size")] = None,
+    learning_rate: Annotated[float | None, Opt(help="override learning_rate")] = None,
+    momentum: Annotated[float | None, Opt(help="override momentum")] = None,
+    dtype: Annotated[str | None, Opt(help="float32 | float64")] = None,
+    limit_train: Annotated[int | None, Opt(min=1, help="use the first N training images "
+                                           "(validation split included)")] = None,
+    heartbeat: Annotated[int, Opt(min=1, help="seconds between a trial's heartbeats; one "
+                                  "silent for 3x this is failed and run again")] = 30,
+    as_json: Annotated[bool, Opt("--json", help="print only a JSON summary")] = False,
+) -> None:
+    """Search hyper-parameters: train trials on a validation split, keep the best config."""
+    with cli_errors():
+        cfg = Config.from_file(config).replace(
+            seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            momentum=momentum, dtype=dtype, validation_split=validation_split)
+        if not cfg.validation_split:
+            cfg = cfg.replace(validation_split=0.1)
+        name = check_run_name(study or config.stem)
+        if sampler not in SAMPLERS:
+            raise UsageError(f"unknown --sampler {sampler!r}; choose one of "
+                             f"{', '.join(SAMPLERS)}")
+        settings = SweepSettings(
+            cfg, load_space(space, cfg), trials, sweep_dir or Path("sweeps") / name, name,
+            storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,
+            data_dir=data_dir, limit_train=limit_train, timeout=timeout, workers=workers,
+            heartbeat=heartbeat)
+        live = not as_json and console.is_terminal
+        terminated: list[int] = []
+        previous = signal.signal(signal.SIGTERM, lambda n, _: _interrupt(terminated, n))
+        try:
+            with TrialTable([p.path for p in settings.space.params], cfg.epochs, live,
+                            silent=as_json) as table:
+                summary = run_sweep(settings, on_update=table.update)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: the sweep's trials so far are in "
+                              f"{escape(str(settings.sweep_dir))}; run the same command again "
+                              f"to resume", soft_wrap=True)
+            raise typer.Exit(code=143 if terminated else 130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if as_json:
+            sys.stdout.write(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        else:
+            print_summary(summary)
+        if "best" not in summary:
+            raise typer.Exit(code=1)
+
+
+def _interrupt(terminated: list[int], signum: int) -> None:
+    terminated.append(signum)
+    raise KeyboardInterrupt
+
+
+def _json_default(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else str(v)

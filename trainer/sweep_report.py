@@ -1,0 +1,151 @@
+"""What a sweep leaves behind: best.json, leaderboard.csv, history.svg, importances.svg."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.fileio import atomic_write_json, atomic_write_text
+from trainer.plots import _render, write_svg
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from trainer.sweep import SweepSettings
+
+ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
+
+
+def retry_of(t: Any) -> int | None:
+    """The trial this one re-runs: after a worker died (heartbeat) or a Ctrl-C."""
+    history = t.system_attrs.get("retry_history")
+    return history[-1] if history else t.user_attrs.get("retry_of")
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    return {n for n in map(retry_of, trials) if n is not None}
+
+
+def seconds(t: Any) -> float | None:
+    if t.datetime_start is None or t.datetime_complete is None:
+        return None
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def note(t: Any, retries: dict[int, int]) -> str:
+    if t.number in retries:
+        why = t.user_attrs.get("error") or "its worker stopped sending heartbeats"
+        return f"{why}; re-run as trial {retries[t.number]}"
+    parts = [t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""]
+    if t.user_attrs.get("baseline"):
+        parts.insert(0, "the config as given")
+    if retry_of(t) is not None:
+        parts.append(f"re-run of trial {retry_of(t)}")
+    return "; ".join(p for p in parts if p)
+
+
+def leaderboard(trials: list[Any], names: list[str]) -> list[dict[str, Any]]:
+    """Completed trials best first, then pruned, failed, running and waiting ones."""
+    retries = {retry_of(t): t.number for t in trials if retry_of(t) is not None}
+    ranked = sorted(trials, key=lambda t: (ORDER.get(t.state.name, 5),
+                                           -(t.value if t.value is not None else -math.inf),
+                                           t.number))
+    rows = []
+    for rank, t in enumerate(ranked, 1):
+        secs = seconds(t)
+        rows.append({"rank": rank, "trial": t.number, "state": t.state.name,
+                     "value": t.value, "best_epoch": t.user_attrs.get("best_epoch"),
+                     "seconds": round(secs, 2) if secs is not None else None}
+                    | {n: t.params.get(n) for n in names} | {"note": note(t, retries)})
+    return rows
+
+
+def write_outputs(study: Any, s: SweepSettings, elapsed: float) -> dict[str, Any]:
+    """Write the sweep directory's files and return the summary the CLI prints."""
+    trials = study.get_trials(deepcopy=False)
+    names = [p.path for p in s.space.params]
+    rows = leaderboard(trials, names)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["rank", "trial", "state", "value", "best_epoch",
+                                             "seconds", *names, "note"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(s.sweep_dir / "leaderboard.csv", buf.getvalue())
+    counts = {state: sum(r["state"] == state for r in rows) for state in ORDER}
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    files, notes = ["leaderboard.csv"], []
+    summary: dict[str, Any] = {"study": s.study, "sweep_dir": str(s.sweep_dir),
+                               "trials": counts, "seconds": round(elapsed, 1)}
+    base = next((t for t in done if t.user_attrs.get("baseline")), None)
+    if base is not None:
+        summary["baseline"] = {"trial": base.number, "value": base.value}
+    if done:
+        best = max(done, key=lambda t: (t.value, -t.number))
+        config = s.space.apply(s.config, best.params, source=f"trial {best.number}")
+        atomic_write_json(s.sweep_dir / "best.json", config.to_dict())
+        files.append("best.json")
+        summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
+                           "run_dir": str(s.sweep_dir / "trials" / str(best.number))}
+        write_svg(s.sweep_dir / "history.svg", _render(_draw_history, trials,
+                                                       base.value if base else None, s.study))
+        files.append("history.svg")
+    else:
+        notes.append("no trial completed: no best.json or history.svg")
+    varied = [n for n in names if len({repr(t.params.get(n)) for t in done}) > 1]
+    if len(done) >= 2 and varied:
+        from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=s.seed),
+                                    params=varied)
+        write_svg(s.sweep_dir / "importances.svg", _render(_draw_importances, imp, s.study))
+        files.append("importances.svg")
+        summary["importances"] = imp
+    else:
+        notes.append(f"no importances.svg: it needs 2 completed trials in which a parameter "
+                     f"varies (completed: {len(done)})")
+    return summary | {"files": files, "notes": notes}
+
+
+def _draw_history(fig: Figure, trials: list[Any], baseline: float | None, title: str) -> None:
+    fig.set_size_inches(8, 4)
+    ax = fig.subplots()
+    styles = {"COMPLETE": {"color": "C0", "marker": "o", "label": "trial"},
+              "PRUNED": {"color": "0.6", "marker": "o", "label": "pruned (last value)",
+                         "facecolors": "none"}}
+    for state, style in styles.items():
+        pts = [(t.number, 100 * t.value) for t in trials
+               if t.state.name == state and t.value is not None]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), s=18, gid=state.lower(), **style)
+    done = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
+    best = np.maximum.accumulate([100 * t.value for t in done])
+    ax.step([t.number for t in done], best, where="post", color="C1", label="best so far",
+            gid="best")
+    failed = [t.number for t in trials if t.state.name == "FAIL"]
+    if failed:
+        ax.scatter(failed, [ax.get_ylim()[0]] * len(failed), marker="x", color="C3",
+                   label="failed", gid="failed", clip_on=False)
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="0.4", linestyle="--", linewidth=1,
+                   label="config as given")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best validation accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"{title}: optimisation history")
+
+
+def _draw_importances(fig: Figure, importances: dict[str, float], title: str) -> None:
+    names = list(importances)[::-1]  # the most important at the top
+    fig.set_size_inches(7, 1.2 + 0.45 * len(names))
+    ax = fig.subplots()
+    ax.barh(names, [importances[n] for n in names], color="C0", gid="importances")
+    for y, name in enumerate(names):
+        ax.text(importances[name], y, f" {importances[name]:.2f}", va="center")
+    ax.set_xlim(0, 1.1 * max(max(importances.values()), 1e-9))
+    ax.set_xlabel("importance (fANOVA, share of the variance of the validation accuracy)")
+    ax.set_title(f"{title}: parameter importances")
