@@ -10,7 +10,9 @@ import pytest
 from trainer.config import Config, default_config
 from trainer.errors import ConfigError
 
-CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.json"))
+# sweep-*.json are search spaces for `trainer sweep`, not configs
+CONFIGS = sorted(p for p in Path(__file__).parent.parent.joinpath("configs").glob("*.json")
+                 if not p.name.startswith("sweep-"))
 BASE = default_config().to_dict()
 
 
