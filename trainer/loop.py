@@ -107,17 +107,25 @@ class Run:
         correct = xp.asarray(state.correct, dtype=self.dtype, device=self.x_train.device)
         steps = -(-self.n_train // bs)
         host_loss = be.device_name == "cpu"  # reading the loss every step costs nothing there
+        # per image, the largest loss that is not divergence (see check_loss)
+        limit = DIVERGED_CROSS_ENTROPY if config.loss == "cross_entropy" else math.inf
+        constant_lr = (config.learning_rate if config.lr_schedule.type == "constant"
+                       and not config.lr_schedule.warmup_epochs else None)
+        hooks = self.hooks.stop_requested or self.hooks.checkpoint_every
         for step in range(state.step, steps):
             lo, hi = step * bs, min(step * bs + bs, self.n_train)
-            lr = learning_rate(config, epoch, step, steps)
+            lr = constant_lr or learning_rate(config, epoch, step, steps)
             loss, ok = self.step_fn(self.x_train, self.t_train, perm[lo:hi], lr)
             loss_sum += loss
             correct += ok
             if host_loss or (step + 1) % DEVICE_LOSS_CHECK == 0 or step + 1 == steps:
-                check_loss(config, loss, hi - lo, be, epoch, step + 1, steps, lr, host_loss)
+                value = float(be.to_numpy(loss))
+                if not (value - value == 0.0 and value <= limit * (hi - lo)):  # inf, nan, huge
+                    check_loss(config, loss, hi - lo, be, epoch, step + 1, steps, lr, host_loss)
             if on_step is not None:
                 on_step(StepInfo(epoch, step + 1, steps, hi, be, loss_sum, correct))
-            self._maybe_stop(epoch, step + 1, steps, loss_sum, correct, t0)
+            if hooks:
+                self._maybe_stop(epoch, step + 1, steps, loss_sum, correct, t0)
         loss_mean = float(be.to_numpy(loss_sum)) / self.n_train  # waits for the epoch's work
         seconds = time.perf_counter() - t0
         val, test = self._held_out()

@@ -40,6 +40,7 @@ class TrainStep:
         self.adam = config.optimizer in ("adam", "adamw")
         self.regularized = config.regularization_type is not None and config.regularization_rate
         self.dropouts = config.dropouts
+        self.dropping = any(self.dropouts)
         self.global_step = 0  # steps taken: the dropout masks' counter and Adam's t
         self.augment: Callable[[Array, Array], Array] | None = None  # set by the training loop
         k = kernels or {}
@@ -92,7 +93,7 @@ class TrainStep:
         With fused cross-entropy aL is the logits (the softmax comes in `_loss`).
         """
         last = len(self.acts) - 1
-        masks: list[Array | None] = [self._mask(0, x)]
+        masks: list[Array | None] = [self._mask(0, x) if self.dropping else None]
         pre, outs = [x], [x if masks[0] is None else x * masks[0]]
         for i, act in enumerate(self.acts):
             w, b = self.params[2 * i], self.params[2 * i + 1]
@@ -103,7 +104,7 @@ class TrainStep:
             else:
                 a = self._activate(act, z) if bufs and self._activate else None
                 a = a if a is not None else ACTIVATIONS[act][0](z)
-            masks.append(self._mask(i + 1, a) if i < last else None)
+            masks.append(self._mask(i + 1, a) if self.dropping and i < last else None)
             pre.append(a)
             outs.append(a if masks[-1] is None else a * masks[-1])
         return outs, pre, masks
