@@ -268,3 +268,22 @@ def test_resume_refuses_overrides(tmp_path: Path) -> None:
 def test_resume_without_checkpoint_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "no usable checkpoint" in result.output
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(idx_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer", "train", "--data-dir", str(idx_dir),
+           "--run-dir", str(run_dir), "--epochs", "500", "--batch-size", "4",
+           "--checkpoint-every", "7", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / LATEST).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    load_checkpoint(run_dir)  # whole and verified
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
