@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import time
@@ -20,9 +19,8 @@ from trainer.config import Config
 from trainer.console import cli_errors, console, err_console
 from trainer.errors import UsageError
 from trainer.runs import check_run_name
-from trainer.sweep import SAMPLERS, SweepSettings, run_sweep
+from trainer.sweep import SAMPLERS, SweepSettings, load_space, run_sweep
 from trainer.sweep_report import leaderboard
-from trainer.sweep_space import load_space
 
 Opt = typer.Option
 ROWS = 30  # the live table shows the last this many trials
@@ -60,6 +58,7 @@ class TrialTable:
 
     def _print_finished(self) -> None:
         best = None
+        rows = {r["trial"]: r for r in leaderboard(self.trials, self.names)}
         for t in sorted(self.trials, key=lambda t: t.number):
             if t.state.name == "COMPLETE" and (best is None or t.value > best.value):
                 best = t
@@ -68,7 +67,7 @@ class TrialTable:
             self.printed.add(t.number)
             value = f"{t.value:.2%}" if t.value is not None else "-"
             params = "  ".join(f"{n}={_fmt(t.params.get(n))}" for n in self.names)
-            row = leaderboard([t], self.names)[0]
+            row = rows[t.number]
             line = f"trial {t.number:>3} {t.state.name:<8} val acc {value:>7}  {params}"
             if best is not None:
                 line += f"  (best {best.value:.2%}, trial {best.number})"
@@ -81,9 +80,10 @@ class TrialTable:
             table.add_column(col, justify="right" if col not in ("state", "note") else "left")
         done = [t for t in self.trials if t.state.name == "COMPLETE"]
         best = max(done, key=lambda t: t.value).number if done else None
-        shown = sorted(self.trials, key=lambda t: t.number)[-ROWS:]
-        for row, t in zip(leaderboard(shown, self.names),
-                          sorted(shown, key=lambda t: (_rank(t), t.number)), strict=True):
+        shown = {t.number: t for t in sorted(self.trials, key=lambda t: t.number)[-ROWS:]}
+        for row in sorted(leaderboard(list(shown.values()), self.names),
+                          key=lambda r: r["trial"]):
+            t = shown[row["trial"]]
             value = t.value if t.value is not None else (
                 max(t.intermediate_values.values()) if t.intermediate_values else None)
             secs = row["seconds"] if row["seconds"] is not None else (
@@ -97,12 +97,6 @@ class TrialTable:
                 *[escape(_fmt(t.params.get(n))) for n in self.names], escape(row["note"]),
                 style="bold green" if t.number == best else style)
         return table
-
-
-def _rank(t: Any) -> int:
-    from trainer.sweep_report import ORDER
-
-    return ORDER.get(t.state.name, 5)
 
 
 def _fmt(v: Any) -> str:
@@ -200,7 +194,7 @@ def sweep_cmd(
         finally:
             signal.signal(signal.SIGTERM, previous)
         if as_json:
-            sys.stdout.write(json.dumps(summary, indent=2, default=_json_default) + "\n")
+            sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
         else:
             print_summary(summary)
         if "best" not in summary:
@@ -210,7 +204,3 @@ def sweep_cmd(
 def _interrupt(terminated: list[int], signum: int) -> None:
     terminated.append(signum)
     raise KeyboardInterrupt
-
-
-def _json_default(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else str(v)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
-import warnings
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,13 +20,30 @@ from trainer.data import Dataset, load_dataset
 from trainer.errors import TrainerError, UsageError
 from trainer.fileio import atomic_write_json
 from trainer.runs import claim_run_dir, run_metrics, write_run
-from trainer.sweep_report import retried_numbers, write_outputs
-from trainer.sweep_space import Space, perturb_sampler
-from trainer.train import EpochStats, auto_blas_threads, check_shapes, load_backend, train
+from trainer.sweep_report import write_outputs
+from trainer.sweep_space import Space, load_space
+from trainer.sweep_study import (
+    SAMPLERS,
+    AskLock,
+    counted,
+    make_sampler,
+    open_study,
+    quiet_optuna,
+    require_optuna,
+    safe_url,
+    start_study,
+    target,
+)
+from trainer.train import (
+    EpochStats,
+    auto_blas_threads,
+    check_shapes,
+    check_split,
+    load_backend,
+    train,
+)
 
-SAMPLERS = ("tpe", "random", "grid", "perturb")
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-SQLITE_TIMEOUT = 60  # seconds a process waits for another's write on the SQLite file
+__all__ = ["SAMPLERS", "SweepSettings", "load_space", "run_sweep", "work"]
 
 
 @dataclass(frozen=True)
@@ -65,132 +78,6 @@ def without_test(data: Dataset) -> Dataset:
     return replace(data, test_images=empty(data.train_images), test_labels=empty(data.train_labels))
 
 
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna logs every trial (and a traceback per failed one): the sweep shows its own table."""
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", FutureWarning)  # renamed heartbeat callbacks
-        try:
-            yield
-        finally:
-            optuna.logging.set_verbosity(level)
-
-
-def open_study(s: SweepSettings, worker: int = 0) -> Any:
-    """The study (created if new) with heartbeats, the retry of stale trials and the sampler."""
-    import optuna
-    from optuna.storages import RDBStorage
-
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    kw = ({"heartbeat_stale_trial_callback": retry(max_retry=s.max_retry)} if retry else
-          {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(s.max_retry)})
-    engine = {"connect_args": {"timeout": SQLITE_TIMEOUT}} if s.url.startswith("sqlite") else {}
-    seed = s.seed + worker  # workers draw different points
-    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
-               "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-               "grid": lambda: optuna.samplers.GridSampler(s.space.grid(), seed=seed),
-               "perturb": lambda: perturb_sampler(s.space, seed)}[s.sampler]()
-    for attempt in range(3):  # two machines creating the same new study race on its tables
-        try:
-            storage = RDBStorage(s.url, engine_kwargs=engine, heartbeat_interval=s.heartbeat,
-                                 grace_period=3 * s.heartbeat, **kw)
-            return optuna.create_study(
-                storage=storage, study_name=s.study, sampler=sampler,
-                pruner=optuna.pruners.MedianPruner(n_startup_trials=3), direction="maximize",
-                load_if_exists=True)
-        except Exception as e:  # SQLAlchemy's errors: a bad URL, no server, no driver
-            if attempt == 2 or isinstance(e, TrainerError | ImportError | ValueError):
-                raise UsageError(f"cannot open the sweep storage {_safe_url(s.url)}: "
-                                 f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
-            time.sleep(0.5 + attempt)
-    raise AssertionError("unreachable")
-
-
-def _safe_url(url: str) -> str:
-    with contextlib.suppress(Exception):
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    return "(unparsable URL)"
-
-
-class AskLock:
-    """Held from counting the study's trials to creating the next one, so that workers on one
-    machine (a file lock) or on many (a PostgreSQL advisory lock) never start trial N+1."""
-
-    def __init__(self, s: SweepSettings) -> None:
-        sqlite = s.url.startswith("sqlite:///") and ":memory:" not in s.url
-        self.path = Path(s.url.removeprefix("sqlite:///").split("?")[0] + ".lock") if sqlite else \
-            s.sweep_dir / ".ask.lock"
-        self.key = zlib.crc32(s.study.encode())  # one lock per study
-        self.conn, self.fd = None, None
-        if s.url.startswith("postgresql"):
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(s.url, poolclass=sqlalchemy.pool.NullPool)
-            self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-
-    def acquire(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        if self.conn is not None:
-            self.conn.exec_driver_sql(f"SELECT pg_advisory_lock({self.key})")
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        if self.conn is not None:
-            self.conn.exec_driver_sql(f"SELECT pg_advisory_unlock({self.key})")
-        os.close(self.fd)  # closing drops the flock
-        self.fd = None
-
-
-def counted(trials: list[Any]) -> int:
-    """Finished trials (but those re-queued after their worker died) plus running ones."""
-    retried = retried_numbers(trials)
-    return sum(1 for t in trials if t.state.name == "RUNNING" or
-               (t.state.name in FINISHED and t.number not in retried))
-
-
-def target(s: SweepSettings) -> int:
-    if s.sampler == "grid":
-        return min(s.trials, int(np.prod([len(v) for v in s.space.grid().values()])))
-    return s.trials
-
-
-def start_study(s: SweepSettings) -> Any:
-    """Create or resume the study; a new one first runs the config as given (the baseline)."""
-    study = open_study(s)
-    recorded = {"config": s.config.to_dict(), "space": s.space.to_json(),
-                "limit_train": s.limit_train}
-    lock = AskLock(s)
-    lock.acquire()
-    try:
-        if not study.get_trials(deepcopy=False):
-            old = s.sweep_dir / "trials"
-            if old.is_dir() and any(old.iterdir()):
-                raise UsageError(f"{s.sweep_dir} holds the trials of another sweep, but study "
-                                 f"{s.study!r} is new: choose another --sweep-dir or --study")
-            study.set_user_attr("sweep", recorded)
-            baseline = s.space.baseline(s.config)
-            if baseline is not None and s.sampler != "grid":
-                study.enqueue_trial(baseline, user_attrs={"baseline": True})
-    finally:
-        lock.release()
-    before = study.user_attrs.get("sweep")
-    if before is not None and before != recorded:
-        what = [k for k in recorded if before.get(k) != recorded[k]]
-        raise UsageError(f"study {s.study!r} in {_safe_url(s.url)} was run with a different "
-                         f"{' and '.join(what)}; resume it with the same config, space and "
-                         f"options, or start a new one with --study")
-    return study
-
-
 def run_trial(trial: Any, s: SweepSettings, data: Dataset, lock: AskLock,
               on_update: Callable[[], None]) -> float:
     """The objective: train on the training split, return the best validation accuracy.
@@ -212,7 +99,8 @@ def run_trial(trial: Any, s: SweepSettings, data: Dataset, lock: AskLock,
             f"{type(e).__name__}: {e}"
         trial.set_user_attr("pruned" if pruned else "error", error)
         if isinstance(e, KeyboardInterrupt):  # run it again when the sweep is resumed
-            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            keep = {k: v for k, v in trial.user_attrs.items() if k == "baseline"}
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number} | keep)
         if run_dir is not None:
             atomic_write_json(run_dir / "metrics.json", {
                 "state": "PRUNED" if pruned else "FAIL", "message": error,
@@ -232,8 +120,7 @@ def _train_trial(trial: Any, s: SweepSettings, data: Dataset, params: dict[str, 
         trial.report(stats.val_accuracy, stats.epoch)
         on_update()
         if stats.epoch < cfg.epochs and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}: validation accuracy "
-                                     f"{stats.val_accuracy:.2%} is below the median")
+            raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}: below the median")
 
     be = load_backend(s.backend, s.device)
     threads = auto_blas_threads(cfg, be)
@@ -252,38 +139,45 @@ def _train_trial(trial: Any, s: SweepSettings, data: Dataset, params: dict[str, 
     return max(h.val_accuracy or 0.0 for h in result.history)
 
 
-def work(s: SweepSettings, data: Dataset | None = None, worker: int = 0,
+def work(s: SweepSettings, data: Dataset | None = None,
          on_update: Callable[[], None] = lambda: None) -> None:
     """One worker: start trials until the study has enough, then wait for the running ones
     (a stale one, whose worker died, is failed after the grace period and run again)."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     data = without_test(data if data is not None else load_dataset(s.data_dir, quiet=True))
     deadline = time.time() + s.timeout if s.timeout else None
+
     with quiet_optuna():
-        study, lock, goal = open_study(s, worker), AskLock(s), target(s)
-        while deadline is None or time.time() < deadline:
-            lock.acquire()
-            try:
-                optuna.storages.fail_stale_trials(study)
-                trials = study.get_trials(deepcopy=False)
-                if counted(trials) < goal:
-                    study.optimize(lambda t: run_trial(t, s, data, lock, on_update),
-                                   n_trials=1, catch=(Exception,))
-                    on_update()
-                    continue
-            finally:
-                lock.release()
-            if not any(t.state.name == "RUNNING" for t in trials):
-                return
-            on_update()
-            time.sleep(min(1.0, s.heartbeat / 2))
+        study, lock, goal = open_study(s), AskLock(s), target(s)
+        try:
+            while deadline is None or time.time() < deadline:
+                lock.acquire()
+                try:
+                    optuna.storages.fail_stale_trials(study)
+                    trials = study.get_trials(deepcopy=False)
+                    if counted(trials) < goal:  # the lock makes len(trials) the new number
+                        study.sampler = make_sampler(s.sampler, s.space, s.seed, len(trials))
+                        study.optimize(lambda t: run_trial(t, s, data, lock, on_update),
+                                       n_trials=1, catch=(Exception,))
+                        on_update()
+                        continue
+                finally:
+                    lock.release()
+                if not any(t.state.name == "RUNNING" for t in trials):
+                    return
+                on_update()  # others' trials are running: one may be stale and come back
+                time.sleep(min(1.0, s.heartbeat / 2))
+        except SQLAlchemyError as e:
+            raise TrainerError(f"the sweep storage {safe_url(s.url)} failed: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
 def _worker_main(s: SweepSettings, worker: int) -> None:
     """A worker process (spawned): errors become one line, Ctrl-C a quiet exit."""
     try:
-        work(s, worker=worker)
+        work(s)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except TrainerError as e:
@@ -306,30 +200,38 @@ def run_sweep(s: SweepSettings, data: Dataset | None = None,
     require_optuna()
     load_backend(s.backend, s.device)
     data = data if data is not None else load_dataset(s.data_dir, quiet=True)
-    s.space.check(s.config, lambda cfg: check_shapes(cfg, data))
+    n_train = min(s.limit_train or len(data.train_labels), len(data.train_labels))
+
+    def check_data(cfg: Config) -> None:
+        check_shapes(cfg, data)
+        check_split(cfg, n_train)
+
+    s.space.check(s.config, check_data)
+    created = not s.sweep_dir.exists()
     s.sweep_dir.mkdir(parents=True, exist_ok=True)
-    with quiet_optuna():
-        study = start_study(s)
+    try:
+        with quiet_optuna():
+            study = start_study(s)
+    except BaseException:
+        if created:  # a storage that cannot be opened leaves nothing behind
+            shutil.rmtree(s.sweep_dir, ignore_errors=True)
+        raise
     started = time.time()
     try:
         if s.workers == 1:
-            work(s, data, 0, lambda: on_update(study))
+            work(s, data, lambda: on_update(study))
         else:
             _run_processes(s, study, on_update)
     finally:
         with quiet_optuna():
             on_update(study, True)
             summary = write_outputs(study, s, time.time() - started)
+    if target(s) < s.trials:
+        summary["notes"].append(f"the grid has {target(s)} points: the sweep ran those")
+    if s.sampler != "grid" and s.space.baseline(s.config) is None:
+        summary["notes"].append("the config's own values lie outside the space: no baseline "
+                                "trial")
     return summary
-
-
-def require_optuna() -> None:
-    try:
-        import optuna  # noqa: F401
-        import sqlalchemy  # noqa: F401
-    except ImportError as e:
-        raise UsageError(f"sweeps need Optuna and SQLAlchemy ({e}): "
-                         f"pip install 'trainer[sweep]'") from None
 
 
 def _run_processes(s: SweepSettings, study: Any, on_update: Callable[..., None]) -> None:

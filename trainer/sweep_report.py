@@ -30,6 +30,11 @@ def retried_numbers(trials: list[Any]) -> set[int]:
     return {n for n in map(retry_of, trials) if n is not None}
 
 
+def params(t: Any) -> dict[str, Any]:
+    """A trial's parameters; a waiting one has only those it was queued with."""
+    return t.params or t.system_attrs.get("fixed_params", {})
+
+
 def seconds(t: Any) -> float | None:
     if t.datetime_start is None or t.datetime_complete is None:
         return None
@@ -60,7 +65,7 @@ def leaderboard(trials: list[Any], names: list[str]) -> list[dict[str, Any]]:
         rows.append({"rank": rank, "trial": t.number, "state": t.state.name,
                      "value": t.value, "best_epoch": t.user_attrs.get("best_epoch"),
                      "seconds": round(secs, 2) if secs is not None else None}
-                    | {n: t.params.get(n) for n in names} | {"note": note(t, retries)})
+                    | {n: params(t).get(n) for n in names} | {"note": note(t, retries)})
     return rows
 
 
@@ -95,19 +100,31 @@ def write_outputs(study: Any, s: SweepSettings, elapsed: float) -> dict[str, Any
         files.append("history.svg")
     else:
         notes.append("no trial completed: no best.json or history.svg")
-    varied = [n for n in names if len({repr(t.params.get(n)) for t in done}) > 1]
-    if len(done) >= 2 and varied:
-        from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
-        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=s.seed),
-                                    params=varied)
+    imp = importances(study, done, names, s.seed)
+    if isinstance(imp, str):
+        notes.append(f"no importances.svg: {imp}")
+    else:
         write_svg(s.sweep_dir / "importances.svg", _render(_draw_importances, imp, s.study))
         files.append("importances.svg")
         summary["importances"] = imp
-    else:
-        notes.append(f"no importances.svg: it needs 2 completed trials in which a parameter "
-                     f"varies (completed: {len(done)})")
     return summary | {"files": files, "notes": notes}
+
+
+def importances(study: Any, done: list[Any], names: list[str], seed: int) -> dict | str:
+    """fANOVA importances of the parameters that varied, or why there are none."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    varied = [n for n in names if len({repr(t.params.get(n)) for t in done}) > 1]
+    if len(done) < 2 or not varied:
+        return (f"it needs 2 completed trials in which a parameter varies "
+                f"(completed: {len(done)})")
+    if len({t.value for t in done}) < 2:
+        return f"all {len(done)} completed trials scored the same ({done[0].value:.2%})"
+    try:
+        return get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed),
+                                     params=varied)
+    except RuntimeError as e:  # e.g. "zero total variance in all trees"
+        return f"fANOVA could not tell the parameters apart ({e})"
 
 
 def _draw_history(fig: Figure, trials: list[Any], baseline: float | None, title: str) -> None:
@@ -122,9 +139,10 @@ def _draw_history(fig: Figure, trials: list[Any], baseline: float | None, title:
         if pts:
             ax.scatter(*zip(*pts, strict=True), s=18, gid=state.lower(), **style)
     done = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
-    best = np.maximum.accumulate([100 * t.value for t in done])
-    ax.step([t.number for t in done], best, where="post", color="C1", label="best so far",
-            gid="best")
+    best = list(np.maximum.accumulate([100 * t.value for t in done]))
+    last = max(t.number for t in trials)  # the line runs on to the last trial
+    ax.step([t.number for t in done] + [last], best + best[-1:], where="post", color="C1",
+            label="best so far", gid="best")
     failed = [t.number for t in trials if t.state.name == "FAIL"]
     if failed:
         ax.scatter(failed, [ax.get_ylim()[0]] * len(failed), marker="x", color="C3",
@@ -132,10 +150,13 @@ def _draw_history(fig: Figure, trials: list[Any], baseline: float | None, title:
     if baseline is not None:
         ax.axhline(100 * baseline, color="0.4", linestyle="--", linewidth=1,
                    label="config as given")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("best validation accuracy (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.set_title(f"{title}: optimisation history")
 
 

@@ -1,4 +1,4 @@
-"""A sweep's search space: a JSON file over config keys, validated, and the "perturb" sampler."""
+"""A sweep's search space: a JSON file over config keys, validated, and moves around a point."""
 
 from __future__ import annotations
 
@@ -300,39 +300,4 @@ def _parse_param(path: str, spec: Any, where: str) -> Param:
         raise ConfigError(f"{where}: high - low must be a multiple of step {step}, got "
                           f"[{low}, {high}]")
     return Param(path, kind, low, high, log=log, step=step)
-
-
-def perturb_sampler(space: Space, seed: int | None = None) -> Any:
-    """An Optuna sampler for neural-net-rs's wish: the best trial so far, each value moved
-    "plus or minus a small random amount" (see Param.perturb); random until a trial completes."""
-    from optuna.samplers import BaseSampler, RandomSampler
-    from optuna.trial import TrialState
-
-    class PerturbSampler(BaseSampler):
-        def __init__(self) -> None:
-            self._rng = np.random.default_rng(seed)
-            self._random = RandomSampler(seed=seed)
-
-        def reseed_rng(self) -> None:
-            self._rng = np.random.default_rng()
-            self._random.reseed_rng()
-
-        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-            return space.distributions()
-
-        def sample_relative(self, study: Any, trial: Any,
-                            search_space: dict[str, Any]) -> dict[str, Any]:
-            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not done:
-                return {}  # sample_independent draws at random
-            best = max(done, key=lambda t: t.value)
-            by_path = {p.path: p for p in space.params}
-            return {name: by_path[name].perturb(best.params[name], self._rng)
-                    for name in search_space if name in by_path and name in best.params}
-
-        def sample_independent(self, study: Any, trial: Any, param_name: str,
-                               param_distribution: Any) -> Any:
-            return self._random.sample_independent(study, trial, param_name, param_distribution)
-
-    return PerturbSampler()
 
