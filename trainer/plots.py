@@ -26,7 +26,7 @@ _RC = {"svg.hashsalt": "trainer", "svg.fonttype": "none", "font.sans-serif": ["D
 _LOCK = threading.Lock()
 
 
-def _render(draw: Callable[..., None], *args: object) -> str:
+def render_svg(draw: Callable[..., None], *args: object) -> str:
     """Build a Figure with `draw(fig, *args)` and return it as SVG text. No pyplot, no GUI."""
     import matplotlib
     from matplotlib.backends.backend_svg import FigureCanvasSVG
@@ -49,7 +49,7 @@ def _column(history: Sequence[Mapping[str, float]], key: str) -> np.ndarray:
 def history_svg(history: Sequence[Mapping[str, float]], title: str = "") -> str:
     """Loss per epoch (left) and train/test accuracy in % (right); lines have gids
     `loss`, `train_accuracy` and `test_accuracy`. Missing or NaN test accuracies are not drawn."""
-    return _render(_draw_history, history, title)
+    return render_svg(_draw_history, history, title)
 
 
 def _draw_history(fig: Figure, history: Sequence[Mapping[str, float]], title: str) -> None:
@@ -89,7 +89,7 @@ def confusion_svg(confusion: np.ndarray, class_names: Sequence[str], title: str 
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or len(class_names) != len(counts):
         raise ValueError(f"need an n x n matrix and n class names, got {counts.shape} and "
                          f"{len(class_names)} names")
-    return _render(_draw_confusion, counts, list(class_names), title)
+    return render_svg(_draw_confusion, counts, list(class_names), title)
 
 
 def _draw_confusion(fig: Figure, counts: np.ndarray, names: list[str], title: str) -> None:

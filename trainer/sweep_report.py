@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.fileio import atomic_write_json, atomic_write_text
-from trainer.plots import _render, write_svg
+from trainer.plots import render_svg, write_svg
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,7 +95,7 @@ def write_outputs(study: Any, s: SweepSettings, elapsed: float) -> dict[str, Any
         files.append("best.json")
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
                            "run_dir": str(s.sweep_dir / "trials" / str(best.number))}
-        write_svg(s.sweep_dir / "history.svg", _render(_draw_history, trials,
+        write_svg(s.sweep_dir / "history.svg", render_svg(_draw_history, trials,
                                                        base.value if base else None, s.study))
         files.append("history.svg")
     else:
@@ -104,7 +104,7 @@ def write_outputs(study: Any, s: SweepSettings, elapsed: float) -> dict[str, Any
     if isinstance(imp, str):
         notes.append(f"no importances.svg: {imp}")
     else:
-        write_svg(s.sweep_dir / "importances.svg", _render(_draw_importances, imp, s.study))
+        write_svg(s.sweep_dir / "importances.svg", render_svg(_draw_importances, imp, s.study))
         files.append("importances.svg")
         summary["importances"] = imp
     return summary | {"files": files, "notes": notes}
