@@ -26,9 +26,6 @@ from trainer.inference import evaluate_model, load_run, predict_proba
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Train fully connected networks on MNIST-like data, on any array backend.")
-app.add_typer(data_app, name="data")
-app.command("bench")(bench_cmd)
-app.command("sweep")(sweep_cmd)
 
 Opt = typer.Option
 BackendOpt = Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")]
@@ -125,6 +122,12 @@ def backends_cmd() -> None:
         table.add_row(name, "yes" if s.available else "[red]no[/]", s.version,
                       escape(", ".join(s.devices) if s.available else s.reason))
     console.print(table)
+
+
+# after evaluate, predict and backends above: `trainer --help` lists them in this order
+app.command("bench")(bench_cmd)
+app.command("sweep")(sweep_cmd)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
