@@ -29,8 +29,7 @@ def main() -> None:
     for path in args.configs:
         config = Config.from_file(path)
         result = train(config, data, args.backend, device=args.device)
-        network = "-".join(f"{n}" + (f"-{a}" if a else "") for n, a in
-                           zip(config.sizes, [*config.activations, None], strict=True))
+        network = config.describe()
         rows.append(f"| {path.stem} | {network} | {config.epochs} | "
                     f"{result.test_accuracy:.2%} | {result.train_accuracy:.2%} | "
                     f"{result.total_seconds / config.epochs:.2f} | {result.total_seconds:.0f} |")

@@ -47,8 +47,7 @@ def main() -> None:
         config = Config.from_file(ROOT / "configs" / f"{name}.json").replace(epochs=args.epochs)
         result = train(config, data, args.backend, device=args.device,
                        limit_train=args.limit_train)
-        network = "-".join(f"{n}" + (f"-{a}" if a else "") for n, a in
-                           zip(config.sizes, [*config.activations, None], strict=True))
+        network = config.describe()
         rows.append(f"| {name} | {network} | {config.epochs} | {result.test_accuracy:.2%} | "
                     f"{result.total_seconds:.2f} | {blog} |")
         print(rows[-1], flush=True)

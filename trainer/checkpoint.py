@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from trainer.errors import DataError, TrainerError
 from trainer.fileio import FILE_MODE, WriteError
+from trainer.model_io import read_safetensors
 
 LATEST, PREVIOUS = "checkpoint.safetensors", "checkpoint.prev.safetensors"
 FORMAT = "trainer-checkpoint/1"
@@ -118,12 +118,7 @@ def _fsync_dir(path: Path) -> None:
 def read_checkpoint(path: str | Path) -> LoopState:
     """One checkpoint file, verified against its recorded SHA-256 (DataError if anything is off)."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except (OSError, SafetensorError, ValueError) as e:
-        raise DataError(f"{path}: not a readable checkpoint ({e})") from None
+    meta, tensors = read_safetensors(path, "checkpoint")
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: not a trainer checkpoint (format {meta.get('format')!r})")
     found = _digest(tensors, meta.get("state", ""))

@@ -17,7 +17,7 @@ import backends
 from trainer.cli_bench import bench_cmd
 from trainer.cli_data import data_app
 from trainer.cli_sweep import sweep_cmd
-from trainer.cli_train import describe_network, train_cmd
+from trainer.cli_train import train_cmd
 from trainer.console import cli_errors, console, err_console
 from trainer.data import load_dataset
 from trainer.display import print_report
@@ -73,7 +73,7 @@ def evaluate_cmd(
             print_json({"run_dir": str(run_dir), "backend": backend, "recorded_test_accuracy":
                         recorded} | rep.to_dict(model.class_names))
             return
-        console.print(f"Model: {describe_network(model.config)}  (run {escape(str(run_dir))})",
+        console.print(f"Model: {model.config.describe()}  (run {escape(str(run_dir))})",
                       soft_wrap=True)
         print_report(console, rep, model.class_names)
         if isinstance(recorded, float):

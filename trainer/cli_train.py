@@ -40,18 +40,11 @@ class OutOfMemory(TrainerError):
     """The host or the device ran out of memory."""
 
 
-def describe_network(config: Config) -> str:
-    parts = [str(config.sizes[0])]
-    for act, nodes in zip(config.activations, config.sizes[1:], strict=True):
-        parts.append(f"{nodes} ({act})")
-    return " -> ".join(parts)
-
-
 def print_config(config: Config, name: str, backend: str, device: str) -> None:
     table = Table(title=f"Network configuration: {escape(name)}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("network", describe_network(config))
+    table.add_row("network", config.describe())
     drop = [f"{i}: {layer.dropout:g}" for i, layer in enumerate(config.layers) if layer.dropout]
     if drop:
         table.add_row("dropout", ", ".join(drop))
@@ -194,7 +187,7 @@ def _run(cfg: Config, be: Backend, data: Any, path: Path, run_name: str,
                              checkpoint_every=checkpoint_every, resume=state,
                              stop_requested=stop_requested, run=run)
             return train(cfg, data, be, limit_train=limit_train, limit_test=limit_test,
-                         on_epoch=progress.on_epoch, on_step=progress.on_step,
+                         on_epoch=progress.on_epoch, on_step=progress.on_step if live else None,
                          on_test_chunk=progress.on_test_chunk, hooks=hooks)
     except Interrupted as e:
         err_console.print(f"Stopped in epoch {e.epoch} after step {e.step}; checkpoint in "

@@ -119,6 +119,11 @@ class Config(BaseModel):
     def sizes(self) -> list[int]:
         return [layer.nodes for layer in self.layers]
 
+    def describe(self) -> str:
+        """The network in one line: `784 -> 128 (sigmoid) -> 10 (softmax)`."""
+        hidden = [f"{n} ({a})" for a, n in zip(self.activations, self.sizes[1:], strict=True)]
+        return " -> ".join([str(self.sizes[0]), *hidden])
+
     @property
     def dropouts(self) -> list[float]:
         return [layer.dropout for layer in self.layers]

@@ -41,14 +41,20 @@ def save_model(path: str | Path, model: SavedModel) -> None:
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
-def load_model(path: str | Path) -> SavedModel:
-    path = Path(path)
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, tensors) of a safetensors file; DataError naming it if it cannot be read."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except (OSError, SafetensorError) as e:
-        raise DataError(f"cannot read model {path}: {e}") from None
+    except (OSError, SafetensorError, ValueError) as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+    return meta, tensors
+
+
+def load_model(path: str | Path) -> SavedModel:
+    path = Path(path)
+    meta, tensors = read_safetensors(path, "model")
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: not a trainer model (format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")

@@ -1,7 +1,9 @@
 """The MLP: host-side initialisation, forward and backward passes by hand, in the array API.
 
 Parameters are a flat list [W0, b0, W1, b1, ...] with W of shape (fan_in, fan_out), so a layer is
-`a @ W + b`. Nothing here imports numpy for math: `xp` comes from the arrays.
+`a @ W + b`. Nothing here imports numpy for math: `xp` comes from the arrays. `forward` serves
+prediction; `forward` + `backward` are also the plain reference that tests check against finite
+differences and that trainer/step.py (the same math, arranged for speed) is tested against.
 """
 
 from __future__ import annotations
