@@ -33,8 +33,13 @@ class Backend:
     # "sum0": (x, out) -> out = x summed over axis 0, written into `out`;
     # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
     # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
-    # "softmax_xent": (logits, t, scale) -> (summed cross-entropy, correct count,
-    #     scale * (softmax(logits) - t)), free to overwrite `logits`;
+    # "activate_grad": (name, a, g, tmp) -> g times the derivative of the activation whose
+    #     output is `a`, in place in `g` (`tmp`: scratch shaped like `a`), or None;
+    # "softmax_xent_t": (logits_t, t_t, scale) -> (summed cross-entropy, correct count,
+    #     scale * (softmax - t) laid out like logits_t), with classes along axis 0 and one
+    #     column per sample (reductions over a short axis 1 are slow), free to overwrite logits_t;
+    # "prefetch": (x, perm, batch_size, first_step) -> an iterator of the batches' input rows
+    #     x[perm[lo:hi]] gathered ahead of use (host arrays; see backends/prefetch.py);
     # "hash32": int64 values in [0, 2**32) -> trainer/dropout.py's hash32 of them, same bits.
     # With "matmul" and "sum0" the step keeps its parameters as views of one flat buffer, so
     # the backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
@@ -47,18 +52,6 @@ class BackendStatus:
     available: bool
     version: str = ""
     devices: tuple[str, ...] = ()
-    # Optional accelerations the training step uses when present (see trainer/step.py):
-    # "matmul": (a, b, out) -> out = a @ b written into `out`;
-    # "take": (x, idx, out) -> out = rows `idx` of x written into `out`;
-    # "sum0": (x, out) -> out = x summed over axis 0, written into `out`;
-    # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
-    # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
-    # "softmax_xent": (logits, t, scale) -> (summed cross-entropy, correct count,
-    #     scale * (softmax(logits) - t)), free to overwrite `logits`;
-    # "hash32": int64 values in [0, 2**32) -> trainer/dropout.py's hash32 of them, same bits.
-    # With "matmul" and "sum0" the step keeps its parameters as views of one flat buffer, so
-    # the backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
-    kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)
     reason: str = ""
 
 

@@ -12,6 +12,7 @@ import pytest
 from test_gradients import penalty_gradient
 
 import backends
+from trainer import step as step_module
 from trainer.config import Config
 from trainer.losses import loss_and_delta
 from trainer.network import backward, forward, init_params
@@ -25,6 +26,10 @@ VARIANTS = {
     "mse-mean": {"loss": "mse", "loss_reduction": "mean",
                  "layers": [{"nodes": 6, "activation": "relu"}, {"nodes": 5, "activation": "tanh"},
                             {"nodes": 3, "activation": "sigmoid"}, {"nodes": 4}]},
+    # no in-place derivative kernel for leaky ReLU: the generic backward takes over
+    "leaky-identity": {"layers": [{"nodes": 6, "activation": "leaky_relu"},
+                                  {"nodes": 5, "activation": "identity"},
+                                  {"nodes": 3, "activation": "softmax"}, {"nodes": 4}]},
 }
 
 
@@ -67,8 +72,13 @@ def kernel_sets(be: backends.Backend) -> dict[str, dict]:
     return sets
 
 
+@pytest.mark.parametrize("acc_min", [0, step_module.GEMM_ACC_MIN], ids=["gemm-acc", "small"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant: str) -> None:
+def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant: str,
+                                              acc_min: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # these weights are small: acc_min 0 sends them through the velocity GEMM all the same
+    monkeypatch.setattr(step_module, "GEMM_ACC_MIN", acc_min)
     cfg = config(**VARIANTS[variant])
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, (10, 6))

@@ -25,6 +25,7 @@ from trainer.results import (
     RunHooks,
     StepInfo,
     TrainResult,
+    host_value,
 )
 from trainer.schedule import learning_rate
 from trainer.step import TrainStep
@@ -67,6 +68,8 @@ class Run:
                                  [be.asarray(np.zeros_like(p)) for p in host],
                                  be.kernels if fast else None)
         self.params = self.step_fn.params  # the step may have moved them into a flat buffer
+        # a thread gathering the next batches' rows (host arrays only: backends/prefetch.py)
+        self.prefetch = be.kernels.get("prefetch") if fast else None
         self.shifter = None
         if config.augment.shift:
             blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
@@ -103,33 +106,49 @@ class Run:
         perm = be.asarray(state.perm)
         if self.shifter is not None:
             self.shifter.use(state.shift_ids)
-        loss_sum = xp.asarray(state.loss_sum, dtype=self.dtype, device=self.x_train.device)
-        correct = xp.asarray(state.correct, dtype=self.dtype, device=self.x_train.device)
         steps = -(-self.n_train // bs)
-        host_loss = be.device_name == "cpu"  # reading the loss every step costs nothing there
+        # on the CPU reading the loss every step costs nothing: the sums are kept on the host
+        host_loss = be.device_name == "cpu"
+        loss_sum: Array | float = state.loss_sum
+        correct: Array | float = state.correct
+        if not host_loss:
+            loss_sum = xp.asarray(state.loss_sum, dtype=self.dtype, device=self.x_train.device)
+            correct = xp.asarray(state.correct, dtype=self.dtype, device=self.x_train.device)
         # per image, the largest loss that is not divergence (see check_loss)
         limit = DIVERGED_CROSS_ENTROPY if config.loss == "cross_entropy" else math.inf
         constant_lr = (config.learning_rate if config.lr_schedule.type == "constant"
                        and not config.lr_schedule.warmup_epochs else None)
         hooks = self.hooks.stop_requested or self.hooks.checkpoint_every
-        for step in range(state.step, steps):
-            lo, hi = step * bs, min(step * bs + bs, self.n_train)
-            lr = constant_lr or learning_rate(config, epoch, step, steps)
-            loss, ok = self.step_fn(self.x_train, self.t_train, perm[lo:hi], lr)
-            loss_sum += loss
-            correct += ok
-            if host_loss or (step + 1) % DEVICE_LOSS_CHECK == 0 or step + 1 == steps:
-                value = float(be.to_numpy(loss))
-                if not (value - value == 0.0 and value <= limit * (hi - lo)):  # inf, nan, huge
-                    check_loss(config, loss, hi - lo, be, epoch, step + 1, steps, lr, host_loss)
-            if on_step is not None:
-                on_step(StepInfo(epoch, step + 1, steps, hi, be, loss_sum, correct))
-            if hooks:
-                self._maybe_stop(epoch, step + 1, steps, loss_sum, correct, t0)
-        loss_mean = float(be.to_numpy(loss_sum)) / self.n_train  # waits for the epoch's work
+        ahead = self.prefetch(self.x_train, state.perm, bs, state.step) if self.prefetch else None
+        try:
+            for step in range(state.step, steps):
+                lo, hi = step * bs, min(step * bs + bs, self.n_train)
+                lr = constant_lr or learning_rate(config, epoch, step, steps)
+                x = next(ahead) if ahead is not None else None
+                loss, ok = self.step_fn(self.x_train, self.t_train, perm[lo:hi], lr, x)
+                if host_loss:
+                    value = float(loss)
+                    loss_sum += value
+                    correct += float(ok)
+                else:
+                    loss_sum += loss
+                    correct += ok
+                if host_loss or (step + 1) % DEVICE_LOSS_CHECK == 0 or step + 1 == steps:
+                    value = float(be.to_numpy(loss))
+                    if not (value - value == 0.0 and value <= limit * (hi - lo)):  # inf, nan, huge
+                        check_loss(config, loss, hi - lo, be, epoch, step + 1, steps, lr,
+                                   host_loss)
+                if on_step is not None:
+                    on_step(StepInfo(epoch, step + 1, steps, hi, be, loss_sum, correct))
+                if hooks:
+                    self._maybe_stop(epoch, step + 1, steps, loss_sum, correct, t0)
+        finally:
+            if ahead is not None:
+                ahead.close()
+        loss_mean = host_value(be, loss_sum) / self.n_train  # waits for the epoch's work
         seconds = time.perf_counter() - t0
         val, test = self._held_out()
-        return EpochStats(epoch, loss_mean, float(be.to_numpy(correct)) / self.n_train, test,
+        return EpochStats(epoch, loss_mean, host_value(be, correct) / self.n_train, test,
                           seconds, val, lr)
 
     def _maybe_stop(self, epoch: int, done: int, steps: int, loss_sum: Array, correct: Array,
@@ -187,8 +206,8 @@ class Run:
             epoch=epoch, step=step, global_step=self.step_fn.global_step, params=p,
             velocities=v, second=s2, perm=state.perm if step else None,
             shift_ids=state.shift_ids if step else None,
-            loss_sum=float(be.to_numpy(loss_sum)) if step else 0.0,
-            correct=float(be.to_numpy(correct)) if step else 0.0, epoch_seconds=seconds,
+            loss_sum=host_value(be, loss_sum) if step else 0.0,
+            correct=host_value(be, correct) if step else 0.0, epoch_seconds=seconds,
             elapsed=time.perf_counter() - self.start,
             rng={k: r.bit_generator.state for k, r in self.rngs.items()},
             history=[dataclasses.asdict(h) for h in self.result.history],

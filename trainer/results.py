@@ -67,13 +67,18 @@ class StepInfo:
     steps: int
     seen: int  # training samples processed this epoch
     _backend: Backend
-    _loss: Array
-    _correct: Array
+    _loss: Array | float  # running sums: device arrays, or host floats on the CPU
+    _correct: Array | float
 
     def running(self) -> tuple[float, float]:
         """(mean loss, accuracy) over this epoch so far: one device-to-host read."""
-        loss = float(self._backend.to_numpy(self._loss))
-        return loss / self.seen, float(self._backend.to_numpy(self._correct)) / self.seen
+        be = self._backend
+        return host_value(be, self._loss) / self.seen, host_value(be, self._correct) / self.seen
+
+
+def host_value(be: Backend, x: Array | float) -> float:
+    """A running sum as a Python float: the loop keeps them on the host on the CPU."""
+    return x if isinstance(x, float) else float(be.to_numpy(x))
 
 
 @dataclass

@@ -20,6 +20,9 @@ from trainer.config import Config
 from trainer.dropout import keep_mask, step_key
 
 Array = Any
+# weights from this many elements up get their velocity updated inside the gradient's GEMM;
+# below it two passes over v cost less than the extra overhead of the BLAS call (measured)
+GEMM_ACC_MIN = 32768
 
 
 class TrainStep:
@@ -45,10 +48,11 @@ class TrainStep:
         self.augment: Callable[[Array, Array], Array] | None = None  # set by the training loop
         k = kernels or {}
         self._matmul, self._take, self._sum0 = k.get("matmul"), k.get("take"), k.get("sum0")
-        self._activate, self._softmax_xent = k.get("activate"), k.get("softmax_xent")
+        self._activate, self._activate_grad = k.get("activate"), k.get("activate_grad")
+        self._softmax_xent_t = k.get("softmax_xent_t")
         self._hash = k.get("hash32")
         self._gemm_acc = k.get("gemm_acc") if not (config.nesterov or self.adam) else None
-        self._buffers: dict[int, tuple[Array, list[Array]]] = {}
+        self._buffers: dict[int, tuple[Array, list[Array], list[Array]]] = {}
         self._counters: dict[tuple[int, int], Array] = {}
         self.mode = "plain"
         if self._matmul and self._sum0:
@@ -57,26 +61,43 @@ class TrainStep:
             g, self._grads = _flatten(xp, self.params)
             self._flat = (w, v, g)
             self.mode = "velocity" if self._gemm_acc else "flat"
+        # the fused cross-entropy's logits kept transposed (classes x samples): see the kernel
+        self.transposed = bool(self.fused_ce and self._softmax_xent_t and self.mode != "plain")
+        self._bias_columns = [xp.reshape(b, (-1, 1)) for b in self.params[1::2]]
+        self._targets_t: tuple[Array, Array] | None = None  # (t_all, its transposed copy)
+        self._acc_in_gemm = [_size(w) >= GEMM_ACC_MIN for w in self.params[::2]]
         # Adam's second moments, laid out like the velocities (its first moments)
         self.second = ([xp.zeros_like(v) for v in self.velocities] if self.adam else [])
         if self.adam and self.mode == "flat":
             self._second_flat, self.second = _flatten(xp, self.second)
 
-    def __call__(self, x_all: Array, t_all: Array, idx: Array, lr: float) -> tuple[Array, Array]:
+    def __call__(self, x_all: Array, t_all: Array, idx: Array, lr: float,
+                 x: Array | None = None) -> tuple[Array, Array]:
         """Train on rows `idx` of x_all (inputs) and t_all (one-hot targets) at rate `lr`.
 
-        Returns (summed loss, number of rows whose true class has the largest output), both as
-        device scalars: nothing is read back to the host here.
+        `x`, when given, is x_all's rows `idx` already gathered (by a prefetching thread); the
+        step only reads it. Returns (summed loss, number of rows whose true class has the
+        largest output), both as device scalars: nothing is read back to the host here.
         """
         xp, n = self.xp, idx.shape[0]
         if self.mode == "plain":
-            x, bufs = xp.take(x_all, idx, axis=0), None
+            bufs = None
+            if x is None:
+                x = xp.take(x_all, idx, axis=0)
         else:
             x_buf, bufs = self._batch_buffers(n, x_all)
-            x = self._take(x_all, idx, x_buf) if self._take else xp.take(x_all, idx, axis=0)
+            if x is None:
+                x = self._take(x_all, idx, x_buf) if self._take else xp.take(x_all, idx, axis=0)
         if self.augment is not None:
             x = self.augment(x, idx)
-        t = xp.take(t_all, idx, axis=0)
+        if self.transposed:  # one column per sample, gathered from a transposed copy
+            if self._targets_t is None or self._targets_t[0] is not t_all:
+                k = t_all.shape[1]
+                copy = xp.reshape(xp.reshape(xp.permute_dims(t_all, (1, 0)), (-1,)), (k, -1))
+                self._targets_t = (t_all, copy)
+            t = xp.take(self._targets_t[1], idx, axis=1)
+        else:
+            t = xp.take(t_all, idx, axis=0)
         outs, pre, masks = self._forward(x, bufs)
         scale = 1.0 if self.adam else -lr  # SGD: fold -lr into every gradient
         if self.config.loss_reduction == "mean":
@@ -97,8 +118,12 @@ class TrainStep:
         pre, outs = [x], [x if masks[0] is None else x * masks[0]]
         for i, act in enumerate(self.acts):
             w, b = self.params[2 * i], self.params[2 * i + 1]
-            z = self._matmul(outs[-1], w, bufs[i]) if bufs else outs[-1] @ w
-            z += b
+            if i == last and self.transposed:  # (classes, samples) = w^T a^T
+                z = self._matmul(w.T, outs[-1].T, bufs[i])
+                z += self._bias_columns[i]
+            else:
+                z = self._matmul(outs[-1], w, bufs[i]) if bufs else outs[-1] @ w
+                z += b
             if i == last and self.fused_ce:
                 a = z
             else:
@@ -121,10 +146,14 @@ class TrainStep:
         return keep_mask(self.xp, self._counters[shape], key, p, a.dtype, self._hash)
 
     def _loss(self, outs: list[Array], t: Array, scale: float) -> tuple[Array, Array, Array]:
-        """(summed loss, correct count, delta = scale * d loss / d last pre-activation)."""
+        """(summed loss, correct count, delta = scale * d loss / d last pre-activation).
+
+        With `self.transposed`, the logits and t hold one column per sample.
+        """
         xp, out = self.xp, outs[-1]
-        if self.fused_ce and self._softmax_xent and self.mode != "plain":
-            return self._softmax_xent(out, t, scale)
+        if self.transposed:
+            loss, correct, delta_t = self._softmax_xent_t(out, t, scale)
+            return loss, correct, delta_t.T
         shifted = out - xp.max(out, axis=1, keepdims=True)  # 0 where a row has its largest
         # a row is right when its true class has the largest output (ties: measure zero)
         correct = xp.sum(xp.where(shifted == 0.0, t, 0.0))
@@ -139,13 +168,20 @@ class TrainStep:
 
     def _backward(self, outs: list[Array], pre: list[Array], masks: list[Array | None],
                   delta: Array, lr: float, scale: float) -> None:
+        bufs = self._buffers[delta.shape[0]][2] if self.mode != "plain" else None
         for i in range(len(self.acts) - 1, -1, -1):
-            down = delta @ self.params[2 * i].T if i > 0 else None  # w before its update
+            down = None
+            if i > 0:  # w before its update
+                w_t = self.params[2 * i].T
+                down = self._matmul(delta, w_t, bufs[i - 1]) if bufs else delta @ w_t
             self._gradient(i, outs[i], delta, lr, scale)
             if i > 0:
                 if masks[i] is not None:
                     down = down * masks[i]
-                delta = ACTIVATIONS[self.acts[i - 1]][1](pre[i], down)
+                act, a = self.acts[i - 1], pre[i]
+                grad = (self._activate_grad(act, a, down, bufs[len(self.acts) + i - 2])
+                        if bufs and self._activate_grad else None)
+                delta = grad if grad is not None else ACTIVATIONS[act][1](a, down)
         if self.mode == "velocity":
             w, v, _ = self._flat
             w += v
@@ -157,8 +193,12 @@ class TrainStep:
         """Layer i's scaled gradient into its velocity, the flat buffer, or straight to w."""
         w = self.params[2 * i]
         if self.mode == "velocity":  # v = m v + a^T delta in the GEMM; biases are too small
-            m, v_b = self.config.momentum, self.velocities[2 * i + 1]
-            self._gemm_acc(a_in.T, delta, self.velocities[2 * i], 1.0, m)
+            m, v_w, v_b = self.config.momentum, self.velocities[2 * i], self.velocities[2 * i + 1]
+            if self._acc_in_gemm[i]:
+                self._gemm_acc(a_in.T, delta, v_w, 1.0, m)
+            else:  # a small GEMM costs less than the BLAS call's overhead: NumPy's is cheaper
+                v_w *= m
+                v_w += self._matmul(a_in.T, delta, self._grads[2 * i])
             v_b *= m
             v_b += self._sum0(delta, self._grads[2 * i + 1])
             grad_w = self.velocities[2 * i]
@@ -214,13 +254,23 @@ class TrainStep:
         self.global_step = global_step
 
     def _batch_buffers(self, n: int, like: Array) -> tuple[Array, list[Array]]:
-        """Input and per-layer output buffers for batches of `n` rows (two sizes at most)."""
+        """Input and per-layer output buffers for batches of `n` rows (two sizes at most).
+
+        Also, kept for `_backward`: the gradients flowing down into each hidden layer's output,
+        and scratch for each hidden layer's activation derivative.
+        """
         if n not in self._buffers:
             xp, sizes = self.xp, self.config.sizes
-            self._buffers[n] = (
-                xp.empty((n, sizes[0]), dtype=like.dtype, device=like.device),
-                [xp.empty((n, k), dtype=like.dtype, device=like.device) for k in sizes[1:]])
-        return self._buffers[n]
+
+            def empty(shape: tuple[int, int]) -> Array:
+                return xp.empty(shape, dtype=like.dtype, device=like.device)
+
+            outs = [empty((n, k)) for k in sizes[1:-1]]
+            outs.append(empty((sizes[-1], n) if self.transposed else (n, sizes[-1])))
+            hidden = [empty((n, k)) for k in sizes[1:-1]]
+            self._buffers[n] = (empty((n, sizes[0])), outs,
+                                hidden + [empty((n, k)) for k in sizes[1:-1]])
+        return self._buffers[n][:2]
 
 
 def _flatten(xp: Any, arrays: Sequence[Array]) -> tuple[Array, list[Array]]:
