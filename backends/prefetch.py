@@ -12,7 +12,7 @@ is bitwise unchanged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -20,11 +20,12 @@ CHUNK_ROWS = 1024  # rows gathered per handover (rounded to whole batches)
 SLOTS = 2  # chunk buffers: one being trained on, one being filled
 
 
-class Prefetch(Iterator[np.ndarray]):
+class Prefetch(Iterable[np.ndarray]):
     """Batches x[perm[lo:hi]] for steps first_step, first_step + 1, ... of an epoch.
 
-    Each batch is a view of a chunk buffer, valid until the next one is taken. close() stops the
-    worker (also when the epoch is left half-way: Ctrl-C, an error, a divergence).
+    Iterate once. Each batch is a view of a chunk buffer, valid until the next one is taken.
+    close() stops the worker (also when the epoch is left half-way: Ctrl-C, an error, a
+    divergence).
     """
 
     def __init__(self, x: np.ndarray, perm: np.ndarray, batch_size: int, first_step: int = 0):
@@ -33,10 +34,8 @@ class Prefetch(Iterator[np.ndarray]):
         self.per_chunk = max(1, CHUNK_ROWS // batch_size)
         rows = min(self.per_chunk * batch_size, len(self.perm))
         self.chunks = -(-len(self.perm) // (self.per_chunk * batch_size))
-        self.batches = -(-len(self.perm) // batch_size)
         self.buffers = [np.empty((rows, x.shape[1]), dtype=x.dtype) for _ in range(SLOTS)]
         self.free, self.ready = threading.Semaphore(SLOTS), threading.Semaphore(0)
-        self.taken = 0  # batches handed out
         self.error: BaseException | None = None
         self.stopping = False
         self.worker = threading.Thread(target=self._work, name="trainer-prefetch", daemon=True)
@@ -58,20 +57,17 @@ class Prefetch(Iterator[np.ndarray]):
             self.error = e
             self.ready.release()
 
-    def __next__(self) -> np.ndarray:
-        if self.taken >= self.batches:
-            raise StopIteration
-        chunk, j = divmod(self.taken, self.per_chunk)
-        lo = j * self.bs
-        if j == 0:  # a new chunk: give the previous buffer back, wait for this one
-            if self.taken:
+    def __iter__(self) -> Iterator[np.ndarray]:
+        rows = self.per_chunk * self.bs
+        for c in range(self.chunks):
+            if c:  # give the previous chunk's buffer back to the worker
                 self.free.release()
             self.ready.acquire()
             if self.error is not None:
                 raise self.error
-        self.taken += 1
-        n = min(self.bs, len(self.perm) - (self.taken - 1) * self.bs)
-        return self.buffers[chunk % SLOTS][lo:lo + n]
+            filled = self.buffers[c % SLOTS][:min(rows, len(self.perm) - c * rows)]
+            for lo in range(0, filled.shape[0], self.bs):
+                yield filled[lo:lo + self.bs]
 
     def close(self) -> None:
         self.stopping = True

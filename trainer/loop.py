@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,8 +69,10 @@ class Run:
                                  [be.asarray(np.zeros_like(p)) for p in host],
                                  be.kernels if fast else None)
         self.params = self.step_fn.params  # the step may have moved them into a flat buffer
-        # a thread gathering the next batches' rows (host arrays only: backends/prefetch.py)
-        self.prefetch = be.kernels.get("prefetch") if fast else None
+        # a thread gathering the next batches' rows (host arrays only: backends/prefetch.py),
+        # on a core the BLAS leaves free (competing with BLAS threads it costs more than it saves)
+        spare_core = blas_threads is not None and blas_threads < (os.cpu_count() or 1)
+        self.prefetch = be.kernels.get("prefetch") if fast and spare_core else None
         self.shifter = None
         if config.augment.shift:
             blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
@@ -120,11 +123,12 @@ class Run:
                        and not config.lr_schedule.warmup_epochs else None)
         hooks = self.hooks.stop_requested or self.hooks.checkpoint_every
         ahead = self.prefetch(self.x_train, state.perm, bs, state.step) if self.prefetch else None
+        batches = iter(ahead) if ahead is not None else None
         try:
             for step in range(state.step, steps):
                 lo, hi = step * bs, min(step * bs + bs, self.n_train)
                 lr = constant_lr or learning_rate(config, epoch, step, steps)
-                x = next(ahead) if ahead is not None else None
+                x = next(batches) if batches is not None else None
                 loss, ok = self.step_fn(self.x_train, self.t_train, perm[lo:hi], lr, x)
                 if host_loss:
                     value = float(loss)

@@ -52,24 +52,31 @@ class TrainStep:
         self._softmax_xent_t = k.get("softmax_xent_t")
         self._hash = k.get("hash32")
         self._gemm_acc = k.get("gemm_acc") if not (config.nesterov or self.adam) else None
-        self._buffers: dict[int, tuple[Array, list[Array], list[Array]]] = {}
+        self._buffers: dict[int, tuple[Array, list[Array], list[Array],
+                                       tuple[Array, Array]]] = {}
         self._counters: dict[tuple[int, int], Array] = {}
         self.mode = "plain"
+        self._acc_in_gemm = [bool(self._gemm_acc) and _size(w) >= GEMM_ACC_MIN
+                             for w in self.params[::2]]
         if self._matmul and self._sum0:
-            w, self.params = _flatten(xp, self.params)
-            v, self.velocities = _flatten(xp, self.velocities)
-            g, self._grads = _flatten(xp, self.params)
+            # the weights whose GEMM updates their velocity first, then everything else: one
+            # pass covers the rest's momentum (v = m v + g) in "velocity" mode
+            big = [2 * i for i, acc in enumerate(self._acc_in_gemm) if acc]
+            order = big + [j for j in range(len(self.params)) if j not in big]
+            w, self.params = _flatten(xp, self.params, order)
+            v, self.velocities = _flatten(xp, self.velocities, order)
+            g, self._grads = _flatten(xp, self.params, order)
             self._flat = (w, v, g)
+            rest = sum(_size(self.params[j]) for j in big)
+            self._rest = (v[rest:], g[rest:])
             self.mode = "velocity" if self._gemm_acc else "flat"
         # the fused cross-entropy's logits kept transposed (classes x samples): see the kernel
         self.transposed = bool(self.fused_ce and self._softmax_xent_t and self.mode != "plain")
         self._bias_columns = [xp.reshape(b, (-1, 1)) for b in self.params[1::2]]
-        self._targets_t: tuple[Array, Array] | None = None  # (t_all, its transposed copy)
-        self._acc_in_gemm = [_size(w) >= GEMM_ACC_MIN for w in self.params[::2]]
         # Adam's second moments, laid out like the velocities (its first moments)
         self.second = ([xp.zeros_like(v) for v in self.velocities] if self.adam else [])
         if self.adam and self.mode == "flat":
-            self._second_flat, self.second = _flatten(xp, self.second)
+            self._second_flat, self.second = _flatten(xp, self.second, range(len(self.second)))
 
     def __call__(self, x_all: Array, t_all: Array, idx: Array, lr: float,
                  x: Array | None = None) -> tuple[Array, Array]:
@@ -81,21 +88,19 @@ class TrainStep:
         """
         xp, n = self.xp, idx.shape[0]
         if self.mode == "plain":
-            bufs = None
+            bufs = t_buf = None
             if x is None:
                 x = xp.take(x_all, idx, axis=0)
         else:
-            x_buf, bufs = self._batch_buffers(n, x_all)
+            x_buf, bufs, _, t_buf = self._buffers.get(n) or self._batch_buffers(n, x_all)
             if x is None:
                 x = self._take(x_all, idx, x_buf) if self._take else xp.take(x_all, idx, axis=0)
         if self.augment is not None:
             x = self.augment(x, idx)
-        if self.transposed:  # one column per sample, gathered from a transposed copy
-            if self._targets_t is None or self._targets_t[0] is not t_all:
-                k = t_all.shape[1]
-                copy = xp.reshape(xp.reshape(xp.permute_dims(t_all, (1, 0)), (-1,)), (k, -1))
-                self._targets_t = (t_all, copy)
-            t = xp.take(self._targets_t[1], idx, axis=1)
+        if self.transposed:  # one column per sample (gathering columns: a cache miss each)
+            rows, t = t_buf
+            t[...] = (self._take(t_all, idx, rows) if self._take
+                      else xp.take(t_all, idx, axis=0)).T
         else:
             t = xp.take(t_all, idx, axis=0)
         outs, pre, masks = self._forward(x, bufs)
@@ -182,7 +187,10 @@ class TrainStep:
                 grad = (self._activate_grad(act, a, down, bufs[len(self.acts) + i - 2])
                         if bufs and self._activate_grad else None)
                 delta = grad if grad is not None else ACTIVATIONS[act][1](a, down)
-        if self.mode == "velocity":
+        if self.mode == "velocity":  # the rest's v = m v + g, then every w += v
+            v_rest, g_rest = self._rest
+            v_rest *= self.config.momentum
+            v_rest += g_rest
             w, v, _ = self._flat
             w += v
         elif self.mode == "flat":
@@ -192,22 +200,16 @@ class TrainStep:
     def _gradient(self, i: int, a_in: Array, delta: Array, lr: float, scale: float) -> None:
         """Layer i's scaled gradient into its velocity, the flat buffer, or straight to w."""
         w = self.params[2 * i]
-        if self.mode == "velocity":  # v = m v + a^T delta in the GEMM; biases are too small
-            m, v_w, v_b = self.config.momentum, self.velocities[2 * i], self.velocities[2 * i + 1]
-            if self._acc_in_gemm[i]:
-                self._gemm_acc(a_in.T, delta, v_w, 1.0, m)
-            else:  # a small GEMM costs less than the BLAS call's overhead: NumPy's is cheaper
-                v_w *= m
-                v_w += self._matmul(a_in.T, delta, self._grads[2 * i])
-            v_b *= m
-            v_b += self._sum0(delta, self._grads[2 * i + 1])
-            grad_w = self.velocities[2 * i]
-        elif self.mode == "flat":
-            grad_w = self._matmul(a_in.T, delta, self._grads[2 * i])
-            self._sum0(delta, self._grads[2 * i + 1])
-        else:
+        if self.mode == "plain":
             grad_w = a_in.T @ delta
-        if self.regularized:  # lands in v directly in "velocity" mode: the same v = m v + step
+        else:
+            if self._acc_in_gemm[i]:  # "velocity": v = m v + a^T delta in the GEMM
+                grad_w = self.velocities[2 * i]
+                self._gemm_acc(a_in.T, delta, grad_w, 1.0, self.config.momentum)
+            else:  # into the flat gradient buffer (for a small GEMM NumPy's call is cheaper)
+                grad_w = self._matmul(a_in.T, delta, self._grads[2 * i])
+            self._sum0(delta, self._grads[2 * i + 1])
+        if self.regularized:  # lands in v directly after the velocity GEMM: the same v = m v + step
             kind, rate = self.config.regularization_type, self.config.regularization_rate
             grad_w += (scale * rate) * (w if kind == "L2" else self.xp.sign(w))
         if self.mode == "plain":
@@ -253,11 +255,11 @@ class TrainStep:
                 a[...] = asarray(np.ascontiguousarray(h))  # saved in the run's own dtype
         self.global_step = global_step
 
-    def _batch_buffers(self, n: int, like: Array) -> tuple[Array, list[Array]]:
-        """Input and per-layer output buffers for batches of `n` rows (two sizes at most).
-
-        Also, kept for `_backward`: the gradients flowing down into each hidden layer's output,
-        and scratch for each hidden layer's activation derivative.
+    def _batch_buffers(self, n: int, like: Array
+                       ) -> tuple[Array, list[Array], list[Array], tuple[Array, Array]]:
+        """Buffers for batches of `n` rows (two sizes at most): the input, each layer's output,
+        for `_backward` the gradients flowing down into each hidden layer's output and scratch
+        for each hidden layer's activation derivative, and the targets (rows, transposed).
         """
         if n not in self._buffers:
             xp, sizes = self.xp, self.config.sizes
@@ -269,19 +271,24 @@ class TrainStep:
             outs.append(empty((sizes[-1], n) if self.transposed else (n, sizes[-1])))
             hidden = [empty((n, k)) for k in sizes[1:-1]]
             self._buffers[n] = (empty((n, sizes[0])), outs,
-                                hidden + [empty((n, k)) for k in sizes[1:-1]])
-        return self._buffers[n][:2]
+                                hidden + [empty((n, k)) for k in sizes[1:-1]],
+                                (empty((n, sizes[-1])), empty((sizes[-1], n))))
+        return self._buffers[n]
 
 
-def _flatten(xp: Any, arrays: Sequence[Array]) -> tuple[Array, list[Array]]:
-    """One flat buffer holding copies of `arrays`, and views of it shaped like them."""
+def _flatten(xp: Any, arrays: Sequence[Array], order: Sequence[int]
+             ) -> tuple[Array, list[Array]]:
+    """One flat buffer holding copies of `arrays` in `order`, and views of it shaped like them
+    (in the arrays' own order)."""
     first = arrays[0]
     flat = xp.empty((sum(_size(a) for a in arrays),), dtype=first.dtype, device=first.device)
-    views, lo = [], 0
-    for a in arrays:
+    views: list[Array] = [None] * len(arrays)
+    lo = 0
+    for j in order:
+        a = arrays[j]
         view = xp.reshape(flat[lo:lo + _size(a)], a.shape)
         view[...] = a
-        views.append(view)
+        views[j] = view
         lo += _size(a)
     return flat, views
 
