@@ -134,14 +134,13 @@ class Run:
                     value = float(loss)
                     loss_sum += value
                     correct += float(ok)
-                else:
+                else:  # a read waits for the device: every DEVICE_LOSS_CHECK steps only
                     loss_sum += loss
                     correct += ok
-                if host_loss or (step + 1) % DEVICE_LOSS_CHECK == 0 or step + 1 == steps:
-                    value = float(be.to_numpy(loss))
-                    if not (value - value == 0.0 and value <= limit * (hi - lo)):  # inf, nan, huge
-                        check_loss(config, loss, hi - lo, be, epoch, step + 1, steps, lr,
-                                   host_loss)
+                    value = (float(be.to_numpy(loss)) if (step + 1) % DEVICE_LOSS_CHECK == 0
+                             or step + 1 == steps else 0.0)
+                if not (value - value == 0.0 and value <= limit * (hi - lo)):  # inf, nan, huge
+                    check_loss(config, loss, hi - lo, be, epoch, step + 1, steps, lr, host_loss)
                 if on_step is not None:
                     on_step(StepInfo(epoch, step + 1, steps, hi, be, loss_sum, correct))
                 if hooks:

@@ -29,8 +29,9 @@ class TrainStep:
     """SGD with momentum (v = m v - lr g; w += v) or Nesterov, or Adam/AdamW; L1/L2; dropout.
 
     Three ways to keep the state, fastest first, by what the backend offers:
-    - "velocity" (SGD): weights, velocities and gradients are views of flat buffers, and each
-      weight GEMM updates its velocity itself (v = m v + a^T delta); one pass adds v to w;
+    - "velocity" (SGD): weights, velocities and gradients are views of flat buffers; each large
+      weight GEMM updates its velocity itself (v = m v + a^T delta), one pass updates the rest's
+      velocities (small weights and biases, laid out after the large weights), one adds v to w;
     - "flat": the GEMMs write gradients into a flat buffer, one update covers every layer;
     - "plain": array-API operations only, one update per array.
     """
