@@ -32,6 +32,8 @@ class Backend:
     # "take": (x, idx, out) -> out = rows `idx` of x written into `out`;
     # "sum0": (x, out) -> out = x summed over axis 0, written into `out`;
     # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
+    # "axpy": (x, y) -> update, where update(alpha) does y += alpha * x in place (1-D arrays,
+    #     the same two every time: their addresses may be bound once);
     # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
     # "activate_grad": (name, a, g, tmp) -> g times the derivative of the activation whose
     #     output is `a`, in place in `g` (`tmp`: scratch shaped like `a`), or None;

@@ -13,7 +13,7 @@ def load(device: str | None = None) -> Backend:
     if device not in (None, "cpu"):
         raise ImportError(f"numpy runs on the CPU only, not on device {device!r}")
     kernels = ndkernels.make(np, take=_take, sum0=_sum0, gemm_acc=numpy_blas.load(),
-                             hash32=_hash32, prefetch=Prefetch)
+                             axpy=numpy_blas.load_axpy(), hash32=_hash32, prefetch=Prefetch)
     return Backend(
         name="numpy", xp=xp, device="cpu", device_name="cpu", version=np.__version__,
         asarray=np.ascontiguousarray, to_numpy=np.asarray, sync=nop, devices=("cpu",),

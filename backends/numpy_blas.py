@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
-SYMBOLS = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")  # ILP64 builds that numpy wheels ship
+SYMBOLS = ("scipy_cblas_{}64_", "cblas_{}64_")  # ILP64 builds that numpy wheels ship
 
 
 def _library() -> ctypes.CDLL | None:
@@ -31,13 +31,15 @@ def _library() -> ctypes.CDLL | None:
     return None
 
 
-def _function(lib: ctypes.CDLL, kind: str, real: type) -> Callable | None:
+def _function(lib: ctypes.CDLL, kind: str, real: type, name: str = "gemm") -> Callable | None:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    argtypes = {"gemm": [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr,
+                         i64, ptr, i64, real, ptr, i64],
+                "axpy": [i64, real, ptr, i64, ptr, i64]}[name]
     for template in SYMBOLS:
-        f = getattr(lib, template.format(kind), None)
+        f = getattr(lib, template.format(kind + name), None)
         if f is not None:
-            i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr,
-                          i64, ptr, i64, real, ptr, i64]
+            f.argtypes = argtypes
             f.restype = None
             return f
     return None
@@ -89,3 +91,49 @@ def _self_test(gemm_acc: Callable[..., np.ndarray]) -> bool:
         if not np.allclose(gemm_acc(a.T, b, out, -2.0, 0.5), want, rtol=1e-5):
             return False
     return True
+
+
+def load_axpy() -> Callable[..., Callable[[float], None]] | None:
+    """axpy(x, y) -> update(alpha), which does y += alpha * x in one BLAS call (None where the
+    library lacks it or fails its check). The arrays' addresses are bound once: the step calls
+    it on the same two flat buffers every step.
+
+    The step's w += v covers every weight: NumPy adds on one thread, OpenBLAS's axpy runs on
+    the BLAS's threads, which matters when w and v have dropped out of the cache (large batches).
+    """
+    lib = _library()
+    if lib is None:
+        return None
+    axpys = {np.dtype(np.float32): _function(lib, "s", ctypes.c_float, "axpy"),
+             np.dtype(np.float64): _function(lib, "d", ctypes.c_double, "axpy")}
+    if None in axpys.values():
+        return None
+
+    def axpy(x: np.ndarray, y: np.ndarray) -> Callable[[float], None]:
+        f = axpys.get(y.dtype)
+        if (f is None or x.dtype != y.dtype or x.shape != y.shape or x.ndim != 1
+                or not (x.flags.c_contiguous and y.flags.c_contiguous)):
+            def update(alpha: float) -> None:
+                y[...] += alpha * x
+            return update
+        return _BoundAxpy(f, x, y)
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x, y = rng.random(7).astype(dtype), rng.random(7).astype(dtype)
+        want = y - 2.0 * x
+        axpy(x, y)(-2.0)
+        if not np.allclose(y, want, rtol=1e-6):
+            return None
+    return axpy
+
+
+class _BoundAxpy:
+    """y += alpha * x through BLAS, with the addresses taken once (and the arrays kept alive)."""
+
+    def __init__(self, f: Callable, x: np.ndarray, y: np.ndarray):
+        self.f, self.x, self.y = f, x, y
+        self.n, self.px, self.py = y.shape[0], x.ctypes.data, y.ctypes.data
+
+    def __call__(self, alpha: float) -> None:
+        self.f(self.n, alpha, self.px, 1, self.py, 1)

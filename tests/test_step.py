@@ -12,6 +12,7 @@ import pytest
 from test_gradients import penalty_gradient
 
 import backends
+from backends import numpy_blas
 from trainer import step as step_module
 from trainer.config import Config
 from trainer.losses import loss_and_delta
@@ -128,3 +129,24 @@ def test_numpy_offers_the_velocity_gemm() -> None:
     plain = dataclasses.replace(be, kernels={})
     plain_step = TrainStep(config(), plain.xp, step.params, step.velocities, plain.kernels)
     assert plain_step.mode == "plain"
+    assert "axpy" in be.kernels and step._add_velocity is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_kernels_match_numpy(dtype) -> None:
+    """numpy_blas's ctypes calls against plain NumPy, bound buffers included."""
+    rng = np.random.default_rng(1)
+    gemm_acc, axpy = numpy_blas.load(), numpy_blas.load_axpy()
+    a, b, out = (rng.random(s).astype(dtype) for s in ((9, 5), (9, 4), (5, 4)))
+    want = 0.7 * out + (-1.5) * (a.T @ b)
+    np.testing.assert_allclose(gemm_acc(a.T, b, out, -1.5, 0.7), want, rtol=1e-6)
+    x, y = rng.random(1000).astype(dtype), rng.random(1000).astype(dtype)
+    update, want = axpy(x, y), y.copy()
+    for alpha in (1.0, -0.25):  # the same bound buffers, again and again
+        update(alpha)
+        want += dtype(alpha) * x
+        np.testing.assert_allclose(y, want, rtol=1e-6)
+    strided = rng.random(2000).astype(dtype)  # not contiguous: NumPy does it instead
+    view, want = strided[::2], strided[::2] + 3.0 * x
+    axpy(x, view)(3.0)
+    np.testing.assert_allclose(view, want, rtol=1e-6)

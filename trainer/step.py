@@ -51,7 +51,7 @@ class TrainStep:
         self._matmul, self._take, self._sum0 = k.get("matmul"), k.get("take"), k.get("sum0")
         self._activate, self._activate_grad = k.get("activate"), k.get("activate_grad")
         self._softmax_xent_t = k.get("softmax_xent_t")
-        self._hash = k.get("hash32")
+        self._hash, self._axpy = k.get("hash32"), k.get("axpy")
         self._gemm_acc = k.get("gemm_acc") if not (config.nesterov or self.adam) else None
         self._buffers: dict[int, tuple[Array, list[Array], list[Array],
                                        tuple[Array, Array]]] = {}
@@ -70,6 +70,8 @@ class TrainStep:
             self._flat = (w, v, g)
             rest = sum(_size(self.params[j]) for j in big)
             self._rest = (v[rest:], g[rest:])
+            # w += v on the BLAS's threads (they matter once w and v are out of the cache)
+            self._add_velocity = self._axpy(v, w) if self._axpy else None
             self.mode = "velocity" if self._gemm_acc else "flat"
         # the fused cross-entropy's logits kept transposed (classes x samples): see the kernel
         self.transposed = bool(self.fused_ce and self._softmax_xent_t and self.mode != "plain")
@@ -193,7 +195,10 @@ class TrainStep:
             v_rest *= self.config.momentum
             v_rest += g_rest
             w, v, _ = self._flat
-            w += v
+            if self._add_velocity:
+                self._add_velocity(1.0)
+            else:
+                w += v
         elif self.mode == "flat":
             w, v, g = self._flat
             self._apply(w, v, g, lr, self._second_flat if self.adam else None)
