@@ -67,12 +67,16 @@ def _kernels(cupy: Any) -> dict[str, Any]:
 
 
 def _gemm_acc_works(cupy: Any, gemm_acc: Any) -> bool:
-    """Check the transposed-view layout the step uses against cupy's matmul before trusting it."""
+    """Check the layouts the step uses (a transposed view times a C-contiguous array or a
+    transposed view, the latter for transposed logits) against cupy's matmul first."""
     try:
         a = cupy.arange(15, dtype=cupy.float32).reshape(5, 3) / 7
         b = cupy.arange(20, dtype=cupy.float32).reshape(5, 4) / 9
-        out = cupy.ones((3, 4), dtype=cupy.float32)
-        want = 0.5 * out - 2.0 * (a.T @ b)
-        return bool(cupy.allclose(gemm_acc(a.T, b, out, -2.0, 0.5), want, rtol=1e-5))
+        for right in (b, cupy.ascontiguousarray(b.T).T):
+            out = cupy.ones((3, 4), dtype=cupy.float32)
+            want = 0.5 * out - 2.0 * (a.T @ right)
+            if not bool(cupy.allclose(gemm_acc(a.T, right, out, -2.0, 0.5), want, rtol=1e-5)):
+                return False
+        return True
     except Exception:  # an old cupy without cupy.cublas.gemm, or a cuBLAS error
         return False
