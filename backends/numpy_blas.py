@@ -1,11 +1,13 @@
-"""`gemm_acc` for NumPy: out = alpha * (a @ b) + beta * out in one BLAS call.
+"""`gemm_acc` and `axpy` for NumPy: BLAS calls that NumPy itself does not expose.
 
-The training step keeps momentum velocities this way (v = m v - lr * grad in the GEMM that
-computes the gradient), which saves two passes over every weight matrix per step. It calls the
-OpenBLAS that NumPy itself ships and has loaded (never a second BLAS: two OpenBLAS builds in one
-hot loop slow each other down a hundredfold), and only through its 64-bit-integer CBLAS entry
-points, whose signature is unambiguous. Where there is no such library, `load()` returns None
-and the step does the same work with NumPy operations.
+gemm_acc: out = alpha * (a @ b) + beta * out in one call. The training step keeps momentum
+velocities this way (v = m v - lr * grad in the GEMM that computes the gradient), which saves
+two passes over every large weight matrix per step. axpy: y += alpha * x on the BLAS's threads,
+for the step's w += v. Both call the OpenBLAS that NumPy itself ships and has loaded (never a
+second BLAS: two OpenBLAS builds in one hot loop slow each other down a hundredfold), and only
+through its 64-bit-integer CBLAS entry points, whose signatures are unambiguous. Where there is
+no such library, `load()` and `load_axpy()` return None and the step does the same work with
+NumPy operations.
 """
 
 from __future__ import annotations
