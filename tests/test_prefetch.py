@@ -85,6 +85,9 @@ def test_training_with_prefetch_equals_training_without() -> None:
     data = make_dataset(n_train=500, n_test=50, shape=(6, 6), classes=4, seed=2)
     a, b = train(config, data, with_it, blas_threads=1), train(config, data, without)
     assert used == [0, 0, 0]  # one per epoch
+    train(config, data, with_it, blas_threads=None)  # the BLAS may take every core: no thread
+    train(config, data, with_it, blas_threads=1, prefetch=False)  # as sweep workers ask
+    assert used == [0, 0, 0]
     for p, q in zip(a.params, b.params, strict=True):
         assert np.array_equal(p, q)
     assert [h.loss for h in a.history] == [h.loss for h in b.history]

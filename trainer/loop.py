@@ -40,7 +40,7 @@ class Run:
     """One training run: its data and network on the device, and where the loop is."""
 
     def __init__(self, config: Config, data: Dataset, be: Backend, fast: bool,
-                 blas_threads: int | None, hooks: RunHooks) -> None:
+                 blas_threads: int | None, hooks: RunHooks, prefetch: bool = True) -> None:
         self.config, self.be, self.hooks = config, be, hooks
         self.xp, self.dtype = be.xp, getattr(be.xp, config.dtype)
         scaling = InputScaling.fit(data.train_images, config.input_scaling)
@@ -72,7 +72,7 @@ class Run:
         # a thread gathering the next batches' rows (host arrays only: backends/prefetch.py),
         # on a core the BLAS leaves free (competing with BLAS threads it costs more than it saves)
         spare_core = blas_threads is not None and blas_threads < (os.cpu_count() or 1)
-        self.prefetch = be.kernels.get("prefetch") if fast and spare_core else None
+        self.prefetch = be.kernels.get("prefetch") if fast and prefetch and spare_core else None
         self.shifter = None
         if config.augment.shift:
             blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])

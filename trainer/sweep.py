@@ -127,7 +127,7 @@ def _train_trial(trial: Any, s: SweepSettings, data: Dataset, params: dict[str, 
     if threads is None and s.workers > 1:  # oversubscribed BLAS threads slow all workers down
         threads = max(1, (os.cpu_count() or 1) // s.workers)
     result = train(cfg, data, be, limit_train=s.limit_train, on_epoch=on_epoch,
-                   blas_threads=threads, test=False)
+                   blas_threads=threads, test=False, prefetch=s.workers == 1)
     classes = [str(c) for c in range(data.num_classes)]
     best = result.best()
     metrics = run_metrics(result, classes, be.version, data) | {

@@ -66,7 +66,8 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
           on_step: Callable[[StepInfo], None] | None = None,
           on_test_chunk: Callable[[int, int], None] | None = None,
           fast: bool = True, blas_threads: int | str | None = "auto",
-          hooks: RunHooks | None = None, test: bool = True) -> TrainResult:
+          hooks: RunHooks | None = None, test: bool = True,
+          prefetch: bool = True) -> TrainResult:
     """Train `config` on `data` with `backend`, then evaluate on the test set.
 
     `on_step` is called after every step (cheaply: it gets device scalars it may read when it
@@ -75,6 +76,8 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     plain array-API path), for checking that both agree. `blas_threads` limits the threads of
     the CPU BLAS ("auto": see `auto_blas_threads`; None: leave them alone). `test=False`
     never touches the test set (sweeps): it needs a validation split to report progress.
+    `prefetch`: let a thread gather the next batches where the backend can and the BLAS leaves
+    a core free (sweeps running several workers turn it off: their cores are taken).
     """
     if not test and not config.validation_split:
         raise ConfigError("training without the test set needs a validation_split")
@@ -86,7 +89,7 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     with threadpool_limits(limits=blas_threads, user_api="blas"), \
             np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         run = Run(config, (data if test else data.limit(None, 0)).limit(limit_train, limit_test),
-                  be, fast, blas_threads, hooks or RunHooks())
+                  be, fast, blas_threads, hooks or RunHooks(), prefetch)
         for epoch in range(run.state.epoch, config.epochs + 1):
             if run.end_epoch(run.epoch(epoch, on_step), on_epoch):
                 break
