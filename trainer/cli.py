@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -18,7 +16,7 @@ from trainer.cli_bench import bench_cmd
 from trainer.cli_data import data_app
 from trainer.cli_sweep import sweep_cmd
 from trainer.cli_train import train_cmd
-from trainer.console import cli_errors, console, err_console
+from trainer.console import cli_errors, console, err_console, print_json
 from trainer.data import load_dataset
 from trainer.display import print_report
 from trainer.images import load_digits
@@ -40,10 +38,6 @@ def eval_bar(live: bool, label: str):
     with Progress(console=console, disable=not live, transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 app.command("train")(train_cmd)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainer.config import Config
-from trainer.console import cli_errors, console, err_console
+from trainer.console import cli_errors, console, err_console, print_json
 from trainer.errors import UsageError
 from trainer.runs import check_run_name
 from trainer.sweep import SAMPLERS, SweepSettings, load_space, run_sweep
@@ -194,7 +192,7 @@ def sweep_cmd(
         finally:
             signal.signal(signal.SIGTERM, previous)
         if as_json:
-            sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+            print_json(summary)
         else:
             print_summary(summary)
         if "best" not in summary:

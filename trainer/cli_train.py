@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +15,7 @@ from rich.table import Table
 from backends import Backend
 from trainer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from trainer.config import Config, default_config
-from trainer.console import cli_errors, console, err_console
+from trainer.console import cli_errors, console, err_console, print_json
 from trainer.data import load_dataset
 from trainer.display import TrainProgress, held_out, print_report
 from trainer.errors import TrainerError, UsageError
@@ -213,8 +212,7 @@ def _report(cfg: Config, be: Backend, data: Any, path: Path, run_name: str,
     metrics = run_metrics(result, classes, be.version, data)
     write_run(path, result, classes, metrics, title=run_name)
     if as_json:
-        sys.stdout.write(__import__("json").dumps({"run_dir": str(path)} | metrics, indent=2)
-                         + "\n")
+        print_json({"run_dir": str(path)} | metrics)
         return
     best = result.best()
     console.print(f"Final training accuracy: {result.train_accuracy:.2%}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,6 +16,11 @@ from trainer.errors import TrainerError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """`--json` output: indented, on stdout (anything not JSON-native as its str)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from trainer.checkpoint import LoopState
 from trainer.config import Config
 from trainer.data import Dataset, InputScaling
 from trainer.errors import ConfigError
-from trainer.metrics import Report, confusion_matrix, report
+from trainer.metrics import Report, confusion_matrix, onehot, report
 from trainer.network import init_params, predict
 from trainer.results import (
     DivergedError,
@@ -234,10 +234,6 @@ class Run:
                 on_chunk=on_test_chunk)
         result.params = [np.array(be.to_numpy(p)) for p in self.params]  # copies, not views
         return result
-
-
-def onehot(xp: Any, labels: Array, classes: int, dtype: Any) -> Array:
-    return xp.astype(labels[:, None] == xp.arange(classes, device=labels.device)[None, :], dtype)
 
 
 def evaluate(params: Sequence[Array], activations: Sequence[str], x: Array, labels: Array,

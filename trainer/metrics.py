@@ -18,10 +18,13 @@ def confusion_matrix(labels: Array, predictions: Array, num_classes: int) -> Arr
     not available on every device (CUDA in torch), so floats it is.
     """
     xp = array_namespace(labels, predictions)
-    classes = xp.arange(num_classes, device=labels.device)
-    actual = xp.astype(labels[:, None] == classes[None, :], xp.float32)
-    predicted = xp.astype(predictions[:, None] == classes[None, :], xp.float32)
-    return xp.matrix_transpose(actual) @ predicted
+    actual = onehot(xp, labels, num_classes, xp.float32)
+    return xp.matrix_transpose(actual) @ onehot(xp, predictions, num_classes, xp.float32)
+
+
+def onehot(xp: Any, labels: Array, classes: int, dtype: Any) -> Array:
+    """(n, classes) rows with a 1 in each label's column, on the labels' device."""
+    return xp.astype(labels[:, None] == xp.arange(classes, device=labels.device)[None, :], dtype)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from trainer.loop import (  # noqa: F401 (re-exported: the API's names live here
     check_loss,
     check_split,
     evaluate,
-    onehot,
     split,
 )
 from trainer.results import (  # noqa: F401 (re-exported)
