@@ -143,7 +143,8 @@ def test_shifted_images_are_shifts_of_the_originals(backend: backends.Backend) -
     images = rng.random((12, 5, 7))
     xp = backend.xp
     shifter = Shifter(xp, backend.asarray, (5, 7), 2, -9.0, xp.float64)
-    ids = shifter.new_epoch(np.random.default_rng(3), 12)
+    ids = shifter.draw(np.random.default_rng(3), 12)  # as the training loop does
+    shifter.use(ids)
     idx = np.array([3, 0, 11, 5])
     got = backend.to_numpy(shifter(backend.asarray(images[idx].reshape(4, -1)),
                                    backend.asarray(idx)))

@@ -46,12 +46,6 @@ class Shifter:
         """Shift by `ids` (from `draw`) from now on."""
         self.shifts = self.asarray(ids)
 
-    def new_epoch(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """Draw this epoch's shifts and use them."""
-        ids = self.draw(rng, n)
-        self.use(ids)
-        return ids
-
     def __call__(self, x: Array, idx: Array) -> Array:
         """The batch `x` (rows `idx` of the training set), each row shifted by its own shift."""
         xp, n, width = self.xp, x.shape[0], self.pixels + 1

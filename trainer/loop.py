@@ -144,7 +144,7 @@ class Run:
                 if on_step is not None:
                     on_step(StepInfo(epoch, step + 1, steps, hi, be, loss_sum, correct))
                 if hooks:
-                    self._maybe_stop(epoch, step + 1, steps, loss_sum, correct, t0)
+                    self._maybe_stop(epoch, step + 1, steps, loss_sum, correct, t0, hi, lr)
         finally:
             if ahead is not None:
                 ahead.close()
@@ -154,14 +154,17 @@ class Run:
         return EpochStats(epoch, loss_mean, host_value(be, correct) / self.n_train, test,
                           seconds, val, lr)
 
-    def _maybe_stop(self, epoch: int, done: int, steps: int, loss_sum: Array, correct: Array,
-                    t0: float) -> None:
+    def _maybe_stop(self, epoch: int, done: int, steps: int, loss_sum: Array | float,
+                    correct: Array | float, t0: float, seen: int, lr: float) -> None:
         """Mid-epoch: checkpoint every N steps, and on a stop request checkpoint and stop."""
         hooks = self.hooks
         signal = hooks.stop_requested() if hooks.stop_requested else None
         every = hooks.checkpoint_every
         if hooks.checkpoint and done < steps and (
                 signal or (every and self.step_fn.global_step % every == 0)):
+            if not isinstance(loss_sum, float):  # on a device the loss is checked now and then:
+                # a diverged run is reported, not checkpointed (and the sum is finite to save)
+                check_loss(self.config, loss_sum, seen, self.be, epoch, done, steps, lr, False)
             hooks.checkpoint(self.snapshot(epoch, done, loss_sum, correct,
                                            time.perf_counter() - t0))
         if signal:
@@ -200,8 +203,8 @@ class Run:
         self.result.stopped_early = stop_early
         return stop_early
 
-    def snapshot(self, epoch: int, step: int, loss_sum: Array | None, correct: Array | None,
-                 seconds: float) -> LoopState:
+    def snapshot(self, epoch: int, step: int, loss_sum: Array | float | None,
+                 correct: Array | float | None, seconds: float) -> LoopState:
         """Everything needed to continue from here, on the host."""
         be, state = self.be, self.state
         p, v, s2 = self.step_fn.export(be.to_numpy)

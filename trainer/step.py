@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,7 @@ class TrainStep:
         self._softmax_xent_t = k.get("softmax_xent_t")
         self._hash, self._axpy = k.get("hash32"), k.get("axpy")
         self._gemm_acc = k.get("gemm_acc") if not (config.nesterov or self.adam) else None
-        self._buffers: dict[int, tuple[Array, list[Array], list[Array],
-                                       tuple[Array, Array]]] = {}
+        self._buffers: dict[int, _BatchBuffers] = {}
         self._counters: dict[tuple[int, int], Array] = {}
         self.mode = "plain"
         self._acc_in_gemm = [bool(self._gemm_acc) and _size(w) >= GEMM_ACC_MIN
@@ -90,23 +90,21 @@ class TrainStep:
         largest output), both as device scalars: nothing is read back to the host here.
         """
         xp, n = self.xp, idx.shape[0]
-        if self.mode == "plain":
-            bufs = t_buf = None
-            if x is None:
-                x = xp.take(x_all, idx, axis=0)
-        else:
-            x_buf, bufs, _, t_buf = self._buffers.get(n) or self._batch_buffers(n, x_all)
-            if x is None:
-                x = self._take(x_all, idx, x_buf) if self._take else xp.take(x_all, idx, axis=0)
+        b = None
+        if self.mode != "plain":
+            b = self._buffers.get(n) or self._batch_buffers(n, x_all)
+        if x is None:
+            x = (self._take(x_all, idx, b.x) if b and self._take
+                 else xp.take(x_all, idx, axis=0))
         if self.augment is not None:
             x = self.augment(x, idx)
-        if self.transposed:  # one column per sample (gathering columns: a cache miss each)
-            rows, t = t_buf
+        if b and b.targets:  # one column per sample (gathering columns: a cache miss each)
+            rows, t = b.targets
             t[...] = (self._take(t_all, idx, rows) if self._take
                       else xp.take(t_all, idx, axis=0)).T
         else:
             t = xp.take(t_all, idx, axis=0)
-        outs, pre, masks = self._forward(x, bufs)
+        outs, pre, masks = self._forward(x, b.outs if b else None)
         scale = 1.0 if self.adam else -lr  # SGD: fold -lr into every gradient
         if self.config.loss_reduction == "mean":
             scale /= n
@@ -176,28 +174,28 @@ class TrainStep:
 
     def _backward(self, outs: list[Array], pre: list[Array], masks: list[Array | None],
                   delta: Array, lr: float, scale: float) -> None:
-        bufs = self._buffers[delta.shape[0]][2] if self.mode != "plain" else None
+        b = self._buffers[delta.shape[0]] if self.mode != "plain" else None
         for i in range(len(self.acts) - 1, -1, -1):
             down = None
             if i > 0:  # w before its update
                 w_t = self.params[2 * i].T
-                down = self._matmul(delta, w_t, bufs[i - 1]) if bufs else delta @ w_t
+                down = self._matmul(delta, w_t, b.downs[i - 1]) if b else delta @ w_t
             self._gradient(i, outs[i], delta, lr, scale)
             if i > 0:
                 if masks[i] is not None:
-                    down = down * masks[i]
+                    down *= masks[i]  # a fresh product or the step's own buffer
                 act, a = self.acts[i - 1], pre[i]
-                grad = (self._activate_grad(act, a, down, bufs[len(self.acts) + i - 2])
-                        if bufs and self._activate_grad else None)
+                grad = (self._activate_grad(act, a, down, b.scratch[i - 1])
+                        if b and self._activate_grad else None)
                 delta = grad if grad is not None else ACTIVATIONS[act][1](a, down)
         if self.mode == "velocity":  # the rest's v = m v + g, then every w += v
             v_rest, g_rest = self._rest
             v_rest *= self.config.momentum
             v_rest += g_rest
-            w, v, _ = self._flat
             if self._add_velocity:
                 self._add_velocity(1.0)
             else:
+                w, v, _ = self._flat
                 w += v
         elif self.mode == "flat":
             w, v, g = self._flat
@@ -261,25 +259,33 @@ class TrainStep:
                 a[...] = asarray(np.ascontiguousarray(h))  # saved in the run's own dtype
         self.global_step = global_step
 
-    def _batch_buffers(self, n: int, like: Array
-                       ) -> tuple[Array, list[Array], list[Array], tuple[Array, Array]]:
-        """Buffers for batches of `n` rows (two sizes at most): the input, each layer's output,
-        for `_backward` the gradients flowing down into each hidden layer's output and scratch
-        for each hidden layer's activation derivative, and the targets (rows, transposed).
-        """
-        if n not in self._buffers:
-            xp, sizes = self.xp, self.config.sizes
+    def _batch_buffers(self, n: int, like: Array) -> _BatchBuffers:
+        """The buffers for batches of `n` rows (two sizes at most: full and last partial)."""
+        xp, sizes = self.xp, self.config.sizes
 
-            def empty(shape: tuple[int, int]) -> Array:
-                return xp.empty(shape, dtype=like.dtype, device=like.device)
+        def empty(shape: tuple[int, int]) -> Array:
+            return xp.empty(shape, dtype=like.dtype, device=like.device)
 
-            outs = [empty((n, k)) for k in sizes[1:-1]]
-            outs.append(empty((sizes[-1], n) if self.transposed else (n, sizes[-1])))
-            hidden = [empty((n, k)) for k in sizes[1:-1]]
-            self._buffers[n] = (empty((n, sizes[0])), outs,
-                                hidden + [empty((n, k)) for k in sizes[1:-1]],
-                                (empty((n, sizes[-1])), empty((sizes[-1], n))))
-        return self._buffers[n]
+        k, hidden = sizes[-1], sizes[1:-1]
+        buffers = _BatchBuffers(
+            x=empty((n, sizes[0])),
+            outs=[*(empty((n, h)) for h in hidden), empty((k, n) if self.transposed else (n, k))],
+            downs=[empty((n, h)) for h in hidden],
+            scratch=[empty((n, h)) for h in hidden],
+            targets=(empty((n, k)), empty((k, n))) if self.transposed else None)
+        self._buffers[n] = buffers
+        return buffers
+
+
+@dataclass(frozen=True)
+class _BatchBuffers:
+    """What one batch size reuses from step to step."""
+
+    x: Array  # the gathered inputs
+    outs: list[Array]  # each layer's output; the last one (classes, n) with transposed logits
+    downs: list[Array]  # the gradient flowing down into each hidden layer's output
+    scratch: list[Array]  # for each hidden layer's activation derivative
+    targets: tuple[Array, Array] | None  # (rows, transposed) with transposed logits
 
 
 def _flatten(xp: Any, arrays: Sequence[Array], order: Sequence[int]

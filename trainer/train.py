@@ -69,14 +69,15 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
           prefetch: bool = True) -> TrainResult:
     """Train `config` on `data` with `backend`, then evaluate on the test set.
 
-    `on_step` is called after every step (cheaply: it gets device scalars it may read when it
-    likes), `on_epoch` after every epoch with that epoch's figures, `on_test_chunk(done, total)`
-    during the final test evaluation. `fast=False` trains without the backend's kernels (the
-    plain array-API path), for checking that both agree. `blas_threads` limits the threads of
-    the CPU BLAS ("auto": see `auto_blas_threads`; None: leave them alone). `test=False`
-    never touches the test set (sweeps): it needs a validation split to report progress.
-    `prefetch`: let a thread gather the next batches where the backend can and the BLAS leaves
-    a core free (sweeps running several workers turn it off: their cores are taken).
+    `on_step` is called after every step (cheaply: it gets the running sums, on the device
+    except on the CPU, which it may read when it likes), `on_epoch` after every epoch with that
+    epoch's figures, `on_test_chunk(done, total)` during the final test evaluation.
+    `fast=False` trains without the backend's kernels (the plain array-API path), for checking
+    that both agree. `blas_threads` limits the threads of the CPU BLAS ("auto": see
+    `auto_blas_threads`; None: leave them alone). `test=False` never touches the test set
+    (sweeps): it needs a validation split to report progress. `prefetch`: let a thread gather
+    the next batches where the backend can and the BLAS leaves a core free (sweeps running
+    several workers turn it off: their cores are taken).
     """
     if not test and not config.validation_split:
         raise ConfigError("training without the test set needs a validation_split")
