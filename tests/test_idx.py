@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -53,11 +55,16 @@ def test_exact_bytes_of_the_format(tmp_path: Path) -> None:
     assert (tmp_path / "l").read_bytes() == bytes.fromhex("00000801 00000002 0702")
 
 
-def test_gz_output_is_deterministic(tmp_path: Path) -> None:
+def test_gz_output_is_deterministic(tmp_path: Path, monkeypatch) -> None:
     a = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    ticks = itertools.count(1_000_000_000, 1000)  # gzip's clock moves on between the writes
+    monkeypatch.setattr(gzip, "time", SimpleNamespace(time=lambda: next(ticks)))
     write_idx(tmp_path / "a.gz", a)
     write_idx(tmp_path / "b.gz", a)
-    assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
+    data = (tmp_path / "a.gz").read_bytes()
+    assert data == (tmp_path / "b.gz").read_bytes()
+    assert data[:4] == b"\x1f\x8b\x08\x00"  # gzip, deflate, no flags: no file name stored
+    assert data[4:8] == b"\x00\x00\x00\x00"  # the header's mtime
 
 
 @pytest.mark.parametrize(

