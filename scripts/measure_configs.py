@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 
 from trainer import Config, load_dataset, train
+from trainer.errors import TrainerError
+from trainer.fileio import atomic_write_text
 
 
 def main() -> None:
+    try:
+        _main()
+    except TrainerError as e:  # a bad config path, an unavailable backend: a message, no traceback
+        sys.exit(f"error: {e}")
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", type=Path)
     parser.add_argument("--backend", default="numpy")
@@ -40,7 +50,7 @@ def main() -> None:
     table = "\n".join(rows) + "\n" + footer
     print(table)
     if args.out:
-        args.out.write_text(table)
+        atomic_write_text(args.out, table)
 
 
 if __name__ == "__main__":

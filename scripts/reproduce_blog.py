@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 
 from trainer import Config, load_dataset, train
+from trainer.errors import TrainerError
 from trainer.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,13 @@ BLOG = {  # config -> test accuracy the blog reported
 
 
 def main() -> None:
+    try:
+        _main()
+    except TrainerError as e:  # a bad config path, an unavailable backend: a message, no traceback
+        sys.exit(f"error: {e}")
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, help="override every config's epochs")
     parser.add_argument("--limit-train", type=int, help="train on the first N images only")
@@ -43,8 +52,10 @@ def main() -> None:
     data = load_dataset(args.data_dir)
     rows = ["| config | network | epochs | our test accuracy | training s | blog reported |",
             "| --- | --- | --- | --- | --- | --- |"]
+    seeds: set[int] = set()
     for name, blog in BLOG.items():
         config = Config.from_file(ROOT / "configs" / f"{name}.json").replace(epochs=args.epochs)
+        seeds.add(config.seed)
         result = train(config, data, args.backend, device=args.device,
                        limit_train=args.limit_train)
         network = config.describe()
@@ -52,8 +63,9 @@ def main() -> None:
                     f"{result.total_seconds:.2f} | {blog} |")
         print(rows[-1], flush=True)
     images = f"the first {args.limit_train}" if args.limit_train else "all"
+    seed = ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, sorted(seeds)))
     footer = (f"\nTrained {time.strftime('%Y-%m-%d')} on {images} training images, "
-              f"{len(data.test_labels)} test images, backend {args.backend}, seed 0, "
+              f"{len(data.test_labels)} test images, backend {args.backend}, {seed}, "
               f"{platform.machine()}, Python {platform.python_version()}.\n")
     table = "\n".join(rows) + "\n" + footer
     print(table)

@@ -26,9 +26,13 @@ def test_bench_script_writes_a_table_and_json(mnist, tmp_path: Path) -> None:
     assert set(rows) == {(32, "numpy"), (128, "numpy"), (32, "array-api-strict"),
                          (128, "array-api-strict")}
     for row in rows.values():
-        assert row["seconds"] > 0 and row["samples_per_s"] == pytest.approx(1000 / row["seconds"])
+        assert row["train_samples"] == 1000  # what the worker trained on: --limit-train
+        assert row["seconds"] > 0
+        assert row["samples_per_s"] == pytest.approx(row["train_samples"] / row["seconds"])
         assert row["peak_rss_mb"] > 0
-    assert rows[(32, "numpy")]["vs_ours"] == 1.0
+    for bs in (32, 128):  # each target's time over the first target's (numpy) at that batch
+        ours, strict = rows[(bs, "numpy")], rows[(bs, "array-api-strict")]
+        assert strict["vs_ours"] == pytest.approx(strict["seconds"] / ours["seconds"])
     assert rows[(32, "numpy")]["threads"] == 1  # small GEMMs: one BLAS thread
     assert "numpy" in proc.stdout and "array-api-strict" in proc.stdout
 

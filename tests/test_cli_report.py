@@ -38,7 +38,7 @@ def trained(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def test_train_output_has_every_section(trained: Path, mnist_dir: Path, tmp_path: Path) -> None:
+def test_train_output_has_every_section(mnist_dir: Path, tmp_path: Path) -> None:
     result = run("train", "--data-dir", mnist_dir, "--run-dir", tmp_path / "r", "--epochs", "1",
                  "--limit-train", "2000")
     assert result.exit_code == 0, result.output
@@ -103,7 +103,7 @@ def test_predict_reads_mnist_pngs_and_inverted_copies(trained: Path, mnist, tmp_
     from trainer.inference import load_run
 
     # pick test images the model classifies correctly, render them as files like a user would
-    model, metrics = load_run(trained)
+    model, _ = load_run(trained)
     from trainer.inference import predict_proba
     correct = np.flatnonzero(predict_proba(model, mnist.test_images[:100]).argmax(1)
                              == mnist.test_labels[:100])[:8]
@@ -150,7 +150,7 @@ def test_train_json_is_machine_readable(mnist_dir: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "", "x" * 101, "a\\b"])
-def test_bad_run_names_are_refused(name: str, tmp_path: Path) -> None:
+def test_bad_run_names_are_refused(name: str) -> None:
     with pytest.raises(UsageError, match="run name"):
         check_run_name(name)
 

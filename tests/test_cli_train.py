@@ -152,3 +152,44 @@ def test_help_lists_every_command() -> None:
     assert result.exit_code == 0
     for command in ("train", "backends", "data"):
         assert command in result.output
+
+
+def test_live_bar_after_a_resume_mid_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --resume` mid-epoch never sends that epoch's step 1: the bar must still show the
+    epoch, the step count and a rate measured from the first step it saw."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    import backends
+    from trainer import display
+    from trainer.display import TrainProgress
+    from trainer.results import StepInfo
+
+    now = [100.0]
+    monkeypatch.setattr(display, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    be, batch, steps = backends.load("numpy", None), 32, 100
+
+    def step(epoch: int, n: int, at: float) -> None:
+        now[0] = at
+        seen = n * batch
+        progress.on_step(StepInfo(epoch, n, steps, seen, be, 0.5 * seen, 0.9 * seen))
+
+    def shown() -> str:
+        out = Console(file=io.StringIO(), width=200, color_system=None)
+        out.print(progress.progress.get_renderable())
+        return out.file.getvalue()
+
+    progress = TrainProgress(Console(file=io.StringIO()), epochs=5, live=True)
+    step(3, 41, 100.0)  # resumed in epoch 3 after step 40
+    bars = shown()
+    assert "epoch 3" in bars and "41/100" in bars and "2/5" in bars
+    assert "samples/s" not in bars  # no time has passed since the first step seen
+    step(3, 100, 102.0)  # the epoch's last step always shows: 59 steps in 2 s
+    bars = shown()
+    assert "100/100" in bars and f"{59 * batch / 2:,.0f} samples/s" in bars
+    assert "loss 0.5000" in bars and "acc 90.00%" in bars
+    step(4, 1, 103.0)
+    bars = shown()
+    assert "epoch 4" in bars and "1/100" in bars and "3/5" in bars

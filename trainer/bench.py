@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,16 +23,16 @@ import backends
 from trainer.config import Config, default_config
 from trainer.data import InputScaling, load_dataset
 from trainer.errors import UsageError
-from trainer.fileio import atomic_write_json
 
 BLAS_TRAPS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # force an old, slow kernel when set
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one target for warm-up + timed epochs, in this process; return its figures."""
+    """Train one target for warm-up + timed epochs, in this process; return its figures:
+    `times` per timed epoch and `train_samples`, the samples each epoch trained on."""
     config = Config.from_dict(spec["config"]).replace(
         batch_size=spec["batch_size"], epochs=spec["warmup"] + spec["epochs"])
-    data = load_dataset(quiet=True).limit(spec.get("limit_train"), 1000)
+    data = load_dataset(quiet=True).limit(spec.get("limit_train"), 0)  # no test: not timed
     target = spec["target"]
     info: dict[str, Any] = {}
     if target.startswith("peer:"):
@@ -41,6 +40,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         x = InputScaling.fit(data.train_images).apply(data.train_images)
         times = PEERS[target[5:]][1](config, x, data.train_labels, config.epochs)
+        info["train_samples"] = len(x)
     else:
         from trainer.train import train
 
@@ -48,6 +48,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         result = train(config, data, be, blas_threads=spec.get("blas_threads", "auto"))
         times = [h.seconds for h in result.history]
         info["threads"] = result.blas_threads
+        info["train_samples"] = result.train_samples
     try:
         import threadpoolctl
 
@@ -102,7 +103,7 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
                 samples[target].append(_run_worker(spec, keep_blas_env))
         base = None
         for target in targets:
-            row = _summarise(target, bs, samples[target], limit_train)
+            row = _summarise(target, bs, samples[target])
             if target == targets[0]:
                 base = row.get("seconds")
             # each target's time divided by ours (the first target, numpy by default)
@@ -115,17 +116,17 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
             "blas_env_unset": not keep_blas_env, "results": rows}
 
 
-def _summarise(target: str, bs: int, runs: list[dict[str, Any]],
-               limit_train: int | None) -> dict[str, Any]:
+def _summarise(target: str, bs: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [r["error"] for r in runs if "error" in r]
     times = [t for r in runs for t in r.get("times", [])]
     row: dict[str, Any] = {"target": target, "batch_size": bs}
     if not times:
         return row | {"error": errors[0] if errors else "no timing"}
-    n = limit_train or 60000
     seconds = statistics.median(times)
     ok = [r for r in runs if "times" in r]
-    return row | {"seconds": seconds, "samples_per_s": n / seconds, "all_seconds": times,
+    n = ok[0]["train_samples"]  # the same data in every round
+    return row | {"seconds": seconds, "train_samples": n, "samples_per_s": n / seconds,
+                  "all_seconds": times,
                   "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
                   "threads": ok[0].get("threads"), "blas": ok[0].get("blas")}
 
@@ -134,10 +135,6 @@ def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__}
-
-
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    atomic_write_json(path, report)
 
 
 if __name__ == "__main__":  # a worker: python -m trainer.bench SPEC_JSON

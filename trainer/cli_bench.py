@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trainer.bench import available_targets, run_bench, write_json
+from trainer.bench import available_targets, run_bench
 from trainer.config import Config, default_config
 from trainer.console import cli_errors, console
 from trainer.errors import UsageError
+from trainer.fileio import atomic_write_json
 
 Opt = typer.Option
 
@@ -45,7 +46,8 @@ def bench_cmd(
     with cli_errors():
         cfg = Config.from_file(config) if config else default_config()
         sizes = _ints(batch_sizes, "--batch-sizes")
-        targets = available_targets(backends.split(",") if backends else None, peers)
+        names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None
+        targets = available_targets(names, peers)  # none named: every one that loads
         table = Table(title=f"s/epoch, median of {epochs} x {rounds} after {warmup} warm-up")
         for col in ("batch", "target", "s/epoch", "samples/s", "RSS MB", "threads", "÷ ours"):
             table.add_column(col, justify="right", no_wrap=True)
@@ -66,5 +68,5 @@ def bench_cmd(
                                warmup=warmup, rounds=rounds, limit_train=limit_train,
                                keep_blas_env=keep_blas_env, on_result=show)
         console.print(table)
-        write_json(out, report)
+        atomic_write_json(out, report)
         console.print(f"JSON report: {out}", soft_wrap=True)

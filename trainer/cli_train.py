@@ -79,7 +79,9 @@ def stop_on_signals() -> Iterator[Any]:
             signal.signal(s, h)
 
 
-def resumed_run(resume: Path, overrides: dict[str, Any]) -> tuple[Config, LoopState, dict]:
+def resumed_run(resume: Path, overrides: dict[str, Any]
+                ) -> tuple[Config, LoopState, str, int | None, int | None]:
+    """The checkpoint's config and state, and its run's name, limit_train and limit_test."""
     if any(v is not None for v in overrides.values()):
         raise UsageError("--resume continues the run as it was configured: drop CONFIG and "
                          "the overrides (" + ", ".join(k for k, v in overrides.items()
@@ -88,7 +90,8 @@ def resumed_run(resume: Path, overrides: dict[str, Any]) -> tuple[Config, LoopSt
                                                                       f"{escape(m)}"))
     run = state.run
     try:
-        return Config.from_dict(run["config"], source=f"{resume} checkpoint"), state, run
+        cfg = Config.from_dict(run["config"], source=f"{resume} checkpoint")
+        return cfg, state, run["name"], run["limit_train"], run["limit_test"]
     except KeyError:
         raise UsageError(f"{resume}: the checkpoint does not record its run") from None
 
@@ -147,8 +150,7 @@ def train_cmd(
             given = overrides | {"CONFIG": config, "--limit-train": limit_train,
                                  "--limit-test": limit_test, "--name": name,
                                  "--run-dir": run_dir}
-            cfg, state, run = resumed_run(resume, given)
-            run_name, limit_train, limit_test = run["name"], run["limit_train"], run["limit_test"]
+            cfg, state, run_name, limit_train, limit_test = resumed_run(resume, given)
         else:
             cfg = Config.from_file(config) if config else default_config()
             cfg = cfg.replace(**overrides)
@@ -173,20 +175,19 @@ def train_cmd(
 def _run(cfg: Config, be: Backend, data: Any, path: Path, run_name: str,
          limit_train: int | None, limit_test: int | None, state: LoopState | None,
          checkpoint_every: int | None, quiet: bool, as_json: bool) -> TrainResult:
-    live = not (quiet or as_json) and console.is_terminal
-    samples = min(limit_train or len(data.train_labels), len(data.train_labels))
     show_lr = cfg.lr_schedule.type != "constant" or cfg.lr_schedule.warmup_epochs > 0
     run = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
            "limit_test": limit_test}
     try:
         with stop_on_signals() as stop_requested, TrainProgress(
-                console, cfg.epochs, samples, live=live, silent=as_json,
+                console, cfg.epochs, live=not quiet and console.is_terminal, silent=as_json,
                 show_lr=show_lr) as progress:
             hooks = RunHooks(checkpoint=lambda st: save_checkpoint(path, st),
                              checkpoint_every=checkpoint_every, resume=state,
                              stop_requested=stop_requested, run=run)
             return train(cfg, data, be, limit_train=limit_train, limit_test=limit_test,
-                         on_epoch=progress.on_epoch, on_step=progress.on_step if live else None,
+                         on_epoch=progress.on_epoch,
+                         on_step=progress.on_step if progress.live else None,
                          on_test_chunk=progress.on_test_chunk, hooks=hooks)
     except Interrupted as e:
         err_console.print(f"Stopped in epoch {e.epoch} after step {e.step}; checkpoint in "

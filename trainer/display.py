@@ -49,12 +49,13 @@ class TrainProgress:
     accuracy are read from the device at most every REFRESH_SECONDS.
     """
 
-    def __init__(self, console: Console, epochs: int, samples: int, live: bool,
-                 silent: bool = False, show_lr: bool = False) -> None:
-        self.console, self.epochs, self.samples, self.show_lr = console, epochs, samples, show_lr
+    def __init__(self, console: Console, epochs: int, live: bool, silent: bool = False,
+                 show_lr: bool = False) -> None:
+        self.console, self.epochs, self.show_lr = console, epochs, show_lr
         self.live, self.silent = live and not silent, silent
         self._next = 0.0
-        self._first = (0.0, 0)  # (time, samples) at the epoch's first step, for samples/s
+        self._epoch: int | None = None  # the epoch of the last step seen
+        self._first = (0.0, 0)  # (time, samples) at the epoch's first step seen, for samples/s
         self._test_task: TaskID | None = None
         self.progress = Progress(
             TextColumn("{task.description:>11}"), BarColumn(), MofNCompleteColumn(),
@@ -76,10 +77,12 @@ class TrainProgress:
         if not self.live:
             return
         now = time.perf_counter()
-        if info.step == 1:
+        if info.epoch != self._epoch:  # a new epoch, or the middle of one after --resume
+            self._epoch = info.epoch
             self._first = (now, info.seen)
             self.progress.reset(self.batch_task, total=info.steps,
                                 description=f"epoch {info.epoch}")
+            self.progress.update(self.epoch_task, completed=info.epoch - 1)
         if now < self._next and info.step != info.steps:
             return
         self._next = now + REFRESH_SECONDS
@@ -98,14 +101,12 @@ class TrainProgress:
         self.progress.update(self._test_task, completed=done)
 
     def on_epoch(self, s: EpochStats) -> None:
+        if self.silent:
+            return
         if self.live:
-            self.progress.update(self.epoch_task, completed=s.epoch,
-                                 figures=held_out(s))
-            self.progress.console.print(epoch_line(s, self.epochs, self.show_lr), highlight=False,
-                                        soft_wrap=True)
-        elif not self.silent:
-            self.console.print(epoch_line(s, self.epochs, self.show_lr), highlight=False,
-                               soft_wrap=True)
+            self.progress.update(self.epoch_task, completed=s.epoch, figures=held_out(s))
+        self.console.print(epoch_line(s, self.epochs, self.show_lr), highlight=False,
+                           soft_wrap=True)
 
 
 def confusion_table(report: Report, class_names: list[str]) -> Table:

@@ -59,10 +59,11 @@ def _draw_history(fig: Figure, history: Sequence[Mapping[str, float]], title: st
     epochs = _column(history, "epoch")
     # markers keep a 1-epoch run (or an isolated test point between NaNs) visible
     style = {"marker": "o" if len(history) <= 50 else "", "markersize": 3}
+    loss = _column(history, "loss")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, _column(history, "loss"), color="C0", label="loss", gid="loss", **style)
+    loss_ax.plot(epochs, loss, color="C0", label="loss", gid="loss", **style)
     loss_ax.set_ylabel("loss")
-    if all(v > 0 for v in _column(history, "loss") if v == v):
+    if all(v > 0 for v in loss if v == v):
         loss_ax.set_yscale("log")  # late epochs' loss falls below 1e-2: linear shows a flat line
         loss_ax.set_ylabel("loss (log scale)")
     acc_ax.plot(epochs, 100 * _column(history, "train_accuracy"), color="C1", label="train",
