@@ -287,3 +287,21 @@ def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(idx_dir: Path, tmp_p
     assert "Traceback" not in err
     load_checkpoint(run_dir)  # whole and verified
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_on_a_device_a_diverged_run_is_reported_not_checkpointed(tmp_path: Path) -> None:
+    """Where the loss is read only now and then (a GPU), a checkpoint first checks the sums."""
+    import dataclasses
+
+    import backends
+
+    device_like = dataclasses.replace(backends.load("numpy"), device_name="not a cpu")
+    cfg = Config.from_dict({
+        "layers": [{"nodes": 20, "activation": "relu"}, {"nodes": 8, "activation": "identity"},
+                   {"nodes": 4}], "learning_rate": 1e6, "batch_size": 10, "epochs": 3,
+        "loss": "mse"})
+    with pytest.raises(DivergedError):
+        train(cfg, make_dataset(n_train=200), device_like, hooks=RunHooks(
+            checkpoint=lambda st: save_checkpoint(tmp_path, st), checkpoint_every=1))
+    state = load_checkpoint(tmp_path)  # whatever was saved is whole and finite
+    assert all(np.isfinite(p).all() for p in state.params) and np.isfinite(state.loss_sum)
