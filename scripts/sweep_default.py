@@ -10,10 +10,11 @@ into sweeps/default-small/ and prints the best config it wrote. Run it again to 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from trainer import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,11 +40,10 @@ def main() -> int:
     code = subprocess.call(cmd)
     best = args.sweep_dir / "best.json"
     if code == 0 and best.is_file():
-        config = json.loads(best.read_text())
-        hidden = "-".join(str(layer["nodes"]) for layer in config["layers"])
-        print(f"\nBest config ({best}): network {hidden}, learning_rate "
-              f"{config['learning_rate']:.4g}, momentum {config['momentum']:.3g}, batch_size "
-              f"{config['batch_size']}")
+        config = Config.from_file(best)
+        print(f"\nBest config ({best}): network {config.describe()}, learning_rate "
+              f"{config.learning_rate:.4g}, momentum {config.momentum:.3g}, batch_size "
+              f"{config.batch_size}")
         print(f"Train it: trainer train {best} --epochs 30")
     return code
 

@@ -88,10 +88,14 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     assert saved["learning_rate"] == best.params["learning_rate"]
     assert saved["layers"][1]["nodes"] == best.params["layers[1].nodes"]
     metrics = json.loads((out / "trials" / str(best.number) / "metrics.json").read_text())
-    assert metrics["validation_accuracy"] == best.value and "test_accuracy" not in metrics
+    assert metrics["validation_accuracy"] == best.value and metrics["test_accuracy"] is None
+    assert metrics["test_samples"] == 0 and metrics["confusion_matrix"] is None
     assert (out / "trials" / str(best.number) / "model.safetensors").is_file()
     assert 'id="best"' in (out / "history.svg").read_text()
-    assert (out / "importances.svg").is_file() or "no importances.svg" in result.output
+    # 4 completed trials, every parameter varied, different scores: one bar per parameter
+    importances = (out / "importances.svg").read_text()
+    assert importances.count('id="importances"') == 4
+    assert all(name in importances for name in SPACE) and "Importances: " in result.output
     assert f"Best: trial {best.number}" in result.output
     trained = run("train", out / "best.json", "--data-dir", noisy_dir, "--run-dir",
                   tmp_path / "best-run", "--quiet")
@@ -111,16 +115,36 @@ def test_objective_never_touches_the_test_set(tmp_path: Path, monkeypatch) -> No
 
     import trainer.sweep as sweep
 
+    touched: list[object] = []
+
     class Poison:
+        """A test array that records every use but the empty slice `[:0]`, which reads no
+        pixels (how train(test=False) drops the test set)."""
+
+        def __init__(self, empty: np.ndarray) -> None:
+            self.empty = empty
+
+        def __getitem__(self, key: object) -> np.ndarray:
+            if key == slice(None, 0):
+                return self.empty
+            touched.append(key)
+            raise AssertionError(f"the sweep read the test set ([{key}])")
+
+        def __len__(self) -> int:
+            touched.append("len")
+            raise AssertionError("the sweep looked at the test set (len)")
+
         def __getattr__(self, name: str):
+            touched.append(name)
             raise AssertionError(f"the sweep touched the test set ({name})")
 
     data = make_dataset(n_train=300, n_test=50, shape=(28, 28), classes=10)
-    data = dataclasses.replace(data, test_images=Poison(), test_labels=Poison())
+    data = dataclasses.replace(data, test_images=Poison(data.test_images[:0]),
+                               test_labels=Poison(data.test_labels[:0]))
     seen = []
 
     def spy(config, data, *args, **kwargs):
-        seen.append((len(data.test_images), len(data.test_labels), kwargs["test"]))
+        seen.append(kwargs.get("test", True))
         return real(config, data, *args, **kwargs)
 
     real = sweep.train
@@ -128,8 +152,27 @@ def test_objective_never_touches_the_test_set(tmp_path: Path, monkeypatch) -> No
     cfg = default_config().replace(epochs=1, validation_split=0.2)
     settings = SweepSettings(cfg, parse_space(SPACE, cfg), 2, tmp_path / "sw", "t")
     summary = run_sweep(settings, data)
-    assert seen == [(0, 0, False), (0, 0, False)]
+    assert seen == [False, False] and touched == []
     assert summary["trials"]["COMPLETE"] + summary["trials"]["PRUNED"] == 2
+    metrics = json.loads((tmp_path / "sw" / "trials" / "0" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] is None and metrics["test_samples"] == 0
+
+
+def test_a_bad_sweep_dir_or_timeout_exits_2_without_a_traceback(tmp_path: Path,
+                                                                idx_dir: Path) -> None:
+    cfg, sp = files(tmp_path)
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a directory")
+    result = run("sweep", cfg, "--space", sp, "--trials", 1, "--data-dir", idx_dir,
+                 "--sweep-dir", taken)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert f"cannot create sweep directory {taken}" in message and "--sweep-dir" in message
+    assert "Traceback" not in result.output and taken.read_text() == "a file, not a directory"
+    result = run("sweep", cfg, "--space", sp, "--trials", 1, "--data-dir", idx_dir,
+                 "--sweep-dir", tmp_path / "sw", "--timeout", 0)
+    assert result.exit_code == 2 and "--timeout" in result.output, result.output
+    assert not (tmp_path / "sw").exists()
 
 
 @pytest.mark.parametrize("space, words", [

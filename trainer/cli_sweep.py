@@ -15,10 +15,9 @@ from rich.table import Table
 
 from trainer.config import Config
 from trainer.console import cli_errors, console, err_console, print_json
-from trainer.errors import UsageError
 from trainer.runs import check_run_name
 from trainer.sweep import SAMPLERS, SweepSettings, load_space, run_sweep
-from trainer.sweep_report import leaderboard
+from trainer.sweep_report import note, reruns, seconds
 
 Opt = typer.Option
 ROWS = 30  # the live table shows the last this many trials
@@ -55,8 +54,7 @@ class TrialTable:
             self._print_finished()
 
     def _print_finished(self) -> None:
-        best = None
-        rows = {r["trial"]: r for r in leaderboard(self.trials, self.names)}
+        best, retried = None, reruns(self.trials)
         for t in sorted(self.trials, key=lambda t: t.number):
             if t.state.name == "COMPLETE" and (best is None or t.value > best.value):
                 best = t
@@ -65,12 +63,11 @@ class TrialTable:
             self.printed.add(t.number)
             value = f"{t.value:.2%}" if t.value is not None else "-"
             params = "  ".join(f"{n}={_fmt(t.params.get(n))}" for n in self.names)
-            row = rows[t.number]
             line = f"trial {t.number:>3} {t.state.name:<8} val acc {value:>7}  {params}"
             if best is not None:
                 line += f"  (best {best.value:.2%}, trial {best.number})"
-            console.print(escape(line + (f"  {row['note']}" if row["note"] else "")),
-                          soft_wrap=True)
+            why = note(t, retried)
+            console.print(escape(line + (f"  {why}" if why else "")), soft_wrap=True)
 
     def __rich__(self) -> Table:
         table = Table(title="Trials", title_justify="left")
@@ -78,21 +75,20 @@ class TrialTable:
             table.add_column(col, justify="right" if col not in ("state", "note") else "left")
         done = [t for t in self.trials if t.state.name == "COMPLETE"]
         best = max(done, key=lambda t: t.value).number if done else None
-        shown = {t.number: t for t in sorted(self.trials, key=lambda t: t.number)[-ROWS:]}
-        for row in sorted(leaderboard(list(shown.values()), self.names),
-                          key=lambda r: r["trial"]):
-            t = shown[row["trial"]]
+        retried = reruns(self.trials)
+        for t in sorted(self.trials, key=lambda t: t.number)[-ROWS:]:
             value = t.value if t.value is not None else (
                 max(t.intermediate_values.values()) if t.intermediate_values else None)
-            secs = row["seconds"] if row["seconds"] is not None else (
-                (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else None)
+            secs = seconds(t)
+            if secs is None and t.datetime_start is not None:  # running: so far
+                secs = (datetime.now() - t.datetime_start).total_seconds()
             style = {"FAIL": "red", "PRUNED": "dim", "RUNNING": "cyan"}.get(t.state.name, "")
             table.add_row(
                 f"{t.number}{' *' if t.number == best else ''}", t.state.name,
                 f"{value:.2%}" if value is not None else "",
                 f"{len(t.intermediate_values)}/{self.epochs}",
                 f"{secs:.1f}" if secs is not None else "",
-                *[escape(_fmt(t.params.get(n))) for n in self.names], escape(row["note"]),
+                *[escape(_fmt(t.params.get(n))) for n in self.names], escape(note(t, retried)),
                 style="bold green" if t.number == best else style)
         return table
 
@@ -146,7 +142,7 @@ def sweep_cmd(
     validation_split: Annotated[float | None, Opt(min=0, help="share or count of training "
                                                   "images scored (default: the config's, "
                                                   "else 0.1)")] = None,
-    timeout: Annotated[float | None, Opt(min=0, help="start no trial after this many "
+    timeout: Annotated[float | None, Opt(min=1, help="start no trial after this many "
                                          "seconds")] = None,
     seed: Annotated[int | None, Opt(min=0, help="seed of the sampler and of every trial's "
                                     "training (default: the config's)")] = None,
@@ -169,9 +165,6 @@ def sweep_cmd(
         if not cfg.validation_split:
             cfg = cfg.replace(validation_split=0.1)
         name = check_run_name(study or config.stem)
-        if sampler not in SAMPLERS:
-            raise UsageError(f"unknown --sampler {sampler!r}; choose one of "
-                             f"{', '.join(SAMPLERS)}")
         settings = SweepSettings(
             cfg, load_space(space, cfg), trials, sweep_dir or Path("sweeps") / name, name,
             storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,

@@ -73,13 +73,15 @@ def history_rows(result: TrainResult) -> list[dict[str, Any]]:
 
 def run_metrics(result: TrainResult, class_names: list[str], backend_version: str,
                 data: Dataset) -> dict[str, Any]:
-    """Everything metrics.json records: final figures, the report, where and how it ran."""
+    """Everything metrics.json records: final figures, the report, where and how it ran.
+    Without a test set (a sweep's trials) the test report's keys are None (JSON null)."""
     cfg, rows = result.config, history_rows(result)
     best = result.best()
-    report = result.test_report.to_dict(class_names) if result.test_report else {}
+    tested = result.test_report is not None
+    report = result.test_report.to_dict(class_names) if tested else {}
     return {
         "train_accuracy": result.train_accuracy,
-        "test_accuracy": result.test_accuracy,
+        "test_accuracy": result.test_accuracy if tested else None,  # not NaN: JSON has no NaN
         "best_epoch": best.epoch if best else None,
         "stopped_early": result.stopped_early,
         "validation_samples": result.validation_samples,
@@ -103,10 +105,11 @@ def run_metrics(result: TrainResult, class_names: list[str], backend_version: st
 
 def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: dict[str, Any],
               title: str = "") -> None:
-    """Write the model, the history (JSON, CSV, SVG), the confusion heatmap and the metrics."""
+    """Write the model, the history (JSON, CSV, SVG), the confusion heatmap and the metrics
+    (`run_metrics`' dict, extended or not: its `epochs` are the history written)."""
     save_model(path / "model.safetensors",
                SavedModel(result.config, result.params, result.scaling, class_names))
-    rows = history_rows(result)
+    rows = metrics["epochs"]
     atomic_write_json(path / "history.json", rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(EpochStats)])

@@ -9,11 +9,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from trainer.config import Config
 from trainer.data import Dataset, load_dataset
@@ -70,14 +68,6 @@ class SweepSettings:
         return self.storage or f"sqlite:///{self.sweep_dir.resolve() / 'study.db'}"
 
 
-def without_test(data: Dataset) -> Dataset:
-    """The dataset with empty test arrays, built without reading the test set's pixels."""
-    def empty(a: np.ndarray) -> np.ndarray:
-        return np.empty((0, *a.shape[1:]), a.dtype)
-
-    return replace(data, test_images=empty(data.train_images), test_labels=empty(data.train_labels))
-
-
 def run_trial(trial: Any, s: SweepSettings, data: Dataset, lock: AskLock,
               on_update: Callable[[], None]) -> float:
     """The objective: train on the training split, return the best validation accuracy.
@@ -129,14 +119,13 @@ def _train_trial(trial: Any, s: SweepSettings, data: Dataset, params: dict[str, 
     result = train(cfg, data, be, limit_train=s.limit_train, on_epoch=on_epoch,
                    blas_threads=threads, test=False, prefetch=s.workers == 1)
     classes = [str(c) for c in range(data.num_classes)]
-    best = result.best()
+    best = result.best()  # by validation accuracy: a sweep always has a validation split
+    value = best.val_accuracy if best is not None and best.val_accuracy is not None else 0.0
     metrics = run_metrics(result, classes, be.version, data) | {
-        "trial": trial.number, "params": params, "test_accuracy": None,
-        "validation_accuracy": best.val_accuracy if best else None}
-    write_run(run_dir, result, classes, {k: v for k, v in metrics.items() if v is not None},
-              title=f"trial {trial.number}")
+        "trial": trial.number, "params": params, "validation_accuracy": value}
+    write_run(run_dir, result, classes, metrics, title=f"trial {trial.number}")
     trial.set_user_attr("best_epoch", best.epoch if best else None)
-    return max(h.val_accuracy or 0.0 for h in result.history)
+    return value
 
 
 def work(s: SweepSettings, data: Dataset | None = None,
@@ -146,8 +135,8 @@ def work(s: SweepSettings, data: Dataset | None = None,
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    data = without_test(data if data is not None else load_dataset(s.data_dir, quiet=True))
-    deadline = time.time() + s.timeout if s.timeout else None
+    data = data if data is not None else load_dataset(s.data_dir, quiet=True)
+    deadline = time.time() + s.timeout if s.timeout is not None else None
 
     with quiet_optuna():
         study, lock, goal = open_study(s), AskLock(s), target(s)
@@ -191,7 +180,8 @@ def run_sweep(s: SweepSettings, data: Dataset | None = None,
     called after every epoch (one worker) or every second (worker processes), and
     `on_update(study, True)` at the end."""
     if s.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {s.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        raise UsageError(f"unknown --sampler {s.sampler!r}; choose one of "
+                         f"{', '.join(SAMPLERS)}")
     if not s.config.validation_split:
         raise UsageError("a sweep scores trials on a validation split: set validation_split")
     if s.sampler == "grid":
@@ -208,7 +198,11 @@ def run_sweep(s: SweepSettings, data: Dataset | None = None,
 
     s.space.check(s.config, check_data)
     created = not s.sweep_dir.exists()
-    s.sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        s.sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create sweep directory {s.sweep_dir}: {e.strerror or e}; "
+                         f"choose another --sweep-dir") from None
     try:
         with quiet_optuna():
             study = start_study(s)

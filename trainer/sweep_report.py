@@ -41,6 +41,11 @@ def seconds(t: Any) -> float | None:
     return (t.datetime_complete - t.datetime_start).total_seconds()
 
 
+def reruns(trials: list[Any]) -> dict[int, int]:
+    """Each re-run trial's number -> the number of the trial that re-runs it."""
+    return {n: t.number for t in trials if (n := retry_of(t)) is not None}
+
+
 def note(t: Any, retries: dict[int, int]) -> str:
     if t.number in retries:
         why = t.user_attrs.get("error") or "its worker stopped sending heartbeats"
@@ -55,7 +60,7 @@ def note(t: Any, retries: dict[int, int]) -> str:
 
 def leaderboard(trials: list[Any], names: list[str]) -> list[dict[str, Any]]:
     """Completed trials best first, then pruned, failed, running and waiting ones."""
-    retries = {retry_of(t): t.number for t in trials if retry_of(t) is not None}
+    retried = reruns(trials)
     ranked = sorted(trials, key=lambda t: (ORDER.get(t.state.name, 5),
                                            -(t.value if t.value is not None else -math.inf),
                                            t.number))
@@ -65,7 +70,7 @@ def leaderboard(trials: list[Any], names: list[str]) -> list[dict[str, Any]]:
         rows.append({"rank": rank, "trial": t.number, "state": t.state.name,
                      "value": t.value, "best_epoch": t.user_attrs.get("best_epoch"),
                      "seconds": round(secs, 2) if secs is not None else None}
-                    | {n: params(t).get(n) for n in names} | {"note": note(t, retries)})
+                    | {n: params(t).get(n) for n in names} | {"note": note(t, retried)})
     return rows
 
 
