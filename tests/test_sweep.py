@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from trainer.cli import app
 from trainer.config import default_config
+from trainer.data import load_dataset
 
 optuna = pytest.importorskip("optuna")
 
@@ -91,6 +92,12 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     assert metrics["validation_accuracy"] == best.value and metrics["test_accuracy"] is None
     assert metrics["test_samples"] == 0 and metrics["confusion_matrix"] is None
     assert (out / "trials" / str(best.number) / "model.safetensors").is_file()
+    # a trial was tested on nothing: evaluating it uses the whole test set
+    evaluated = run("evaluate", out / "trials" / str(best.number), "--data-dir", noisy_dir,
+                    "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    test_images = len(load_dataset(noisy_dir, quiet=True).test_labels)
+    assert np.sum(json.loads(evaluated.output)["confusion_matrix"]) == test_images
     assert 'id="best"' in (out / "history.svg").read_text()
     # 4 completed trials, every parameter varied, different scores: one bar per parameter
     importances = (out / "importances.svg").read_text()

@@ -57,7 +57,8 @@ def evaluate_cmd(
     with cli_errors():
         model, metrics = load_run(run_dir)
         data = load_dataset(data_dir, quiet=as_json)
-        limit = limit_test or metrics.get("test_samples")
+        # a sweep's trial was tested on no images (0): then the whole test set
+        limit = limit_test or metrics.get("test_samples") or None
         with eval_bar(not as_json and console.is_terminal, "evaluating") as on_chunk:
             rep, _ = evaluate_model(model, data, backend, device=device,
                                     limit_test=limit if isinstance(limit, int) else None,
