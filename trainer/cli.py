@@ -14,6 +14,7 @@ from rich.table import Table
 import backends
 from trainer.cli_bench import bench_cmd
 from trainer.cli_data import data_app
+from trainer.cli_options import BackendOpt, DataDirOpt, DeviceOpt, Opt
 from trainer.cli_sweep import sweep_cmd
 from trainer.cli_train import train_cmd
 from trainer.console import cli_errors, console, err_console, print_json
@@ -25,10 +26,6 @@ from trainer.inference import evaluate_model, load_run, predict_proba
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Train fully connected networks on MNIST-like data, on any array backend.")
 
-Opt = typer.Option
-BackendOpt = Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")]
-DeviceOpt = Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")]
-DataDirOpt = Annotated[Path | None, Opt(help="folder with the four IDX files")]
 JsonOpt = Annotated[bool, Opt("--json", help="print a JSON summary instead of the report")]
 
 

@@ -13,13 +13,23 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from trainer.cli_options import (
+    BackendOpt,
+    BatchSizeOpt,
+    DataDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EpochsOpt,
+    LearningRateOpt,
+    MomentumOpt,
+    Opt,
+)
 from trainer.config import Config
 from trainer.console import cli_errors, console, err_console, print_json
 from trainer.runs import check_run_name
 from trainer.sweep import SAMPLERS, SweepSettings, load_space, run_sweep
 from trainer.sweep_report import note, reruns, seconds
 
-Opt = typer.Option
 ROWS = 30  # the live table shows the last this many trials
 
 
@@ -136,9 +146,9 @@ def sweep_cmd(
     sweep_dir: Annotated[Path | None, Opt(help="default sweeps/<study>")] = None,
     workers: Annotated[int, Opt(min=1, help="local worker processes (BLAS threads split "
                                 "between them)")] = 1,
-    backend: Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")] = "numpy",
-    device: Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")] = None,
-    data_dir: Annotated[Path | None, Opt(help="folder with the four IDX files")] = None,
+    backend: BackendOpt = "numpy",
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
     validation_split: Annotated[float | None, Opt(min=0, help="share or count of training "
                                                   "images scored (default: the config's, "
                                                   "else 0.1)")] = None,
@@ -146,11 +156,11 @@ def sweep_cmd(
                                          "seconds")] = None,
     seed: Annotated[int | None, Opt(min=0, help="seed of the sampler and of every trial's "
                                     "training (default: the config's)")] = None,
-    epochs: Annotated[int | None, Opt(min=1, help="override epochs")] = None,
-    batch_size: Annotated[int | None, Opt(min=1, help="override batch_size")] = None,
-    learning_rate: Annotated[float | None, Opt(help="override learning_rate")] = None,
-    momentum: Annotated[float | None, Opt(help="override momentum")] = None,
-    dtype: Annotated[str | None, Opt(help="float32 | float64")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    momentum: MomentumOpt = None,
+    dtype: DtypeOpt = None,
     limit_train: Annotated[int | None, Opt(min=1, help="use the first N training images "
                                            "(validation split included)")] = None,
     heartbeat: Annotated[int, Opt(min=1, help="seconds between a trial's heartbeats; one "

@@ -14,6 +14,17 @@ from rich.table import Table
 
 from backends import Backend
 from trainer.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from trainer.cli_options import (
+    BackendOpt,
+    BatchSizeOpt,
+    DataDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EpochsOpt,
+    LearningRateOpt,
+    MomentumOpt,
+    Opt,
+)
 from trainer.config import Config, default_config
 from trainer.console import cli_errors, console, err_console, print_json
 from trainer.data import load_dataset
@@ -31,8 +42,6 @@ from trainer.train import (
     load_backend,
     train,
 )
-
-Opt = typer.Option
 
 
 class OutOfMemory(TrainerError):
@@ -122,17 +131,17 @@ def memory_error(e: BaseException, cfg: Config, be: Backend) -> OutOfMemory:
 
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
-    backend: Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")] = "numpy",
-    device: Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")] = None,
-    data_dir: Annotated[Path | None, Opt(help="folder with the four IDX files")] = None,
+    backend: BackendOpt = "numpy",
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
     run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>)")] = None,
     name: Annotated[str | None, Opt(help="run name (default: the config's file name)")] = None,
     seed: Annotated[int | None, Opt(min=0, help="override the config's seed")] = None,
-    epochs: Annotated[int | None, Opt(min=1, help="override epochs")] = None,
-    batch_size: Annotated[int | None, Opt(min=1, help="override batch_size")] = None,
-    learning_rate: Annotated[float | None, Opt(help="override learning_rate")] = None,
-    momentum: Annotated[float | None, Opt(help="override momentum")] = None,
-    dtype: Annotated[str | None, Opt(help="float32 | float64")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    momentum: MomentumOpt = None,
+    dtype: DtypeOpt = None,
     limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images only")] = None,
     limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only")] = None,
     resume: Annotated[Path | None, Opt(help="continue the run in this directory")] = None,
