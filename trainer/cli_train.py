@@ -37,8 +37,7 @@ from trainer.train import (
     Interrupted,
     RunHooks,
     TrainResult,
-    check_shapes,
-    check_split,
+    check_data,
     load_backend,
     train,
 )
@@ -166,9 +165,7 @@ def train_cmd(
             run_name = check_run_name(name or (config.stem if config else "default"))
         be = load_backend(backend, device)
         data = load_dataset(data_dir, quiet=quiet or as_json)
-        check_shapes(cfg, data)
-        n_train = min(limit_train or len(data.train_labels), len(data.train_labels))
-        check_split(cfg, n_train)  # before the run directory exists: a bad run leaves nothing
+        check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
         if not (quiet or as_json):
             print_config(cfg, run_name, be.name, be.device_name)
         path = resume if resume is not None else claim_run_dir(run_dir, run_name)

@@ -35,8 +35,7 @@ from trainer.sweep_study import (
 from trainer.train import (
     EpochStats,
     auto_blas_threads,
-    check_shapes,
-    check_split,
+    check_data,
     load_backend,
     train,
 )
@@ -190,13 +189,7 @@ def run_sweep(s: SweepSettings, data: Dataset | None = None,
     require_optuna()
     load_backend(s.backend, s.device)
     data = data if data is not None else load_dataset(s.data_dir, quiet=True)
-    n_train = min(s.limit_train or len(data.train_labels), len(data.train_labels))
-
-    def check_data(cfg: Config) -> None:
-        check_shapes(cfg, data)
-        check_split(cfg, n_train)
-
-    s.space.check(s.config, check_data)
+    s.space.check(s.config, lambda cfg: check_data(cfg, data, s.limit_train))
     created = not s.sweep_dir.exists()
     try:
         s.sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,13 @@ def check_shapes(config: Config, data: Dataset) -> None:
                           f"data has {data.num_classes} classes: set it to {data.num_classes}")
 
 
+def check_data(config: Config, data: Dataset, limit_train: int | None = None) -> None:
+    """What `train` would refuse about this data (shapes, the validation split of the images it
+    trains on), checked up front: before a run directory or a sweep exists."""
+    check_shapes(config, data)
+    check_split(config, min(limit_train or len(data.train_labels), len(data.train_labels)))
+
+
 def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
           device: str | None = None, limit_train: int | None = None,
           limit_test: int | None = None,
