@@ -37,9 +37,10 @@ class Backend:
     # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
     # "activate_grad": (name, a, g, tmp) -> g times the derivative of the activation whose
     #     output is `a`, in place in `g` (`tmp`: scratch shaped like `a`), or None;
-    # "softmax_xent_t": (logits_t, t_t, scale) -> (summed cross-entropy, correct count,
-    #     scale * (softmax - t) laid out like logits_t), with classes along axis 0 and one
-    #     column per sample (reductions over a short axis 1 are slow), free to overwrite logits_t;
+    # "softmax_xent_t": (logits_t, labels, scale) -> (summed cross-entropy, correct count,
+    #     scale * (softmax - onehot(labels)) laid out like logits_t), with classes along axis 0
+    #     and one column per sample (reductions over a short axis 1 are slow), logits_t
+    #     C-contiguous and free to overwrite;
     # "prefetch": (x, perm, batch_size, first_step) -> an iterator of the batches' input rows
     #     x[perm[lo:hi]] gathered ahead of use (host arrays; see backends/prefetch.py);
     # "hash32": int64 values in [0, 2**32) -> trainer/dropout.py's hash32 of them, same bits.

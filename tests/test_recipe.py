@@ -53,7 +53,8 @@ def adam_reference(cfg: Config, params, x, t, batches, lr):
 def test_adam_matches_hand_computation(backend: backends.Backend, optimizer: str) -> None:
     cfg = config(optimizer=optimizer, weight_decay=0.1, beta1=0.8, beta2=0.95)
     rng = np.random.default_rng(0)
-    x, t = rng.normal(0, 1, (9, 6)), np.eye(3)[rng.integers(0, 3, 9)]
+    x, labels = rng.normal(0, 1, (9, 6)), rng.integers(0, 3, 9)
+    t = np.eye(3)[labels]
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     batches = [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7]), np.array([8])]
     want = adam_reference(cfg, host, x, t, batches, 0.01)
@@ -61,7 +62,7 @@ def test_adam_matches_hand_computation(backend: backends.Backend, optimizer: str
         step = TrainStep(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
                          [backend.asarray(np.zeros_like(p)) for p in host], kernels)
         for idx in batches:
-            step(backend.asarray(x), backend.asarray(t), backend.asarray(idx), 0.01)
+            step(backend.asarray(x), backend.asarray(labels), backend.asarray(idx), 0.01)
         for got, w in zip(step.params, want, strict=True):
             np.testing.assert_allclose(backend.to_numpy(got), w, rtol=1e-10, atol=1e-12)
 

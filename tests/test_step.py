@@ -83,7 +83,8 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
     cfg = config(**VARIANTS[variant])
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, (10, 6))
-    t = np.eye(4)[rng.integers(0, 4, 10)]
+    labels = rng.integers(0, 4, 10)
+    t = np.eye(4)[labels]
     batches = [np.array([0, 3, 5, 7]), np.array([1, 2, 9, 4]), np.array([8, 6])]  # last partial
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     want_params, want_losses = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
@@ -93,8 +94,8 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
         step = TrainStep(cfg, backend.xp, params, velocities, kernels)
         # Nesterov needs the step itself, so the velocity GEMM gives way to the flat buffers
         assert step.mode == ("flat" if variant == "nesterov" and mode == "velocity" else mode)
-        xd, td = backend.asarray(x), backend.asarray(t)
-        losses = [float(backend.to_numpy(step(xd, td, backend.asarray(i), cfg.learning_rate)[0]))
+        xd, yd = backend.asarray(x), backend.asarray(labels)
+        losses = [float(backend.to_numpy(step(xd, yd, backend.asarray(i), cfg.learning_rate)[0]))
                   for i in batches]
         np.testing.assert_allclose(losses, want_losses, rtol=1e-12, err_msg=mode)
         for got, want in zip(step.params, want_params, strict=True):
@@ -105,15 +106,15 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
 def test_correct_count_is_the_argmax_hits(backend: backends.Backend) -> None:
     cfg = config()
     rng = np.random.default_rng(5)
-    x, t = rng.normal(0, 1, (8, 6)), np.eye(4)[rng.integers(0, 4, 8)]
+    x, labels = rng.normal(0, 1, (8, 6)), rng.integers(0, 4, 8)
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     outs, _ = forward(host, cfg.activations, x)
-    want = int(np.sum(np.argmax(outs[-1], axis=1) == np.argmax(t, axis=1)))
+    want = int(np.sum(np.argmax(outs[-1], axis=1) == labels))
     for kernels in kernel_sets(backend).values():
         step = TrainStep(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
                          [backend.asarray(np.zeros_like(p)) for p in host], kernels)
-        _, correct = step(backend.asarray(x), backend.asarray(t), backend.asarray(np.arange(8)),
-                          0.0)
+        _, correct = step(backend.asarray(x), backend.asarray(labels),
+                          backend.asarray(np.arange(8)), 0.0)
         assert float(backend.to_numpy(correct)) == want
 
 
@@ -140,6 +141,15 @@ def test_blas_kernels_match_numpy(dtype) -> None:
     a, b, out = (rng.random(s).astype(dtype) for s in ((9, 5), (9, 4), (5, 4)))
     want = 0.7 * out + (-1.5) * (a.T @ b)
     np.testing.assert_allclose(gemm_acc(a.T, b, out, -1.5, 0.7), want, rtol=1e-6)
+    for layout in ("C", "F"):  # the same b and out again (their addresses are remembered)
+        b[...] = rng.random(b.shape)
+        a = np.asarray(rng.random((9, 5)), dtype=dtype, order=layout)
+        want = 0.5 * out + a.T @ b
+        np.testing.assert_allclose(gemm_acc(a.T, b, out, 1.0, 0.5), want, rtol=1e-6)
+    b.shape = (4, 9)  # reshaped in place: its remembered leading dimension no longer holds
+    a, out = rng.random((5, 4)).astype(dtype), rng.random((5, 9)).astype(dtype)
+    want = 0.5 * out + a @ b
+    np.testing.assert_allclose(gemm_acc(a, b, out, 1.0, 0.5), want, rtol=1e-6)
     x, y = rng.random(1000).astype(dtype), rng.random(1000).astype(dtype)
     update, want = axpy(x, y), y.copy()
     for alpha in (1.0, -0.25):  # the same bound buffers, again and again

@@ -17,7 +17,7 @@ from trainer.checkpoint import LoopState
 from trainer.config import Config
 from trainer.data import Dataset, InputScaling
 from trainer.errors import ConfigError
-from trainer.metrics import Report, confusion_matrix, onehot, report
+from trainer.metrics import Report, confusion_matrix, report
 from trainer.network import init_params, predict
 from trainer.results import (
     DivergedError,
@@ -58,7 +58,6 @@ class Run:
 
         self.x_train, self.y_train = on_device(data.train_images[train_idx],
                                                data.train_labels[train_idx])
-        self.t_train = onehot(self.xp, self.y_train, self.classes, self.dtype)
         self.x_val, self.y_val = on_device(data.train_images[val_idx],
                                            data.train_labels[val_idx])
         self.x_test, self.y_test = on_device(data.test_images, data.test_labels)
@@ -129,7 +128,7 @@ class Run:
                 lo, hi = step * bs, min(step * bs + bs, self.n_train)
                 lr = constant_lr or learning_rate(config, epoch, step, steps)
                 x = next(batches) if batches is not None else None
-                loss, ok = self.step_fn(self.x_train, self.t_train, perm[lo:hi], lr, x)
+                loss, ok = self.step_fn(self.x_train, self.y_train, perm[lo:hi], lr, x)
                 if host_loss:
                     value = float(loss)
                     loss_sum += value

@@ -55,6 +55,7 @@ class TrainStep:
         self._hash, self._axpy = k.get("hash32"), k.get("axpy")
         self._gemm_acc = k.get("gemm_acc") if not (config.nesterov or self.adam) else None
         self._buffers: dict[int, _BatchBuffers] = {}
+        self._eye: Array | None = None
         self._counters: dict[tuple[int, int], Array] = {}
         self.mode = "plain"
         self._acc_in_gemm = [bool(self._gemm_acc) and _size(w) >= GEMM_ACC_MIN
@@ -81,9 +82,9 @@ class TrainStep:
         if self.adam and self.mode == "flat":
             self._second_flat, self.second = _flatten(xp, self.second, range(len(self.second)))
 
-    def __call__(self, x_all: Array, t_all: Array, idx: Array, lr: float,
+    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
                  x: Array | None = None) -> tuple[Array, Array]:
-        """Train on rows `idx` of x_all (inputs) and t_all (one-hot targets) at rate `lr`.
+        """Train on rows `idx` of x_all (inputs) and y_all (integer labels) at rate `lr`.
 
         `x`, when given, is x_all's rows `idx` already gathered (by a prefetching thread); the
         step only reads it. Returns (summed loss, number of rows whose true class has the
@@ -98,12 +99,9 @@ class TrainStep:
                  else xp.take(x_all, idx, axis=0))
         if self.augment is not None:
             x = self.augment(x, idx)
-        if b and b.targets:  # one column per sample (gathering columns: a cache miss each)
-            rows, t = b.targets
-            t[...] = (self._take(t_all, idx, rows) if self._take
-                      else xp.take(t_all, idx, axis=0)).T
-        else:
-            t = xp.take(t_all, idx, axis=0)
+        y = xp.take(y_all, idx)
+        # the fused kernel reads the labels; everything else the one-hot rows
+        t = y if self.transposed else xp.take(self._onehot(x), y, axis=0)
         outs, pre, masks = self._forward(x, b.outs if b else None)
         scale = 1.0 if self.adam else -lr  # SGD: fold -lr into every gradient
         if self.config.loss_reduction == "mean":
@@ -140,6 +138,12 @@ class TrainStep:
             outs.append(a if masks[-1] is None else a * masks[-1])
         return outs, pre, masks
 
+    def _onehot(self, like: Array) -> Array:
+        """The (classes, classes) identity: row c is class c's one-hot target."""
+        if self._eye is None:
+            self._eye = self.xp.eye(self.config.sizes[-1], dtype=like.dtype, device=like.device)
+        return self._eye
+
     def _mask(self, layer: int, a: Array) -> Array | None:
         p = self.dropouts[layer]
         if not p:
@@ -154,7 +158,8 @@ class TrainStep:
     def _loss(self, outs: list[Array], t: Array, scale: float) -> tuple[Array, Array, Array]:
         """(summed loss, correct count, delta = scale * d loss / d last pre-activation).
 
-        With `self.transposed`, the logits and t hold one column per sample.
+        t: the one-hot targets; with `self.transposed`, the labels, and the logits hold one
+        column per sample.
         """
         xp, out = self.xp, outs[-1]
         if self.transposed:
@@ -271,8 +276,7 @@ class TrainStep:
             x=empty((n, sizes[0])),
             outs=[*(empty((n, h)) for h in hidden), empty((k, n) if self.transposed else (n, k))],
             downs=[empty((n, h)) for h in hidden],
-            scratch=[empty((n, h)) for h in hidden],
-            targets=(empty((n, k)), empty((k, n))) if self.transposed else None)
+            scratch=[empty((n, h)) for h in hidden])
         self._buffers[n] = buffers
         return buffers
 
@@ -285,7 +289,6 @@ class _BatchBuffers:
     outs: list[Array]  # each layer's output; the last one (classes, n) with transposed logits
     downs: list[Array]  # the gradient flowing down into each hidden layer's output
     scratch: list[Array]  # for each hidden layer's activation derivative
-    targets: tuple[Array, Array] | None  # (rows, transposed) with transposed logits
 
 
 def _flatten(xp: Any, arrays: Sequence[Array], order: Sequence[int]
