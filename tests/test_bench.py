@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ def test_bench_script_writes_a_table_and_json(mnist, tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--batch-sizes", "32,128",
          "--backends", "numpy,array-api-strict", "--limit-train", "1000", "--epochs", "1",
          "--warmup", "0", "--out", str(out)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     rows = {(r["batch_size"], r["target"]): r for r in report["results"]}
@@ -34,7 +35,11 @@ def test_bench_script_writes_a_table_and_json(mnist, tmp_path: Path) -> None:
         ours, strict = rows[(bs, "numpy")], rows[(bs, "array-api-strict")]
         assert strict["vs_ours"] == pytest.approx(strict["seconds"] / ours["seconds"])
     assert rows[(32, "numpy")]["threads"] == 1  # small GEMMs: one BLAS thread
+    for row in rows.values():  # our backends train the same seeded run: the same loss
+        assert 0 < row["loss"] == pytest.approx(rows[(row["batch_size"], "numpy")]["loss"],
+                                                rel=1e-4)
     assert "numpy" in proc.stdout and "array-api-strict" in proc.stdout
+    assert "diverged" not in proc.stdout
 
 
 def test_bench_refuses_bad_batch_sizes(tmp_path: Path) -> None:
@@ -46,3 +51,41 @@ def test_bench_refuses_bad_batch_sizes(tmp_path: Path) -> None:
                                       str(tmp_path / "b.json")])
     assert result.exit_code == 2 and "--batch-sizes" in result.output
     assert not (tmp_path / "b.json").exists()
+
+
+def test_diverged_is_twice_an_untrained_networks_loss() -> None:
+    from trainer.bench import diverged
+    from trainer.config import default_config
+
+    ce = default_config()  # 10 classes, cross-entropy: untrained ~ ln 10, diverged > 4.605
+    assert not diverged(ce, 4.6) and diverged(ce, 4.61)
+    assert diverged(ce, float("nan")) and diverged(ce, float("inf"))
+    assert not diverged(ce, None)  # a peer: no loss reported
+    mse = ce.replace(loss="mse")  # no scale to judge by: only a non-finite loss
+    assert not diverged(mse, 0.9) and diverged(mse, float("nan"))
+
+
+def test_bench_table_flags_a_diverged_batch_size(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from trainer import cli_bench
+    from trainer.cli import app
+
+    def fake_run_bench(cfg, *, batch_sizes, targets, on_result, **_):
+        rows = [{"target": "numpy", "batch_size": bs, "seconds": 0.2, "samples_per_s": 3e5,
+                 "peak_rss_mb": 300, "threads": None, "vs_ours": 1.0,
+                 "loss": 57.9 if bs == 4096 else 0.3} for bs in batch_sizes]
+        for row in rows:
+            on_result(row)
+        return {"results": rows}
+
+    monkeypatch.setattr(cli_bench, "run_bench", fake_run_bench)
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", "--batch-sizes", "512,4096", "--backends",
+                                      "numpy", "--out", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "57.9" in result.output and "0.3" in result.output
+    assert "At batch 4096 training diverged" in result.output
+    assert "512" not in result.output.split("diverged")[0].split("At batch")[-1]
+    assert json.loads(out.read_text())["results"][1]["loss"] == 57.9

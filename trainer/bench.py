@@ -8,6 +8,7 @@ ones, the targets interleaved round by round; the table reports medians.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -49,6 +50,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         times = [h.seconds for h in result.history]
         info["threads"] = result.blas_threads
         info["train_samples"] = result.train_samples
+        info["loss"] = result.history[-1].loss  # the last epoch's mean training loss
     try:
         import threadpoolctl
 
@@ -128,7 +130,19 @@ def _summarise(target: str, bs: int, runs: list[dict[str, Any]]) -> dict[str, An
     return row | {"seconds": seconds, "train_samples": n, "samples_per_s": n / seconds,
                   "all_seconds": times,
                   "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
-                  "threads": ok[0].get("threads"), "blas": ok[0].get("blas")}
+                  "threads": ok[0].get("threads"), "blas": ok[0].get("blas"),
+                  "loss": ok[-1].get("loss")}  # every round trains the same (seeded) run
+
+
+def diverged(config: Config, loss: float | None) -> bool:
+    """True when a run's mean training loss says it diverged: not finite, or (cross-entropy)
+    above twice what guessing every class equally likely scores (2 ln k; an untrained network
+    scores about ln k). Such a run's timings are of saturated, often denormal, arithmetic."""
+    if loss is None:
+        return False
+    if config.loss != "cross_entropy":
+        return not math.isfinite(loss)
+    return not loss <= 2 * math.log(config.sizes[-1])  # NaN too
 
 
 def _machine() -> dict[str, Any]:
