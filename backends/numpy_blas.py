@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -67,17 +68,18 @@ def load() -> Callable[..., np.ndarray] | None:
         return None
 
     # (array, its strides, (layout, address)) by id: the step passes the same delta and
-    # velocity buffers every step, and looking an address up costs more than a small GEMM
-    known: dict[int, tuple[np.ndarray, tuple[int, ...], tuple[tuple[int, int] | None, int]]] = {}
+    # velocity buffers every step, and looking an address up costs more than a small GEMM.
+    # Weak references: a finished run's buffers are not kept alive here.
+    known: dict[int, tuple[weakref.ref, tuple[int, ...], tuple[tuple[int, int] | None, int]]] = {}
 
     def operand(a: np.ndarray) -> tuple[tuple[int, int] | None, int]:
         hit = known.get(id(a))
-        if hit is not None and hit[0] is a and hit[1] == a.strides:  # (not reshaped in place)
+        if hit is not None and hit[0]() is a and hit[1] == a.strides:  # (not reshaped in place)
             return hit[2]
         found = (_layout(a), a.ctypes.data)
         if len(known) >= 64:
             known.clear()
-        known[id(a)] = (a, a.strides, found)
+        known[id(a)] = (weakref.ref(a), a.strides, found)
         return found
 
     def gemm_acc(a: np.ndarray, b: np.ndarray, out: np.ndarray, alpha: float,

@@ -6,6 +6,7 @@ GEMMs) and every CPU backend must match it."""
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import numpy as np
 import pytest
@@ -150,6 +151,9 @@ def test_blas_kernels_match_numpy(dtype) -> None:
     a, out = rng.random((5, 4)).astype(dtype), rng.random((5, 9)).astype(dtype)
     want = 0.5 * out + a @ b
     np.testing.assert_allclose(gemm_acc(a, b, out, 1.0, 0.5), want, rtol=1e-6)
+    gone = weakref.ref(out)  # remembered, not kept alive: a finished run's buffers are freed
+    del out
+    assert gone() is None
     x, y = rng.random(1000).astype(dtype), rng.random(1000).astype(dtype)
     update, want = axpy(x, y), y.copy()
     for alpha in (1.0, -0.25):  # the same bound buffers, again and again
