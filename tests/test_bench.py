@@ -38,6 +38,7 @@ def test_bench_script_writes_a_table_and_json(mnist, tmp_path: Path) -> None:
     for row in rows.values():  # our backends train the same seeded run: the same loss
         assert 0 < row["loss"] == pytest.approx(rows[(row["batch_size"], "numpy")]["loss"],
                                                 rel=1e-4)
+        assert row["diverged"] is False
     assert "numpy" in proc.stdout and "array-api-strict" in proc.stdout
     assert "diverged" not in proc.stdout
 
@@ -75,7 +76,8 @@ def test_bench_table_flags_a_diverged_batch_size(tmp_path: Path,
     def fake_run_bench(cfg, *, batch_sizes, targets, on_result, **_):
         rows = [{"target": "numpy", "batch_size": bs, "seconds": 0.2, "samples_per_s": 3e5,
                  "peak_rss_mb": 300, "threads": None, "vs_ours": 1.0,
-                 "loss": 57.9 if bs == 4096 else 0.3} for bs in batch_sizes]
+                 "loss": 57.9 if bs == 4096 else 0.3, "diverged": bs == 4096}
+                for bs in batch_sizes]
         for row in rows:
             on_result(row)
         return {"results": rows}

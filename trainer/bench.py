@@ -110,6 +110,7 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
                 base = row.get("seconds")
             # each target's time divided by ours (the first target, numpy by default)
             row["vs_ours"] = row["seconds"] / base if base and row.get("seconds") else None
+            row["diverged"] = diverged(config, row.get("loss"))
             rows.append(row)
             if on_result:
                 on_result(row)

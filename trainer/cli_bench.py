@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trainer.bench import available_targets, diverged, run_bench
+from trainer.bench import available_targets, run_bench
 from trainer.config import Config, default_config
 from trainer.console import cli_errors, console
 from trainer.errors import UsageError
@@ -59,8 +59,7 @@ def bench_cmd(
                 console.print(f"[red]{row['target']} at batch {row['batch_size']}: "
                               f"{row['error']}[/]", soft_wrap=True)
                 return
-            threads, loss = row.get("threads"), row.get("loss")
-            bad = diverged(cfg, loss)
+            threads, loss, bad = row.get("threads"), row.get("loss"), row.get("diverged")
             if bad and row["batch_size"] not in diverged_sizes:
                 diverged_sizes.append(row["batch_size"])
             table.add_row(str(row["batch_size"]), row["target"], f"{row['seconds']:.3f}",
