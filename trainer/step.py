@@ -55,7 +55,8 @@ class TrainStep:
         self._hash, self._axpy = k.get("hash32"), k.get("axpy")
         self._gemm_acc = k.get("gemm_acc") if not (config.nesterov or self.adam) else None
         self._buffers: dict[int, _BatchBuffers] = {}
-        self._eye: Array | None = None
+        first = self.params[0]  # row c of the identity: class c's one-hot target
+        self._onehot = xp.eye(config.sizes[-1], dtype=first.dtype, device=first.device)
         self._counters: dict[tuple[int, int], Array] = {}
         self.mode = "plain"
         self._acc_in_gemm = [bool(self._gemm_acc) and _size(w) >= GEMM_ACC_MIN
@@ -101,7 +102,7 @@ class TrainStep:
             x = self.augment(x, idx)
         y = xp.take(y_all, idx)
         # the fused kernel reads the labels; everything else the one-hot rows
-        t = y if self.transposed else xp.take(self._onehot(x), y, axis=0)
+        t = y if self.transposed else xp.take(self._onehot, y, axis=0)
         outs, pre, masks = self._forward(x, b.outs if b else None)
         scale = 1.0 if self.adam else -lr  # SGD: fold -lr into every gradient
         if self.config.loss_reduction == "mean":
@@ -137,12 +138,6 @@ class TrainStep:
             pre.append(a)
             outs.append(a if masks[-1] is None else a * masks[-1])
         return outs, pre, masks
-
-    def _onehot(self, like: Array) -> Array:
-        """The (classes, classes) identity: row c is class c's one-hot target."""
-        if self._eye is None:
-            self._eye = self.xp.eye(self.config.sizes[-1], dtype=like.dtype, device=like.device)
-        return self._eye
 
     def _mask(self, layer: int, a: Array) -> Array | None:
         p = self.dropouts[layer]
