@@ -69,7 +69,9 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
-        tmp_path: Path, noisy_dir: Path) -> None:
+        tmp_path: Path, noisy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `.[sweep]` does not install scikit-learn: the whole report must be made without it
+    monkeypatch.setitem(sys.modules, "sklearn", None)
     cfg, space = files(tmp_path)
     out = tmp_path / "sw"
     args = ["sweep", cfg, "--space", space, "--trials", 4, "--data-dir", noisy_dir,
@@ -115,6 +117,48 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     assert trials[4].params not in [t.params for t in trials[:4]]  # a new point, not a repeat
     changed = run(*args[:5], 5, *args[6:], "--epochs", 2)
     assert changed.exit_code == 2 and "different config" in changed.output
+
+
+def test_a_report_part_that_fails_is_a_note_not_a_failed_sweep(
+        tmp_path: Path, noisy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.sweep_report as report
+
+    def broken(*args: object) -> None:
+        raise ImportError("no module named 'plotting_lib'")
+
+    monkeypatch.setattr(report, "importances", broken)
+    monkeypatch.setattr(report, "_draw_history", broken)
+    cfg, space = files(tmp_path)
+    out = tmp_path / "sw"
+    result = run("sweep", cfg, "--space", space, "--trials", 2, "--data-dir", noisy_dir,
+                 "--sweep-dir", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["notes"] == [
+        "could not write history.svg: ImportError: no module named 'plotting_lib'",
+        "no importances.svg: ImportError: no module named 'plotting_lib'"]
+    assert summary["files"] == ["leaderboard.csv", "best.json"]
+    assert (out / "best.json").is_file() and len(read_csv(out / "leaderboard.csv")) == 2
+    assert not (out / "history.svg").exists() and not (out / "importances.svg").exists()
+
+
+def test_ctrl_c_exits_130_even_when_the_report_fails(
+        tmp_path: Path, noisy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.sweep as sweep
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    def broken(*args: object) -> None:
+        raise ImportError("Tried to import 'sklearn' but failed")
+
+    monkeypatch.setattr(sweep, "work", interrupted)
+    monkeypatch.setattr(sweep, "write_outputs", broken)
+    cfg, space = files(tmp_path)
+    result = run("sweep", cfg, "--space", space, "--trials", 2, "--data-dir", noisy_dir,
+                 "--sweep-dir", tmp_path / "sw")
+    assert result.exit_code == 130, result.output
+    assert "interrupted: the sweep's trials so far are in" in result.output
 
 
 def test_objective_never_touches_the_test_set(tmp_path: Path, monkeypatch) -> None:

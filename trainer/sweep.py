@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -209,10 +210,18 @@ def run_sweep(s: SweepSettings, data: Dataset | None = None,
             work(s, data, lambda: on_update(study))
         else:
             _run_processes(s, study, on_update)
-    finally:
+    except BaseException:
+        # Interrupted or failed: the trials so far still get their report, but nothing that
+        # goes wrong while writing it may replace the exception (Ctrl-C must exit 130).
         with quiet_optuna():
-            on_update(study, True)
-            summary = write_outputs(study, s, time.time() - started)
+            with contextlib.suppress(Exception):
+                on_update(study, True)
+            with contextlib.suppress(Exception):
+                write_outputs(study, s, time.time() - started)
+        raise
+    with quiet_optuna():
+        on_update(study, True)
+        summary = write_outputs(study, s, time.time() - started)
     if target(s) < s.trials:
         summary["notes"].append(f"the grid has {target(s)} points: the sweep ran those")
     if s.sampler != "grid" and s.space.baseline(s.config) is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -100,24 +101,44 @@ def write_outputs(study: Any, s: SweepSettings, elapsed: float) -> dict[str, Any
         files.append("best.json")
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
                            "run_dir": str(s.sweep_dir / "trials" / str(best.number))}
-        write_svg(s.sweep_dir / "history.svg", render_svg(_draw_history, trials,
-                                                       base.value if base else None, s.study))
-        files.append("history.svg")
+        _optional(files, notes, "history.svg", lambda: write_svg(
+            s.sweep_dir / "history.svg",
+            render_svg(_draw_history, trials, base.value if base else None, s.study)))
     else:
         notes.append("no trial completed: no best.json or history.svg")
-    imp = importances(study, done, names, s.seed)
+    try:
+        imp = importances(study, done, names)
+    except Exception as e:  # an optional part of the report never costs the sweep its summary
+        imp = f"{type(e).__name__}: {e}"
     if isinstance(imp, str):
         notes.append(f"no importances.svg: {imp}")
-    else:
-        write_svg(s.sweep_dir / "importances.svg", render_svg(_draw_importances, imp, s.study))
-        files.append("importances.svg")
+    elif _optional(files, notes, "importances.svg", lambda: write_svg(
+            s.sweep_dir / "importances.svg", render_svg(_draw_importances, imp, s.study))):
         summary["importances"] = imp
     return summary | {"files": files, "notes": notes}
 
 
-def importances(study: Any, done: list[Any], names: list[str], seed: int) -> dict | str:
-    """fANOVA importances of the parameters that varied, or why there are none."""
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+def _optional(files: list[str], notes: list[str], name: str, write: Callable[[], None]) -> bool:
+    """Write one optional file of the report; a failure becomes a note, not an exception."""
+    try:
+        write()
+    except Exception as e:
+        notes.append(f"could not write {name}: {type(e).__name__}: {e}")
+        return False
+    files.append(name)
+    return True
+
+
+# PED-ANOVA compares the parameter densities of the best trials with those of all of them; with
+# fewer than two trials in that top group it cannot tell a parameter from noise.
+TOP_QUANTILE = 0.1
+MIN_TOP_TRIALS = 2
+
+
+def importances(study: Any, done: list[Any], names: list[str]) -> dict[str, float] | str:
+    """PED-ANOVA importances of the parameters that varied (Optuna's default evaluator, which
+    needs nothing beyond Optuna), or why there are none."""
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     varied = [n for n in names if len({repr(t.params.get(n)) for t in done}) > 1]
     if len(done) < 2 or not varied:
@@ -125,11 +146,9 @@ def importances(study: Any, done: list[Any], names: list[str], seed: int) -> dic
                 f"(completed: {len(done)})")
     if len({t.value for t in done}) < 2:
         return f"all {len(done)} completed trials scored the same ({done[0].value:.2%})"
-    try:
-        return get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed),
-                                     params=varied)
-    except RuntimeError as e:  # e.g. "zero total variance in all trees"
-        return f"fANOVA could not tell the parameters apart ({e})"
+    quantile = min(0.5, max(TOP_QUANTILE, MIN_TOP_TRIALS / len(done)))
+    return get_param_importances(
+        study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile), params=varied)
 
 
 def _draw_history(fig: Figure, trials: list[Any], baseline: float | None, title: str) -> None:
@@ -173,5 +192,5 @@ def _draw_importances(fig: Figure, importances: dict[str, float], title: str) ->
     for y, name in enumerate(names):
         ax.text(importances[name], y, f" {importances[name]:.2f}", va="center")
     ax.set_xlim(0, 1.1 * max(max(importances.values()), 1e-9))
-    ax.set_xlabel("importance (fANOVA, share of the variance of the validation accuracy)")
+    ax.set_xlabel("importance (PED-ANOVA: how unlike all trials' values the best trials' are)")
     ax.set_title(f"{title}: parameter importances")
