@@ -57,7 +57,9 @@ def make(nx: Any, **overrides: Kernel | None) -> dict[str, Kernel]:
             return None
         return g
 
-    aranges: dict[tuple[int, Any], Any] = {}  # 0..n-1 for softmax_xent_t, by batch size
+    # 0..n-1 for softmax_xent_t, by batch size and device; the device by its name, since a
+    # cupy.cuda.Device defines == but no hash
+    aranges: dict[tuple[int, str], Any] = {}
 
     def softmax_xent_t(logits_t: Any, labels: Any, scale: float) -> tuple[Any, Any, Any]:
         """(summed cross-entropy, correct count, scale * (softmax - onehot(labels))),
@@ -73,9 +75,10 @@ def make(nx: Any, **overrides: Kernel | None) -> dict[str, Kernel]:
             raise ValueError("softmax_xent_t needs C-contiguous logits")
         n = logits_t.shape[1]
         flat = logits_t.reshape(-1)  # a view
-        columns = aranges.get((n, logits_t.device))
+        key = (n, str(logits_t.device))
+        columns = aranges.get(key)
         if columns is None:
-            columns = aranges[n, logits_t.device] = nx.arange(n, dtype=labels.dtype)
+            columns = aranges[key] = nx.arange(n, dtype=labels.dtype)
         true = labels * n  # where each sample's true class sits in flat
         true += columns
         logits_t -= logits_t.max(axis=0)

@@ -20,12 +20,38 @@ def _load_or_skip(name: str, device: str | None = None) -> backends.Backend:
         pytest.skip(f"{name} unavailable: {e}")
 
 
-@pytest.fixture(params=CPU_BACKENDS + [pytest.param(g, marks=pytest.mark.gpu, id=f"{g[0]}-gpu")
-                                       for g in GPU_BACKENDS])
-def backend(request: pytest.FixtureRequest) -> backends.Backend:
-    """Every backend that loads here: CPU ones always, GPU ones under the `gpu` marker."""
+def _params(cpu: list[str], gpu: list[tuple[str, str | None]]) -> list:
+    return cpu + [pytest.param(g, marks=pytest.mark.gpu, id=f"{g[0]}-gpu") for g in gpu]
+
+
+def _load_param(request: pytest.FixtureRequest) -> backends.Backend:
     name, device = request.param if isinstance(request.param, tuple) else (request.param, None)
     return _load_or_skip(name, device)
+
+
+@pytest.fixture(params=_params(CPU_BACKENDS, GPU_BACKENDS))
+def backend(request: pytest.FixtureRequest) -> backends.Backend:
+    """Every backend that loads here: CPU ones always, GPU ones under the `gpu` marker."""
+    return _load_param(request)
+
+
+@pytest.fixture(params=_params(CPU_BACKENDS[1:], GPU_BACKENDS))
+def other_backend(request: pytest.FixtureRequest) -> backends.Backend:
+    """Every backend but numpy, to compare with numpy (numpy against itself proves nothing)."""
+    return _load_param(request)
+
+
+# the backends that offer kernels: their fast step is other code than the plain array-API step
+KERNEL_BACKENDS = ["numpy"]
+KERNEL_GPU_BACKENDS = [("cupy", None)]
+
+
+@pytest.fixture(params=_params(KERNEL_BACKENDS, KERNEL_GPU_BACKENDS))
+def kernel_backend(request: pytest.FixtureRequest) -> backends.Backend:
+    """Every backend with kernels of its own (without them fast and plain are the same code)."""
+    be = _load_param(request)
+    assert be.kernels, f"{be.name} offers no kernels"
+    return be
 
 
 def make_dataset(n_train: int = 400, n_test: int = 200, shape: tuple[int, int] = (4, 5),

@@ -48,6 +48,12 @@ def layers(*specs: tuple[int, str | None]) -> list[dict]:
 
 BAD = {
     "unknown key": ({"colour": "red"}, "unknown key 'colour'"),
+    "unknown layer key": ({"layers": [{"nodes": 784, "activation": "Softmax", "size": 3},
+                                      {"nodes": 10}]},
+                          "unknown key 'layers[0].size'; allowed keys: nodes, activation, dropout"),
+    "unknown augment key": ({"augment": {"rotate": 5}},
+                            "unknown key 'augment.rotate'; allowed keys: shift$"),
+    "empty key": ({"": 1}, "unknown key ''; allowed keys: layers, "),
     "lr zero": ({"learning_rate": 0}, "learning_rate must be greater than 0, got 0"),
     "lr negative": ({"learning_rate": -0.1}, "learning_rate must be greater than 0"),
     "lr nan": ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
@@ -116,8 +122,14 @@ def test_random_configs_raise_only_config_errors(data) -> None:
     candidate = BASE | data if isinstance(data, dict) else data
     try:
         Config.from_dict(candidate)
-    except ConfigError as e:
-        assert str(e)
+    except ConfigError as e:  # one line that names what is wrong
+        message = str(e)
+        assert message.startswith("config: ") and "\n" not in message, message
+        if isinstance(data, dict):
+            # the key as it is, or escaped (control characters)
+            assert any(repr(key) in message or (key and key in message) for key in data), message
+        else:
+            assert message.startswith("config: expected a JSON object, got "), message
 
 
 @given(st.dictionaries(KEYS, JSON, min_size=1, max_size=3))

@@ -1,13 +1,18 @@
-"""Backward passes against float64 central differences, for every activation and loss."""
+"""Backward passes against float64 central differences, for every activation and loss, and the
+training step's L1/L2 gradients against those of the penalized loss."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import backends
+from trainer import step as step_module
 from trainer.activations import ACTIVATIONS
+from trainer.config import Config
 from trainer.losses import loss_and_delta
 from trainer.network import backward, forward
+from trainer.step import TrainStep
 
 HIDDEN = list(ACTIVATIONS)
 CASES = [(h, "softmax", "cross_entropy") for h in HIDDEN] + [
@@ -54,20 +59,10 @@ def _numeric_grads(params, acts, loss, x, target, reg=(None, 0.0), h=1e-6):
     return grads
 
 
-def penalty_gradient(w: np.ndarray, kind: str | None, rate: float) -> np.ndarray:
-    """neural-net-rs's penalty gradients, as trainer/step.py adds them to weight gradients."""
-    if kind == "L2":
-        return rate * w
-    return rate * np.sign(w) if kind == "L1" else np.zeros_like(w)
-
-
-def _analytic_grads(params, acts, loss, x, target, reg=(None, 0.0)):
+def _analytic_grads(params, acts, loss, x, target):
     outs, logits = forward(params, acts, x)
     _, delta = loss_and_delta(loss, acts[-1], logits, outs[-1], target)
-    grads = backward(params, acts, outs, delta)
-    for i in range(0, len(grads), 2):
-        grads[i] = grads[i] + penalty_gradient(params[i], *reg)
-    return grads
+    return backward(params, acts, outs, delta)
 
 
 def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,11 +79,27 @@ def test_backward_matches_central_differences(hidden: str, out: str, loss: str) 
         assert _rel_error(a, n) < 1e-6
 
 
+@pytest.mark.parametrize("acc_min", [0, step_module.GEMM_ACC_MIN], ids=["gemm-acc", "small"])
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "kernels"])
 @pytest.mark.parametrize("reg", [("L1", 0.01), ("L2", 0.05)])
-def test_regularization_gradient_is_the_penalty_derivative(reg: tuple[str, float]) -> None:
+def test_the_steps_regularized_gradient_matches_finite_differences(
+        reg: tuple[str, float], fast: bool, acc_min: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product's training step, with momentum 0 and rate 1, moves every parameter by minus
+    its gradient: that move must be the central differences of the loss plus the penalty
+    (L2: rate/2 * sum w^2, L1: rate * sum |w|, on weights only)."""
+    monkeypatch.setattr(step_module, "GEMM_ACC_MIN", acc_min)
     params, x, target = _problem(1)
     acts = ["tanh", "sigmoid", "softmax"]
-    analytic = _analytic_grads(params, acts, "cross_entropy", x, target, reg)
+    cfg = Config.from_dict({
+        "layers": [{"nodes": 5, "activation": acts[0]}, {"nodes": 4, "activation": acts[1]},
+                   {"nodes": 4, "activation": acts[2]}, {"nodes": 3}],
+        "learning_rate": 1.0, "momentum": 0.0, "batch_size": 6, "epochs": 1,
+        "dtype": "float64", "regularization_type": reg[0], "regularization_rate": reg[1]})
+    be = backends.load("numpy")
+    step = TrainStep(cfg, be.xp, [p.copy() for p in params], [np.zeros_like(p) for p in params],
+                     be.kernels if fast else None)
+    step(x, np.argmax(target, axis=1), np.arange(6), 1.0)
+    moved = [before - after for before, after in zip(params, step.params, strict=True)]
     numeric = _numeric_grads(params, acts, "cross_entropy", x, target, reg)
-    for a, n in zip(analytic, numeric, strict=True):
+    for a, n in zip(moved, numeric, strict=True):
         assert _rel_error(a, n) < 1e-6

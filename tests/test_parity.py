@@ -1,10 +1,11 @@
-"""Every backend against numpy: same seed, same batches, same weights."""
+"""Every other backend against numpy: same seed, same batches, same weights; and each backend's
+kernels against its own plain array-API step."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_dataset
+from conftest import _load_or_skip, make_dataset
 
 import backends
 from trainer.config import Config
@@ -20,23 +21,24 @@ def small_config(dtype: str, **changes) -> Config:
     } | changes)
 
 
-def test_float64_weights_match_numpy_after_50_steps(backend: backends.Backend) -> None:
+def test_float64_weights_match_numpy_after_50_steps(other_backend: backends.Backend) -> None:
     data = make_dataset(n_train=400)  # 25 steps per epoch, 2 epochs
     config = small_config("float64")
     ref = train(config, data, "numpy")
-    got = train(config, data, backend)
+    got = train(config, data, other_backend)
     for r, g in zip(ref.params, got.params, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
     assert got.history[-1].loss == pytest.approx(ref.history[-1].loss, rel=1e-10)
 
 
-def test_float32_weights_match_numpy_within_dtype_tolerance(backend: backends.Backend) -> None:
+def test_float32_weights_match_numpy_within_dtype_tolerance(
+        other_backend: backends.Backend) -> None:
     # Summation order differs between BLAS libraries, so each step differs by a few ulps and 50
     # momentum steps amplify that a little: 100 eps relative to the weights' scale is the bound.
     data = make_dataset(n_train=400)
     config = small_config("float32")
     ref = train(config, data, "numpy")
-    got = train(config, data, backend)
+    got = train(config, data, other_backend)
     tol = 100 * np.finfo(np.float32).eps
     for r, g in zip(ref.params, got.params, strict=True):
         assert g.dtype == np.float32
@@ -45,11 +47,11 @@ def test_float32_weights_match_numpy_within_dtype_tolerance(backend: backends.Ba
 
 @pytest.mark.parametrize("variant", [{"nesterov": True}, {"loss": "mse", "loss_reduction": "mean"},
                                      {"regularization_type": "L1"}])
-def test_options_keep_parity(backend: backends.Backend, variant: dict) -> None:
+def test_options_keep_parity(other_backend: backends.Backend, variant: dict) -> None:
     data = make_dataset(n_train=160)
     config = small_config("float64", **variant)
     ref = train(config, data, "numpy")
-    got = train(config, data, backend)
+    got = train(config, data, other_backend)
     for r, g in zip(ref.params, got.params, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
 
@@ -64,25 +66,38 @@ def test_same_seed_gives_bitwise_identical_weights() -> None:
 
 
 @pytest.mark.slow
-def test_one_epoch_on_real_mnist_predicts_like_numpy(backend: backends.Backend, mnist) -> None:
+def test_one_epoch_on_real_mnist_predicts_like_numpy(
+        other_backend: backends.Backend, mnist) -> None:
     """float32, 5000 MNIST training images, 1 epoch: test predictions agree on >= 99.9%."""
     config = Config.from_dict({
         "layers": [{"nodes": 784, "activation": "Sigmoid"}, {"nodes": 128, "activation": "Softmax"},
                    {"nodes": 10}],
         "learning_rate": 0.01, "momentum": 0.5, "batch_size": 32, "epochs": 1})
     ref = train(config, mnist, "numpy", limit_train=5000)
-    got = train(config, mnist, backend, limit_train=5000)
+    got = train(config, mnist, other_backend, limit_train=5000)
     agree = np.mean(ref.test_predictions == got.test_predictions)
     assert agree >= 0.999, f"only {agree:.4%} of test predictions agree"
     assert ref.test_accuracy > 0.85
 
 
-def test_fast_path_matches_plain_path(backend: backends.Backend) -> None:
+def test_fast_path_matches_plain_path(kernel_backend: backends.Backend) -> None:
     """The backend's kernels (buffers, fused ops, velocity GEMMs) against plain array-API code."""
     data = make_dataset(n_train=400)
     for dtype, rtol in (("float64", 1e-10), ("float32", 100 * np.finfo(np.float32).eps)):
         config = small_config(dtype)
-        fast = train(config, data, backend, fast=True)
-        plain = train(config, data, backend, fast=False)
+        fast = train(config, data, kernel_backend, fast=True)
+        plain = train(config, data, kernel_backend, fast=False)
         for f, p in zip(fast.params, plain.params, strict=True):
             np.testing.assert_allclose(f, p, rtol=rtol, atol=rtol * np.max(np.abs(p)))
+
+
+# what backends/cupy.py builds; its load-time self-test drops gemm_acc when cuBLAS disagrees
+CUPY_KERNELS = {"matmul", "take", "sum0", "activate", "activate_grad", "softmax_xent_t",
+                "gemm_acc"}
+
+
+@pytest.mark.gpu
+def test_cupy_offers_every_fast_kernel() -> None:
+    """A kernel the backend dropped at load time (a failed self-test) fails here, on a GPU."""
+    be = _load_or_skip("cupy")
+    assert set(be.kernels) == CUPY_KERNELS

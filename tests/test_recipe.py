@@ -58,7 +58,7 @@ def test_adam_matches_hand_computation(backend: backends.Backend, optimizer: str
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     batches = [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7]), np.array([8])]
     want = adam_reference(cfg, host, x, t, batches, 0.01)
-    for kernels in ({}, backend.kernels):
+    for kernels in ({}, backend.kernels) if backend.kernels else ({},):
         step = TrainStep(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
                          [backend.asarray(np.zeros_like(p)) for p in host], kernels)
         for idx in batches:
@@ -114,25 +114,30 @@ def test_fast_hash_is_the_generic_hash() -> None:
 
 
 def test_no_dropout_at_evaluation() -> None:
-    cfg = config(layers=[{"nodes": 6, "activation": "relu", "dropout": 0.5},
-                         {"nodes": 5, "activation": "softmax", "dropout": 0.5}, {"nodes": 3}])
-    rng = np.random.default_rng(1)
-    host = init_params(cfg.sizes, cfg.activations, "he", rng, "float64")
-    x = rng.normal(0, 1, (20, 6))
-    logits = forward(host, cfg.activations, x)[1]
-    np.testing.assert_array_equal(predict(host, cfg.activations, x), np.argmax(logits, axis=1))
-    np.testing.assert_array_equal(predict(host, cfg.activations, x),
-                                  predict(host, cfg.activations, x))
+    """A network trained with heavy dropout is evaluated whole: its test predictions are those of
+    a plain NumPy forward pass of its weights, with no mask and no 1/(1-p) scaling."""
+    data = make_dataset(n_train=300, n_test=200, shape=(6, 6), classes=4, seed=2)
+    cfg = config(layers=[{"nodes": 36, "activation": "relu", "dropout": 0.5},
+                         {"nodes": 16, "activation": "sigmoid", "dropout": 0.5}, {"nodes": 4}],
+                 loss="mse", epochs=2, batch_size=16)
+    result = train(cfg, data, "numpy")
+    w0, b0, w1, b1 = result.params
+    x = (data.test_images.reshape(200, -1) / 255 - result.scaling.mean) / result.scaling.std
+    hidden = np.maximum(x @ w0 + b0, 0)
+    out = 1 / (1 + np.exp(-(hidden @ w1 + b1)))
+    want = np.argmax(out, axis=1)
+    assert np.mean(want == data.test_labels) > 0.5  # it learned something: the check means much
+    np.testing.assert_array_equal(result.test_predictions, want)
 
 
-def test_parity_with_dropout_and_augmentation(backend: backends.Backend) -> None:
+def test_parity_with_dropout_and_augmentation(other_backend: backends.Backend) -> None:
     data = make_dataset(n_train=200, shape=(6, 6), classes=4)
     cfg = Config.from_dict({
         "layers": [{"nodes": 36, "activation": "relu", "dropout": 0.1},
                    {"nodes": 16, "activation": "softmax", "dropout": 0.3}, {"nodes": 4}],
         "learning_rate": 0.01, "momentum": 0.9, "batch_size": 16, "epochs": 2,
         "dtype": "float64", "augment": {"shift": 1}, "validation_split": 0.1})
-    ref, got = train(cfg, data, "numpy"), train(cfg, data, backend)
+    ref, got = train(cfg, data, "numpy"), train(cfg, data, other_backend)
     for r, g in zip(ref.params, got.params, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
 

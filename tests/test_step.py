@@ -10,7 +10,6 @@ import weakref
 
 import numpy as np
 import pytest
-from test_gradients import penalty_gradient
 
 import backends
 from backends import numpy_blas
@@ -41,6 +40,14 @@ def config(**changes) -> Config:
                    {"nodes": 3, "activation": "Softmax"}, {"nodes": 4}],
         "learning_rate": 0.05, "momentum": 0.7, "batch_size": 4, "epochs": 1,
         "dtype": "float64"} | changes)
+
+
+def penalty_gradient(w: np.ndarray, kind: str | None, rate: float) -> np.ndarray:
+    """neural-net-rs's penalty gradients (test_gradients checks the step's against finite
+    differences of the penalized loss)."""
+    if kind == "L2":
+        return rate * w
+    return rate * np.sign(w) if kind == "L1" else np.zeros_like(w)
 
 
 def reference_steps(cfg: Config, params, x, t, batches, lr):
@@ -164,3 +171,40 @@ def test_blas_kernels_match_numpy(dtype) -> None:
     view, want = strided[::2], strided[::2] + 3.0 * x
     axpy(x, view)(3.0)
     np.testing.assert_allclose(view, want, rtol=1e-6)
+
+
+class UnhashableDevice:
+    """Like cupy.cuda.Device: it defines == and so has no hash."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnhashableDevice)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class OnDevice(np.ndarray):
+    """A NumPy array whose `.device` is an UnhashableDevice, as a CuPy array's is."""
+
+    @property
+    def device(self) -> UnhashableDevice:  # type: ignore[override]
+        return UnhashableDevice()
+
+
+def test_softmax_xent_kernel_takes_an_unhashable_device() -> None:
+    """The crash on CuPy's first step: the kernel keyed a cache by the device object."""
+    from backends import ndkernels
+    from trainer.losses import log_softmax
+
+    with pytest.raises(TypeError):
+        hash(OnDevice((1,)).device)
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(0, 2, (5, 4)), rng.integers(0, 4, 5)
+    kernel = ndkernels.make(np)["softmax_xent_t"]
+    for _ in range(2):  # the second call finds the cached column indices
+        loss, correct, delta_t = kernel(np.ascontiguousarray(logits.T).view(OnDevice),
+                                        labels.view(OnDevice), -0.5)
+        onehot = np.eye(4)[labels]
+        assert float(loss) == pytest.approx(-np.sum(onehot * log_softmax(logits)), rel=1e-12)
+        assert int(correct) == np.sum(np.argmax(logits, axis=1) == labels)
+        softmax = np.exp(log_softmax(logits))
+        np.testing.assert_allclose(np.asarray(delta_t).T, -0.5 * (softmax - onehot), rtol=1e-12)

@@ -177,10 +177,16 @@ def default_config() -> Config:
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "config"
+    if not loc:
+        return "config"
+    return str(loc[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> str:
+    """The keys allowed where an unknown one was found (loc: the path to the unknown key)."""
+    nested = {"layers": Layer, "lr_schedule": Schedule, "augment": Augment}
+    model = nested.get(loc[0], Config) if len(loc) > 1 else Config
+    return ", ".join(model.model_fields)
 
 
 def _describe(e: ValidationError) -> str:
@@ -188,8 +194,7 @@ def _describe(e: ValidationError) -> str:
     err = e.errors(include_url=False)[0]
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
-        allowed = ", ".join(Config.model_fields) if len(err["loc"]) == 1 else "nodes, activation"
-        return f"unknown key {_loc(err['loc'])!r}; allowed keys: {allowed}"
+        return f"unknown key {_loc(err['loc'])!r}; allowed keys: {_allowed_keys(err['loc'])}"
     if err["type"] == "missing":
         return f"{_loc(err['loc'])} is required"
     msg = msg.removeprefix("Value error, ").replace("Input should be", "must be")

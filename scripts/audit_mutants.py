@@ -1,0 +1,87 @@
+"""Put known bugs into a copy of the tree, one at a time, and list the tests that catch each.
+
+    python scripts/audit_mutants.py [NAME ...] [--all-tests]
+
+Each mutant is a small edit an audit made by hand (a batch skipped, the shuffle lost, L2 added
+twice, a wrong derivative in a kernel). A test suite that lets one pass cannot fail where it
+matters. The copy lives in a temporary directory; the working tree is never touched. By default
+the fast suite runs (`-m "not slow"`), as a reviewer's quick check would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (file, the exact text, what the bug puts there)
+MUTANTS = {
+    "skip the last batch": (
+        "trainer/loop.py", "for step in range(state.step, steps):",
+        "for step in range(state.step, steps - 1):"),
+    "drop the partial batch": (
+        "trainer/loop.py", "steps = -(-self.n_train // bs)", "steps = self.n_train // bs"),
+    "no reshuffle": (
+        "trainer/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
+        "state.perm = np.arange(self.n_train)"),
+    "the same permutation every epoch": (
+        "trainer/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
+        "state.perm = np.random.default_rng(config.seed).permutation(self.n_train)"),
+    "L2 added twice": (
+        "trainer/step.py",
+        'grad_w += (scale * rate) * (w if kind == "L2" else self.xp.sign(w))',
+        'grad_w += (scale * rate) * (2 * w if kind == "L2" else self.xp.sign(w))'),
+    "a wrong sigmoid derivative in the fused NumPy kernel": (
+        "backends/ndkernels.py", "nx.subtract(1.0, a, out=tmp)\n            tmp *= a",
+        "nx.add(1.0, a, out=tmp)\n            tmp *= a"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"mutants to try (default: all): {list(MUTANTS)}")
+    parser.add_argument("--all-tests", action="store_true", help="slow tests too")
+    args = parser.parse_args()
+    unknown = [n for n in args.names if n not in MUTANTS]
+    if unknown:
+        sys.exit(f"error: unknown mutant {unknown[0]!r}; choose from {', '.join(MUTANTS)}")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    survivors = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp)
+        for name in files:
+            if (ROOT / name).is_file():
+                (copy / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, copy / name)
+        for name in args.names or MUTANTS:
+            path, old, new = MUTANTS[name]
+            source = (copy / path).read_text()
+            if source.count(old) != 1:
+                sys.exit(f"error: {path} no longer holds the text of mutant {name!r} once; "
+                         f"update MUTANTS")
+            (copy / path).write_text(source.replace(old, new))
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                       "-o", "addopts=", *([] if args.all_tests else ["-m", "not slow"])]
+            # the copy's own packages first (python -m puts the working directory on sys.path)
+            done = subprocess.run(command, cwd=copy, capture_output=True, text=True)
+            (copy / path).write_text(source)
+            failed = re.findall(r"^FAILED (\S+)", done.stdout, re.M)
+            last = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+            print(f"{name}: {'caught' if failed else 'NOT CAUGHT'} ({last})")
+            for test in failed:
+                print(f"    {test}")
+            if not failed:
+                survivors.append(name)
+            sys.stdout.flush()
+    sys.exit(1 if survivors else 0)
+
+
+if __name__ == "__main__":
+    main()
