@@ -8,15 +8,71 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 NAMES = ("numpy", "array-api-strict", "torch", "cupy")
 
 
+# The dropout hash's multiplier: trainer/core/dropout.py's hash32 and the backends' hash32
+# kernels both import it from here (backends sit below trainer and import nothing of it).
+HASH32_MULTIPLIER = 0x45D9F3B  # < 2**31: products with 32-bit values stay below 2**63
+
+Kernel = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Optional accelerations the training step uses where present (trainer/core/step.py); a
+    field left None is done in plain array-API code. Each names the reference it mirrors.
+
+    With `matmul` and `sum0` the step keeps its parameters as views of one flat buffer, so the
+    backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
+    """
+
+    matmul: Kernel | None = None  # (a, b, out) -> out = a @ b, written into `out`
+    take: Kernel | None = None  # (x, idx, out) -> out = rows `idx` of x, written into `out`
+    sum0: Kernel | None = None  # (x, out) -> out = x summed over axis 0, written into `out`
+    # (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place: with beta = m it
+    # is optim.momentum (v = m v + g) inside the weight gradient's GEMM
+    gemm_acc: Kernel | None = None
+    # (x, y) -> update, where update(alpha) does y += alpha * x in place (1-D arrays, the same
+    # two every time: their addresses may be bound once); optim.sgd's w += v
+    axpy: Kernel | None = None
+    # (name, z) -> z with activations.ACTIVATIONS[name][0] applied in place, or None where not
+    # offered for that activation
+    activate: Kernel | None = None
+    # (name, a, g, tmp) -> g times the derivative of the activation whose output is `a`
+    # (activations.ACTIVATIONS[name][1]), in place in `g` (`tmp`: scratch shaped like `a`), or
+    # None where not offered
+    activate_grad: Kernel | None = None
+    # (logits_t, labels, scale) -> (summed cross-entropy, correct count,
+    # scale * (softmax - onehot(labels))), losses.loss_and_delta fused, with classes along axis
+    # 0 and one column per sample (reductions over a short axis 1 are slow), logits_t
+    # C-contiguous and free to overwrite
+    softmax_xent_t: Kernel | None = None
+    # (x, perm, batch_size, first_step) -> an iterator of the batches' input rows x[perm[lo:hi]]
+    # gathered ahead of use (host arrays; see prefetch.py)
+    prefetch: Kernel | None = None
+    # int64 values in [0, 2**32) -> trainer/core/dropout.py's hash32 of them, the same bits
+    hash32: Kernel | None = None
+    # kernels a load-time self-test left out, with the reason: (name, why)
+    dropped: tuple[tuple[str, str], ...] = ()
+
+    def offered(self) -> tuple[str, ...]:
+        """The names of the kernels this backend offers."""
+        return tuple(f.name for f in fields(self) if f.name != "dropped"
+                     and getattr(self, f.name) is not None)
+
+    def without(self, *names: str) -> Kernels:
+        """The same kernels less `names`."""
+        return replace(self, **dict.fromkeys(names))
+
+
 @dataclass(frozen=True)
 class Backend:
-    """What the training loop needs of an array library: its namespace and where arrays live."""
+    """What a training run needs of an array library: its namespace, where arrays live, what
+    it controls. The run asks these fields, never the backend's name."""
 
     name: str
     xp: Any
@@ -25,28 +81,14 @@ class Backend:
     version: str
     asarray: Callable[[Any], Any]  # host numpy array -> on the device (numpy: may not copy)
     to_numpy: Callable[[Any], Any]  # array on the device -> host numpy array
-    sync: Callable[[], None]  # wait for queued device work (for timing)
+    synchronize: Callable[[], None]  # wait for queued device work (for timing)
+    on_host: bool  # arrays live in host memory: reading a scalar back costs nothing
+    # its math runs on the CPU BLAS that threadpoolctl controls (numpy's own OpenBLAS)
+    host_blas: bool = False
+    # (free, total) bytes of the device's memory, its caches released first; None: the host's
+    memory: Callable[[], tuple[int, int]] | None = None
     devices: tuple[str, ...] = ()
-    # Optional accelerations the training step uses when present (see trainer/step.py):
-    # "matmul": (a, b, out) -> out = a @ b written into `out`;
-    # "take": (x, idx, out) -> out = rows `idx` of x written into `out`;
-    # "sum0": (x, out) -> out = x summed over axis 0, written into `out`;
-    # "gemm_acc": (a, b, out, alpha, beta) -> out = alpha * a @ b + beta * out, in place;
-    # "axpy": (x, y) -> update, where update(alpha) does y += alpha * x in place (1-D arrays,
-    #     the same two every time: their addresses may be bound once);
-    # "activate": (name, z) -> z with the activation applied in place, or None if not offered;
-    # "activate_grad": (name, a, g, tmp) -> g times the derivative of the activation whose
-    #     output is `a`, in place in `g` (`tmp`: scratch shaped like `a`), or None;
-    # "softmax_xent_t": (logits_t, labels, scale) -> (summed cross-entropy, correct count,
-    #     scale * (softmax - onehot(labels)) laid out like logits_t), with classes along axis 0
-    #     and one column per sample (reductions over a short axis 1 are slow), logits_t
-    #     C-contiguous and free to overwrite;
-    # "prefetch": (x, perm, batch_size, first_step) -> an iterator of the batches' input rows
-    #     x[perm[lo:hi]] gathered ahead of use (host arrays; see backends/prefetch.py);
-    # "hash32": int64 values in [0, 2**32) -> trainer/dropout.py's hash32 of them, same bits.
-    # With "matmul" and "sum0" the step keeps its parameters as views of one flat buffer, so
-    # the backend's arrays must be views when sliced and reshaped (numpy, cupy, torch).
-    kernels: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    kernels: Kernels = field(default_factory=Kernels)
 
 
 @dataclass(frozen=True)
@@ -55,13 +97,15 @@ class BackendStatus:
     available: bool
     version: str = ""
     devices: tuple[str, ...] = ()
-    reason: str = ""
+    reason: str = ""  # why it does not load
+    kernels: tuple[str, ...] = ()  # the fast kernels it offers
+    dropped: tuple[tuple[str, str], ...] = ()  # kernels its self-tests left out, and why
 
 
 def _module(name: str) -> Any:
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
-    return importlib.import_module(f"backends.{name.replace('-', '_')}")
+    return importlib.import_module(f".{name.replace('-', '_')}", __name__)
 
 
 def load(name: str, device: str | None = None) -> Backend:
@@ -72,11 +116,12 @@ def load(name: str, device: str | None = None) -> Backend:
 def status(name: str) -> BackendStatus:
     """Whether backend `name` loads here, with its version and devices, or why not."""
     try:
-        b = load(name)
+        backend = load(name)
     except ImportError as e:
         return BackendStatus(name, False, reason=str(e) or type(e).__name__)
-    return BackendStatus(name, True, b.version, b.devices or (b.device_name,))
+    return BackendStatus(name, True, backend.version, backend.devices or (backend.device_name,),
+                         kernels=backend.kernels.offered(), dropped=backend.kernels.dropped)
 
 
 def nop() -> None:
-    """The sync of a backend that computes eagerly on the host."""
+    """The synchronize of a backend that computes eagerly on the host."""

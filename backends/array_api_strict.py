@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends import Backend, nop
+from . import Backend, nop
 
 
 def load(device: str | None = None) -> Backend:
@@ -18,6 +18,7 @@ def load(device: str | None = None) -> Backend:
         raise ImportError(f"array-api-strict has only its CPU device, not {device!r}")
     return Backend(
         name="array-api-strict", xp=xp, device=dev, device_name="cpu", version=xp.__version__,
-        asarray=xp.asarray, to_numpy=lambda a: np.from_dlpack(a).copy(), sync=nop,
+        asarray=xp.asarray, to_numpy=lambda a: np.from_dlpack(a).copy(), synchronize=nop,
+        on_host=True, host_blas=True,
         devices=("cpu",),
     )

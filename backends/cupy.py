@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from backends import Backend
+from . import Backend, Kernels
 
 
 def load(device: str | None = None) -> Backend:
@@ -32,27 +33,33 @@ def load(device: str | None = None) -> Backend:
         with dev:
             return cupy.asarray(a)
 
+    def memory() -> tuple[int, int]:
+        with dev:
+            cupy.get_default_memory_pool().free_all_blocks()  # CuPy's cached blocks are free
+            return cupy.cuda.runtime.memGetInfo()
+
     with dev:
         kernels = _kernels(cupy)
     return Backend(
         name="cupy", xp=xp, device=dev,
         device_name=name.decode() if isinstance(name, bytes) else str(name),
         version=cupy.__version__, asarray=asarray, to_numpy=cupy.asnumpy,
-        sync=cupy.cuda.Device(index).synchronize,
+        synchronize=dev.synchronize, on_host=False, memory=memory,
         devices=tuple(f"cuda:{i}" for i in range(count)), kernels=kernels,
     )
 
 
-def _kernels(cupy: Any) -> dict[str, Any]:
+def _kernels(cupy: Any) -> Kernels:
     """numpy-style buffer kernels, plus one fused sigmoid and cuBLAS's GEMM with beta."""
     import cupy.cublas
 
-    from backends import ndkernels
+    from . import ndkernels
 
-    # one kernel launch instead of four: at batch 32 a step is bound by launches, not FLOPs
+    # activations.sigmoid in one kernel launch instead of four: at batch 32 a step is bound by
+    # launches, not FLOPs
     sigmoid = cupy.ElementwiseKernel("T z", "T y", "y = (T)0.5 * tanh((T)0.5 * z) + (T)0.5",
                                      "trainer_sigmoid")
-    generic = ndkernels.make(cupy)["activate"]
+    generic = ndkernels.make(cupy).activate
 
     def activate(name: str, z: Any) -> Any | None:
         return sigmoid(z, z) if name == "sigmoid" else generic(name, z)
@@ -61,22 +68,26 @@ def _kernels(cupy: Any) -> dict[str, Any]:
         return cupy.cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
 
     kernels = ndkernels.make(cupy, activate=activate, gemm_acc=gemm_acc)
-    if not _gemm_acc_works(cupy, gemm_acc):
-        del kernels["gemm_acc"]
+    why = _gemm_acc_fails(cupy, gemm_acc)
+    if why is not None:
+        kernels = replace(kernels.without("gemm_acc"), dropped=(("gemm_acc", why),))
     return kernels
 
 
-def _gemm_acc_works(cupy: Any, gemm_acc: Any) -> bool:
-    """Check the layouts the step uses (a transposed view times a C-contiguous array or a
-    transposed view, the latter for transposed logits) against cupy's matmul first."""
+def _gemm_acc_fails(cupy: Any, gemm_acc: Any) -> str | None:
+    """Why gemm_acc cannot be used (None: it works). Checks the layouts the step uses (a
+    transposed view times a C-contiguous array or a transposed view, the latter for transposed
+    logits) against cupy's matmul, in float32 and float64."""
     try:
-        a = cupy.arange(15, dtype=cupy.float32).reshape(5, 3) / 7
-        b = cupy.arange(20, dtype=cupy.float32).reshape(5, 4) / 9
-        for right in (b, cupy.ascontiguousarray(b.T).T):
-            out = cupy.ones((3, 4), dtype=cupy.float32)
-            want = 0.5 * out - 2.0 * (a.T @ right)
-            if not bool(cupy.allclose(gemm_acc(a.T, right, out, -2.0, 0.5), want, rtol=1e-5)):
-                return False
-        return True
-    except Exception:  # an old cupy without cupy.cublas.gemm, or a cuBLAS error
-        return False
+        for dtype, rtol in ((cupy.float32, 1e-5), (cupy.float64, 1e-12)):
+            a = cupy.arange(15, dtype=dtype).reshape(5, 3) / 7
+            b = cupy.arange(20, dtype=dtype).reshape(5, 4) / 9
+            for right in (b, cupy.ascontiguousarray(b.T).T):
+                out = cupy.ones((3, 4), dtype=dtype)
+                want = 0.5 * out - 2.0 * (a.T @ right)
+                got = gemm_acc(a.T, right, out, -2.0, 0.5)
+                if not bool(cupy.allclose(got, want, rtol=rtol)):
+                    return f"{cupy.dtype(dtype).name} self-test: cuBLAS's result differs"
+        return None
+    except Exception as e:  # an old cupy without cupy.cublas.gemm, or a cuBLAS error
+        return f"self-test failed: {type(e).__name__}: {e}"

@@ -1,19 +1,19 @@
 """Kernels for array libraries with NumPy's API (numpy, cupy): write into buffers, in place.
 
-They implement the optional kernels described in backends/__init__.py with `out=` arguments
-and ndarray methods, which the array API standard does not have. trainer/step.py falls back to
-plain array-API code for any kernel a backend does not offer, and the tests compare both.
+They implement the optional Kernels described in backends/__init__.py with `out=` arguments
+and ndarray methods, which the array API standard does not have; each names the reference
+function it mirrors. The training step falls back to plain array-API code for any kernel a
+backend does not offer, and the tests compare both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-Kernel = Callable[..., Any]
+from . import Kernel, Kernels
 
 
-def make(nx: Any, **overrides: Kernel | None) -> dict[str, Kernel]:
+def make(nx: Any, **overrides: Kernel | None) -> Kernels:
     """The kernels for module `nx` (numpy or cupy); `overrides` replace or add (None: drop)."""
 
     def matmul(a: Any, b: Any, out: Any) -> Any:
@@ -26,7 +26,7 @@ def make(nx: Any, **overrides: Kernel | None) -> dict[str, Kernel]:
         return nx.sum(x, axis=0, out=out)
 
     def activate(name: str, z: Any) -> Any | None:
-        """The activation applied to z in place (None: not offered, use the generic one)."""
+        """activations.py's activation `name` applied to z in place (None: not offered)."""
         if name == "sigmoid":  # 0.5 * (tanh(z / 2) + 1): stable for any z, no temporaries
             z *= 0.5
             nx.tanh(z, out=z)
@@ -41,7 +41,7 @@ def make(nx: Any, **overrides: Kernel | None) -> dict[str, Kernel]:
         return z
 
     def activate_grad(name: str, a: Any, g: Any, tmp: Any) -> Any | None:
-        """g times the activation's derivative at output a, in place in g (None: not offered)."""
+        """activations.py's `<name>_backward(a, g)`, in place in g (None: not offered)."""
         if name == "sigmoid":  # a (1 - a), which stays accurate where a is close to 1
             nx.subtract(1.0, a, out=tmp)
             tmp *= a
@@ -62,8 +62,9 @@ def make(nx: Any, **overrides: Kernel | None) -> dict[str, Kernel]:
     aranges: dict[tuple[int, str], Any] = {}
 
     def softmax_xent_t(logits_t: Any, labels: Any, scale: float) -> tuple[Any, Any, Any]:
-        """(summed cross-entropy, correct count, scale * (softmax - onehot(labels))),
-        overwriting logits_t (C-contiguous: the step's own buffer).
+        """losses.loss_and_delta's cross-entropy and metrics.hits, fused: (summed cross-entropy,
+        correct count, scale * (softmax - onehot(labels))), overwriting logits_t (C-contiguous:
+        the step's own buffer).
 
         Classes run along axis 0, one column per sample: the reductions over classes are then
         a few passes over whole rows (over a short axis 1 NumPy loops row by row, 20x slower
@@ -93,12 +94,7 @@ def make(nx: Any, **overrides: Kernel | None) -> dict[str, Kernel]:
         logits_t *= scale
         return loss, correct, logits_t
 
-    kernels: dict[str, Kernel] = {"matmul": matmul, "take": take, "sum0": sum0,
-                                  "activate": activate, "activate_grad": activate_grad,
-                                  "softmax_xent_t": softmax_xent_t}
-    for name, kernel in overrides.items():
-        if kernel is None:
-            kernels.pop(name, None)
-        else:
-            kernels[name] = kernel
-    return kernels
+    kernels: dict[str, Kernel | None] = {
+        "matmul": matmul, "take": take, "sum0": sum0, "activate": activate,
+        "activate_grad": activate_grad, "softmax_xent_t": softmax_xent_t}
+    return Kernels(**(kernels | overrides))

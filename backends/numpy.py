@@ -7,8 +7,8 @@ import functools
 import numpy as np
 from array_api_compat import numpy as xp
 
-from backends import Backend, ndkernels, nop, numpy_blas
-from backends.prefetch import Prefetch
+from . import HASH32_MULTIPLIER, Backend, ndkernels, nop, numpy_blas
+from .prefetch import Prefetch
 
 
 def load(device: str | None = None) -> Backend:
@@ -18,8 +18,8 @@ def load(device: str | None = None) -> Backend:
                              axpy=numpy_blas.load_axpy(), hash32=_hash32, prefetch=Prefetch)
     return Backend(
         name="numpy", xp=xp, device="cpu", device_name="cpu", version=np.__version__,
-        asarray=np.ascontiguousarray, to_numpy=np.asarray, sync=nop, devices=("cpu",),
-        kernels=kernels,
+        asarray=np.ascontiguousarray, to_numpy=np.asarray, synchronize=nop, on_host=True,
+        host_blas=True, devices=("cpu",), kernels=kernels,
     )
 
 
@@ -43,10 +43,11 @@ def _ones(n: int, dtype: np.dtype) -> np.ndarray:
 
 
 def _hash32(x: np.ndarray) -> np.ndarray:
-    """trainer/dropout.py's hash32 in unsigned 32-bit arithmetic (wrapping = its masking)."""
+    """trainer/core/dropout.py's hash32 in unsigned 32-bit arithmetic (wrapping = its
+    masking)."""
     x = x.astype(np.uint32)
     for _ in range(2):
         x ^= x >> 16
-        x *= np.uint32(0x45D9F3B)
+        x *= np.uint32(HASH32_MULTIPLIER)
     x ^= x >> 16
     return x

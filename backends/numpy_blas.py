@@ -57,6 +57,11 @@ def _layout(a: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+# operands remembered at most: a run passes about two per layer (its delta and velocity
+# buffers, for two batch sizes); past this many, something else is calling, so start afresh
+MAX_REMEMBERED = 64
+
+
 def load() -> Callable[..., np.ndarray] | None:
     """The gemm_acc kernel, or None if numpy's BLAS does not offer it (or fails its check)."""
     lib = _library()
@@ -77,7 +82,7 @@ def load() -> Callable[..., np.ndarray] | None:
         if hit is not None and hit[0]() is a and hit[1] == a.strides:  # (not reshaped in place)
             return hit[2]
         found = (_layout(a), a.ctypes.data)
-        if len(known) >= 64:
+        if len(known) >= MAX_REMEMBERED:
             known.clear()
         known[id(a)] = (weakref.ref(a), a.strides, found)
         return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import Backend, nop
+from . import Backend, nop
 
 
 def load(device: str | None = None) -> Backend:
@@ -25,9 +25,15 @@ def load(device: str | None = None) -> Backend:
         return a.detach().cpu().numpy()
 
     cuda = dev.type == "cuda"
+
+    def memory() -> tuple[int, int]:
+        torch.cuda.empty_cache()  # what the caching allocator holds is free to us
+        return torch.cuda.mem_get_info(dev)
+
     return Backend(
         name="torch", xp=xp, device=dev,
         device_name=torch.cuda.get_device_name(dev) if cuda else "cpu",
         version=torch.__version__, asarray=asarray, to_numpy=to_numpy,
-        sync=torch.cuda.synchronize if cuda else nop, devices=devices,
+        synchronize=torch.cuda.synchronize if cuda else nop, on_host=not cuda,
+        memory=memory if cuda else None, devices=devices,
     )

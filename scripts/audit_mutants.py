@@ -23,18 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> (file, the exact text, what the bug puts there)
 MUTANTS = {
     "skip the last batch": (
-        "trainer/loop.py", "for step in range(state.step, steps):",
+        "trainer/run/loop.py", "for step in range(state.step, steps):",
         "for step in range(state.step, steps - 1):"),
     "drop the partial batch": (
-        "trainer/loop.py", "steps = -(-self.n_train // bs)", "steps = self.n_train // bs"),
+        "trainer/run/loop.py", "steps = -(-self.n_train // bs)", "steps = self.n_train // bs"),
     "no reshuffle": (
-        "trainer/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
+        "trainer/run/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
         "state.perm = np.arange(self.n_train)"),
     "the same permutation every epoch": (
-        "trainer/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
+        "trainer/run/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
         "state.perm = np.random.default_rng(config.seed).permutation(self.n_train)"),
     "L2 added twice": (
-        "trainer/step.py",
+        "trainer/core/step.py",
         'grad_w += (scale * rate) * (w if kind == "L2" else self.xp.sign(w))',
         'grad_w += (scale * rate) * (2 * w if kind == "L2" else self.xp.sign(w))'),
     "a wrong sigmoid derivative in the fused NumPy kernel": (

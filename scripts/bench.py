@@ -5,7 +5,7 @@
 
 import sys
 
-from trainer.cli import app
+from trainer.cli.app import app
 
 if __name__ == "__main__":
     app(["bench", *sys.argv[1:]], prog_name="scripts/bench.py")

@@ -22,7 +22,7 @@ if [ "${1:-}" = "prepare" ]; then
             matplotlib pillow contourpy cycler fonttools kiwisolver pyparsing python-dateutil \
             six packaging hypothesis sortedcontainers
     done
-    python3 -c "from trainer.data import load_dataset; print(load_dataset(quiet=True).path)" \
+    python3 -c "from trainer.data.dataset import load_dataset; print(load_dataset(quiet=True).path)" \
         | xargs -I{} sh -c 'cp {}/*.gz .mnist/'
     du -sh .whl .mnist
     exit 0

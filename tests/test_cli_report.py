@@ -13,9 +13,9 @@ from conftest import write_data_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from trainer.cli import app
+from trainer.cli.app import app
 from trainer.errors import UsageError
-from trainer.runs import check_run_name, claim_run_dir
+from trainer.run.rundir import check_run_name, claim_run_dir
 
 runner = CliRunner()
 
@@ -100,11 +100,11 @@ def test_model_trained_on_strict_evaluates_the_same_on_numpy(mnist_dir: Path,
 
 
 def test_predict_reads_mnist_pngs_and_inverted_copies(trained: Path, mnist, tmp_path: Path) -> None:
-    from trainer.inference import load_run
+    from trainer.run.inference import load_run
 
     # pick test images the model classifies correctly, render them as files like a user would
     model, _ = load_run(trained)
-    from trainer.inference import predict_proba
+    from trainer.run.inference import predict_proba
     correct = np.flatnonzero(predict_proba(model, mnist.test_images[:100]).argmax(1)
                              == mnist.test_labels[:100])[:8]
     files, inverted = [], []
@@ -152,7 +152,7 @@ def test_train_json_is_machine_readable(mnist_dir: Path, tmp_path: Path) -> None
     from safetensors.numpy import load_file
     from test_cli_train import numpy_forward_predict
 
-    from trainer.idx import read_images, read_labels
+    from trainer.data.idx import read_images, read_labels
 
     model = tmp_path / "j" / "model.safetensors"
     with safe_open(str(model), framework="numpy") as f:

@@ -10,11 +10,12 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from trainer.cli import app
-from trainer.config import Config, default_config
-from trainer.data import load_dataset
-from trainer.idx import read_images, read_labels
-from trainer.train import train
+from trainer.cli.app import app
+from trainer.core.config import Config, default_config
+from trainer.data.dataset import load_dataset
+from trainer.data.idx import read_images, read_labels
+from trainer.run.results import Engine
+from trainer.run.train import train
 
 runner = CliRunner()
 
@@ -60,8 +61,8 @@ def test_train_writes_a_run_that_reproduces_its_accuracy(idx_dir: Path, tmp_path
     labels = read_labels(idx_dir / "t10k-labels-idx1-ubyte")
     assert np.mean(pred == labels) == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     # the CLI trained as the plain array-API step does (no kernels): same losses, same accuracy
-    plain = train(Config.from_file(tmp_path / "tiny.json"), load_dataset(idx_dir, quiet=True),
-                  "numpy", fast=False)
+    plain = train(Config.from_file(tmp_path / "tiny.json"), load_dataset(idx_dir),
+                  "numpy", engine=Engine(fast=False))
     np.testing.assert_allclose([e["loss"] for e in metrics["epochs"]],
                                [h.loss for h in plain.history], rtol=1e-4)
     assert metrics["test_accuracy"] == pytest.approx(plain.test_accuracy, abs=1 / len(labels))
@@ -185,19 +186,20 @@ def test_live_bar_after_a_resume_mid_epoch(monkeypatch: pytest.MonkeyPatch) -> N
 
     from rich.console import Console
 
-    import backends
-    from trainer import display
-    from trainer.display import TrainProgress
-    from trainer.results import StepInfo
+    from trainer import backends
+    from trainer.cli import display
+    from trainer.cli.display import TrainProgress
+    from trainer.run.results import RunningSums, StepInfo
 
     now = [100.0]
     monkeypatch.setattr(display, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
-    be, batch, steps = backends.load("numpy", None), 32, 100
+    numpy, batch, steps = backends.load("numpy", None), 32, 100
 
     def step(epoch: int, n: int, at: float) -> None:
         now[0] = at
         seen = n * batch
-        progress.on_step(StepInfo(epoch, n, steps, seen, be, 0.5 * seen, 0.9 * seen))
+        progress.on_step(StepInfo(epoch, n, steps, seen,
+                                  RunningSums(numpy, None, 0.5 * seen, 0.9 * seen)))
 
     def shown() -> str:
         out = Console(file=io.StringIO(), width=200, color_system=None)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import Config, default_config
+from trainer.core.config import Config, default_config
 from trainer.errors import ConfigError
 
 # sweep-*.json are search spaces for `trainer sweep`, not configs
@@ -136,7 +136,7 @@ def test_random_configs_raise_only_config_errors(data) -> None:
 def test_random_configs_through_the_cli_exit_2(tmp_path_factory, data) -> None:
     from typer.testing import CliRunner
 
-    from trainer.cli import app
+    from trainer.cli.app import app
 
     candidate = BASE | data
     try:

@@ -10,8 +10,8 @@ import pytest
 from conftest import make_dataset, write_data_folder
 from typer.testing import CliRunner
 
-from trainer.cli import app
-from trainer.data import (
+from trainer.cli.app import app
+from trainer.data.dataset import (
     InputScaling,
     cache_dir,
     class_counts,
@@ -19,9 +19,9 @@ from trainer.data import (
     mnist_cache_dir,
     pixel_stats,
 )
+from trainer.data.fetch import write_manifest
+from trainer.data.idx import write_idx
 from trainer.errors import ConfigError, DataError
-from trainer.fetch import write_manifest
-from trainer.idx import write_idx
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def isolated(tmp_path: Path, monkeypatch) -> None:
     def no_fetch(*args, **kwargs):
         raise AssertionError("tests must not fetch")
 
-    monkeypatch.setattr("trainer.data.fetch_mnist", no_fetch)
+    monkeypatch.setattr("trainer.data.dataset.fetch_mnist", no_fetch)
 
 
 SMALL = make_dataset(n_train=30, n_test=12, shape=(4, 5), classes=4)
@@ -124,13 +124,13 @@ def test_empty_cache_without_fetch(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_fetched_into_the_cache(monkeypatch) -> None:
-    def fake_fetch(dest: Path, quiet: bool = False) -> str:
+    def fake_fetch(dest: Path, progress: object = None) -> str:
         write_data_folder(dest, SMALL, gz=True)
         write_manifest(dest, "fake")
         return "fake"
 
-    monkeypatch.setattr("trainer.data.fetch_mnist", fake_fetch)
-    data = load_dataset(quiet=True)
+    monkeypatch.setattr("trainer.data.dataset.fetch_mnist", fake_fetch)
+    data = load_dataset()
     assert (data.source, data.path) == ("fetched: fake", mnist_cache_dir())
     assert load_dataset().source == "cache"
 

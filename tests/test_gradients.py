@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
-from trainer import step as step_module
-from trainer.activations import ACTIVATIONS
-from trainer.config import Config
-from trainer.losses import loss_and_delta
-from trainer.network import backward, forward
-from trainer.step import TrainStep
+from trainer import backends
+from trainer.core import step as step_module
+from trainer.core.activations import ACTIVATIONS
+from trainer.core.config import Config
+from trainer.core.losses import loss_and_delta
+from trainer.core.network import backward, forward
+from trainer.core.step import make_step
 
 HIDDEN = list(ACTIVATIONS)
 CASES = [(h, "softmax", "cross_entropy") for h in HIDDEN] + [
@@ -96,7 +96,7 @@ def test_the_steps_regularized_gradient_matches_finite_differences(
         "learning_rate": 1.0, "momentum": 0.0, "batch_size": 6, "epochs": 1,
         "dtype": "float64", "regularization_type": reg[0], "regularization_rate": reg[1]})
     be = backends.load("numpy")
-    step = TrainStep(cfg, be.xp, [p.copy() for p in params], [np.zeros_like(p) for p in params],
+    step = make_step(cfg, be.xp, [p.copy() for p in params], [np.zeros_like(p) for p in params],
                      be.kernels if fast else None)
     step(x, np.argmax(target, axis=1), np.arange(6), 1.0)
     moved = [before - after for before, after in zip(params, step.params, strict=True)]

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trainer.data.idx import read_idx, read_images, read_labels, write_idx
 from trainer.errors import DataError
-from trainer.idx import read_idx, read_images, read_labels, write_idx
 
 
 def raw_idx(magic: int, dims: tuple[int, ...], body: bytes) -> bytes:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainer.data.images import load_digit, load_digits, prepare_digit
 from trainer.errors import DataError
-from trainer.images import load_digit, load_digits, prepare_digit
 
 N_ROUND_TRIP = 20  # MNIST test images saved and read back
 N_LARGE = 8  # of those, also drawn large, off-centre, as JPEG

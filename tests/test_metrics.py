@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-import backends
-from trainer.metrics import confusion_matrix, report
+from trainer import backends
+from trainer.core.metrics import confusion_matrix, report
 
 # 3 classes; class 2 occurs twice but is never predicted
 LABELS = [0, 0, 0, 1, 1, 2, 2, 1, 0, 1]

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from conftest import _load_or_skip, make_dataset
 
-import backends
-from trainer.config import Config
-from trainer.train import train
+from trainer import backends
+from trainer.core.config import Config
+from trainer.run.results import Engine
+from trainer.run.train import train
 
 
 def small_config(dtype: str, **changes) -> Config:
@@ -85,8 +86,8 @@ def test_fast_path_matches_plain_path(kernel_backend: backends.Backend) -> None:
     data = make_dataset(n_train=400)
     for dtype, rtol in (("float64", 1e-10), ("float32", 100 * np.finfo(np.float32).eps)):
         config = small_config(dtype)
-        fast = train(config, data, kernel_backend, fast=True)
-        plain = train(config, data, kernel_backend, fast=False)
+        fast = train(config, data, kernel_backend, engine=Engine(fast=True))
+        plain = train(config, data, kernel_backend, engine=Engine(fast=False))
         for f, p in zip(fast.params, plain.params, strict=True):
             np.testing.assert_allclose(f, p, rtol=rtol, atol=rtol * np.max(np.abs(p)))
 
@@ -100,4 +101,4 @@ CUPY_KERNELS = {"matmul", "take", "sum0", "activate", "activate_grad", "softmax_
 def test_cupy_offers_every_fast_kernel() -> None:
     """A kernel the backend dropped at load time (a failed self-test) fails here, on a GPU."""
     be = _load_or_skip("cupy")
-    assert set(be.kernels) == CUPY_KERNELS
+    assert set(be.kernels.offered()) == CUPY_KERNELS and not be.kernels.dropped

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trainer.fileio import WriteError
-from trainer.plots import confusion_svg, history_svg, write_svg
+from trainer.run.plots import confusion_svg, history_svg, write_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 NAN = math.nan

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
-import backends
-from backends import prefetch
-from backends.prefetch import Prefetch
-from trainer.config import Config
-from trainer.train import train
+from trainer import backends
+from trainer.backends import prefetch
+from trainer.backends.prefetch import Prefetch
+from trainer.core.config import Config
+from trainer.run.results import Engine
+from trainer.run.train import train
 
 
 @pytest.mark.parametrize("batch_size", [7, 16, 100])
@@ -74,19 +75,20 @@ def test_training_with_prefetch_equals_training_without() -> None:
         used.append(args[3])  # the first step
         return Prefetch(*args)
 
-    with_it = dataclasses.replace(be, kernels=be.kernels | {"prefetch": spy})
-    without = dataclasses.replace(be, kernels={k: f for k, f in be.kernels.items()
-                                               if k != "prefetch"})
+    with_it = dataclasses.replace(be, kernels=dataclasses.replace(be.kernels, prefetch=spy))
+    without = dataclasses.replace(be, kernels=be.kernels.without("prefetch"))
     config = Config.from_dict({
         "layers": [{"nodes": 36, "activation": "relu", "dropout": 0.1},
                    {"nodes": 12, "activation": "softmax"}, {"nodes": 4}],
         "learning_rate": 0.01, "momentum": 0.9, "batch_size": 24, "epochs": 3,
         "augment": {"shift": 1}})
     data = make_dataset(n_train=500, n_test=50, shape=(6, 6), classes=4, seed=2)
-    a, b = train(config, data, with_it, blas_threads=1), train(config, data, without)
+    a = train(config, data, with_it, engine=Engine(blas_threads=1))
+    b = train(config, data, without)
     assert used == [0, 0, 0]  # one per epoch
-    train(config, data, with_it, blas_threads=None)  # the BLAS may take every core: no thread
-    train(config, data, with_it, blas_threads=1, prefetch=False)  # as sweep workers ask
+    # the BLAS may take every core: no thread
+    train(config, data, with_it, engine=Engine(blas_threads=None))
+    train(config, data, with_it, engine=Engine(blas_threads=1, prefetch=False))  # as sweeps ask
     assert used == [0, 0, 0]
     for p, q in zip(a.params, b.params, strict=True):
         assert np.array_equal(p, q)

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
-import backends
-from trainer.augment import Shifter, shift_table
-from trainer.config import Config
-from trainer.dropout import hash32, keep_mask, step_key
+from trainer import backends
+from trainer.core.augment import Shifter, shift_table
+from trainer.core.config import Config
+from trainer.core.dropout import hash32, keep_mask, step_key
+from trainer.core.network import forward, init_params, predict
+from trainer.core.schedule import learning_rate
+from trainer.core.step import make_step
 from trainer.errors import ConfigError
-from trainer.network import forward, init_params, predict
-from trainer.schedule import learning_rate
-from trainer.step import TrainStep
-from trainer.train import train
+from trainer.run.train import train
 
 LAYERS = [{"nodes": 6, "activation": "tanh"}, {"nodes": 5, "activation": "softmax"},
           {"nodes": 3}]
@@ -30,8 +30,8 @@ def config(**changes) -> Config:
 # --- Adam and AdamW against the textbook update, step by step ---------------------------------
 
 def adam_reference(cfg: Config, params, x, t, batches, lr):
-    from trainer.losses import loss_and_delta
-    from trainer.network import backward
+    from trainer.core.losses import loss_and_delta
+    from trainer.core.network import backward
 
     params = [p.copy() for p in params]
     m = [np.zeros_like(p) for p in params]
@@ -58,8 +58,8 @@ def test_adam_matches_hand_computation(backend: backends.Backend, optimizer: str
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     batches = [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7]), np.array([8])]
     want = adam_reference(cfg, host, x, t, batches, 0.01)
-    for kernels in ({}, backend.kernels) if backend.kernels else ({},):
-        step = TrainStep(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
+    for kernels in (None, backend.kernels) if backend.kernels.offered() else (None,):
+        step = make_step(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
                          [backend.asarray(np.zeros_like(p)) for p in host], kernels)
         for idx in batches:
             step(backend.asarray(x), backend.asarray(labels), backend.asarray(idx), 0.01)
@@ -99,7 +99,7 @@ def test_dropout_keeps_the_expected_activation(backend: backends.Backend) -> Non
     counter = xp.reshape(xp.arange(200 * 500, dtype=xp.int64), (200, 500))
     for p in (0.2, 0.5):
         mask = backend.to_numpy(keep_mask(xp, counter, step_key(0, 7, 1), p, xp.float64,
-                                          backend.kernels.get("hash32")))
+                                          backend.kernels.hash32))
         assert set(np.unique(mask)) == {0.0, 1 / (1 - p)}
         assert np.mean(mask == 0) == pytest.approx(p, abs=0.01)
         assert np.mean(mask) == pytest.approx(1.0, abs=0.02)  # E[a * mask] = a
@@ -110,7 +110,7 @@ def test_dropout_keeps_the_expected_activation(backend: backends.Backend) -> Non
 def test_fast_hash_is_the_generic_hash() -> None:
     be = backends.load("numpy")
     x = (np.arange(50_000, dtype=np.int64) * 2_654_435_761) % 2**32
-    assert np.array_equal(be.kernels["hash32"](x), hash32(be.xp, x))
+    assert np.array_equal(be.kernels.hash32(x), hash32(x))
 
 
 def test_no_dropout_at_evaluation() -> None:
@@ -186,8 +186,7 @@ def test_same_seed_gives_the_same_augmented_training() -> None:
 def test_early_stopping_restores_the_best_epoch() -> None:
     import dataclasses
 
-    from trainer.data import InputScaling
-    from trainer.train import split
+    from trainer.data.dataset import InputScaling, split
 
     data = make_dataset(n_train=300, shape=(6, 6), classes=4, seed=4)
     rng = np.random.default_rng(0)  # 45% noisy labels: validation accuracy goes up and down
@@ -218,7 +217,7 @@ def test_validation_images_are_never_trained_on() -> None:
     cfg = config(layers=[{"nodes": 20, "activation": "softmax"}, {"nodes": 4}],
                  validation_split=25.0)
     _, _, _, split_rng = np.random.default_rng(cfg.seed).spawn(4)
-    from trainer.train import split
+    from trainer.data.dataset import split
 
     train_idx, val_idx = split(cfg, 100, split_rng)
     assert len(val_idx) == 25 and len(train_idx) == 75

@@ -17,12 +17,13 @@ import pytest
 from conftest import make_dataset
 from typer.testing import CliRunner
 
-from trainer.checkpoint import LATEST, PREVIOUS, LoopState, load_checkpoint, save_checkpoint
-from trainer.cli import app
-from trainer.config import Config
+from trainer.cli.app import app
+from trainer.core.config import Config
 from trainer.errors import DataError
 from trainer.fileio import WriteError
-from trainer.train import DivergedError, Interrupted, RunHooks, train
+from trainer.run.checkpoint import LATEST, PREVIOUS, LoopState, load_checkpoint, save_checkpoint
+from trainer.run.results import Callbacks, DivergedError, Interrupted
+from trainer.run.train import train
 
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()
@@ -57,12 +58,12 @@ def test_resume_after_an_epoch_is_bitwise_equal(recipe: str, tmp_path: Path) -> 
         return signal.SIGINT if len(calls) >= 16 else None
 
     with pytest.raises(Interrupted) as caught:  # stopped in epoch 2, after the step in progress
-        train(cfg, d, "numpy", hooks=RunHooks(
+        train(cfg, d, "numpy", callbacks=Callbacks(
             checkpoint=lambda st: save_checkpoint(tmp_path, st), stop_requested=stop_requested))
     state = load_checkpoint(tmp_path)
     assert state.epoch == 2 and state.step > 0  # mid-epoch
     assert (caught.value.epoch, caught.value.step, caught.value.exit_code) == (2, state.step, 130)
-    resumed = train(cfg, d, "numpy", hooks=RunHooks(resume=state))
+    resumed = train(cfg, d, "numpy", resume=state)
     for a, b in zip(straight.params, resumed.params, strict=True):
         assert np.array_equal(a, b)
     assert [h.loss for h in straight.history] == [h.loss for h in resumed.history]
@@ -72,9 +73,9 @@ def test_resume_after_an_epoch_is_bitwise_equal(recipe: str, tmp_path: Path) -> 
 def test_resume_at_an_epoch_boundary_is_bitwise_equal(tmp_path: Path) -> None:
     cfg, d = config("sgd-dropout-shift-val"), data()
     states: list[LoopState] = []
-    straight = train(cfg, d, "numpy", hooks=RunHooks(checkpoint=states.append))
+    straight = train(cfg, d, "numpy", callbacks=Callbacks(checkpoint=states.append))
     save_checkpoint(tmp_path, states[1])  # after epoch 2, through a file and back
-    resumed = train(cfg, d, "numpy", hooks=RunHooks(resume=load_checkpoint(tmp_path)))
+    resumed = train(cfg, d, "numpy", resume=load_checkpoint(tmp_path))
     for a, b in zip(straight.params, resumed.params, strict=True):
         assert np.array_equal(a, b)
 
@@ -82,7 +83,7 @@ def test_resume_at_an_epoch_boundary_is_bitwise_equal(tmp_path: Path) -> None:
 def test_checkpoint_every_n_steps(tmp_path: Path) -> None:
     states: list[LoopState] = []
     train(config("adam", epochs=1), data(), "numpy",
-          hooks=RunHooks(checkpoint=states.append, checkpoint_every=5))
+          callbacks=Callbacks(checkpoint=states.append, checkpoint_every=5))
     assert [(s.epoch, s.step) for s in states] == [(1, 5), (1, 10), (2, 0)]
 
 
@@ -164,7 +165,7 @@ def test_a_poisoned_value_leaves_nothing_behind(tmp_path: Path) -> None:
 
 WRITER = """
 import sys, numpy as np
-from trainer.checkpoint import LoopState, save_checkpoint
+from trainer.run.checkpoint import LoopState, save_checkpoint
 i = 0
 while True:
     i += 1
@@ -197,8 +198,8 @@ def test_huge_learning_rate_stops_at_the_first_broken_loss(loss: str, output: st
         "loss": loss})
     sums: list[float] = []
     with pytest.raises(DivergedError) as caught:
-        train(cfg, make_dataset(n_train=200), "numpy",
-              on_step=lambda info: sums.append(info.running()[0] * info.seen))
+        train(cfg, make_dataset(n_train=200), "numpy", callbacks=Callbacks(
+            on_step=lambda info: sums.append(info.running()[0] * info.seen)))
     steps = np.diff([0.0, *sums])  # each reported step's own loss (10 images a step)
     assert np.all(np.isfinite(steps))  # every reported step was still finite
     if loss == "cross_entropy":  # and no cross-entropy had exploded past 1000 nats an image
@@ -223,11 +224,11 @@ def test_cli_divergence_exits_1_and_marks_metrics(idx_dir: Path, tmp_path: Path)
 
 def test_out_of_memory_is_one_clear_message(idx_dir: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer.cli_train
+    import trainer.cli.train
 
     def no_memory(*_a, **_k):
         raise MemoryError("Unable to allocate 1.2 TiB")
-    monkeypatch.setattr(trainer.cli_train, "train", no_memory)
+    monkeypatch.setattr(trainer.cli.train, "train", no_memory)
     result = runner.invoke(app, ["train", "--data-dir", str(idx_dir), "--run-dir",
                                  str(tmp_path / "r"), "--batch-size", "99999"])
     assert result.exit_code == 1
@@ -293,15 +294,15 @@ def test_on_a_device_a_diverged_run_is_reported_not_checkpointed(tmp_path: Path)
     """Where the loss is read only now and then (a GPU), a checkpoint first checks the sums."""
     import dataclasses
 
-    import backends
+    from trainer import backends
 
-    device_like = dataclasses.replace(backends.load("numpy"), device_name="not a cpu")
+    device_like = dataclasses.replace(backends.load("numpy"), on_host=False)
     cfg = Config.from_dict({
         "layers": [{"nodes": 20, "activation": "relu"}, {"nodes": 8, "activation": "identity"},
                    {"nodes": 4}], "learning_rate": 1e6, "batch_size": 10, "epochs": 3,
         "loss": "mse"})
     with pytest.raises(DivergedError):
-        train(cfg, make_dataset(n_train=200), device_like, hooks=RunHooks(
+        train(cfg, make_dataset(n_train=200), device_like, callbacks=Callbacks(
             checkpoint=lambda st: save_checkpoint(tmp_path, st), checkpoint_every=1))
     state = load_checkpoint(tmp_path)  # whatever was saved is whole and finite
     assert all(np.isfinite(p).all() for p in state.params) and np.isfinite(state.loss_sum)

@@ -5,19 +5,19 @@ GEMMs) and every CPU backend must match it."""
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 
 import numpy as np
 import pytest
 
-import backends
-from backends import numpy_blas
-from trainer import step as step_module
-from trainer.config import Config
-from trainer.losses import loss_and_delta
-from trainer.network import backward, forward, init_params
-from trainer.step import TrainStep
+from trainer import backends
+from trainer.backends import numpy_blas
+from trainer.core import step as step_module
+from trainer.core.config import Config
+from trainer.core.dropout import keep_mask, step_key
+from trainer.core.losses import loss_and_delta
+from trainer.core.network import backward, forward, init_params
+from trainer.core.step import FlatStep, PlainStep, VelocityStep, make_step
 
 VARIANTS = {
     "sgd": {},
@@ -31,6 +31,9 @@ VARIANTS = {
     "leaky-identity": {"layers": [{"nodes": 6, "activation": "leaky_relu"},
                                   {"nodes": 5, "activation": "identity"},
                                   {"nodes": 3, "activation": "softmax"}, {"nodes": 4}]},
+    "dropout": {"layers": [{"nodes": 6, "activation": "sigmoid", "dropout": 0.2},
+                           {"nodes": 5, "activation": "relu", "dropout": 0.5},
+                           {"nodes": 3, "activation": "softmax", "dropout": 0.3}, {"nodes": 4}]},
 }
 
 
@@ -55,12 +58,16 @@ def reference_steps(cfg: Config, params, x, t, batches, lr):
     params = [p.copy() for p in params]
     velocities = [np.zeros_like(p) for p in params]
     losses = []
-    for idx in batches:
-        outs, logits = forward(params, cfg.activations, x[idx])
+    for step, idx in enumerate(batches):
+        # dropout: the masks of (seed, step, layer), from the generic hash
+        masks = [keep_mask(np, np.arange(len(idx) * n).reshape(len(idx), n),
+                           step_key(cfg.seed, step, i), p, np.float64) if p else None
+                 for i, (n, p) in enumerate(zip(cfg.sizes[:-1], cfg.dropouts, strict=False))]
+        outs, logits = forward(params, cfg.activations, x[idx], masks)
         loss, delta = loss_and_delta(cfg.loss, cfg.activations[-1], logits, outs[-1], t[idx])
         if cfg.loss_reduction == "mean":
             delta = delta / len(idx)
-        grads = backward(params, cfg.activations, outs, delta)
+        grads = backward(params, cfg.activations, outs, delta, masks)
         for i, (w, v, g) in enumerate(zip(params, velocities, grads, strict=True)):
             if i % 2 == 0:
                 g = g + penalty_gradient(w, cfg.regularization_type, cfg.regularization_rate)
@@ -70,14 +77,14 @@ def reference_steps(cfg: Config, params, x, t, batches, lr):
     return params, losses
 
 
-def kernel_sets(be: backends.Backend) -> dict[str, dict]:
-    """The kernel combinations that select each of the step's modes on this backend."""
-    k = be.kernels
-    sets = {"plain": {}}
-    if {"matmul", "sum0"} <= k.keys():
-        sets["flat"] = {n: f for n, f in k.items() if n != "gemm_acc"}
-    if "gemm_acc" in k:
-        sets["velocity"] = dict(k)
+def kernel_sets(backend: backends.Backend) -> dict[type, backends.Kernels | None]:
+    """The kernel combinations that select each kind of step on this backend."""
+    k = backend.kernels
+    sets: dict[type, backends.Kernels | None] = {PlainStep: None}
+    if k.matmul and k.sum0:
+        sets[FlatStep] = k.without("gemm_acc")
+    if k.gemm_acc:
+        sets[VelocityStep] = k
     return sets
 
 
@@ -96,12 +103,14 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
     batches = [np.array([0, 3, 5, 7]), np.array([1, 2, 9, 4]), np.array([8, 6])]  # last partial
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     want_params, want_losses = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
-    for mode, kernels in kernel_sets(backend).items():
+    for kind, kernels in kernel_sets(backend).items():
         params = [backend.asarray(p.copy()) for p in host]  # numpy's asarray does not copy
         velocities = [backend.asarray(np.zeros_like(p)) for p in host]
-        step = TrainStep(cfg, backend.xp, params, velocities, kernels)
+        step = make_step(cfg, backend.xp, params, velocities, kernels)
         # Nesterov needs the step itself, so the velocity GEMM gives way to the flat buffers
-        assert step.mode == ("flat" if variant == "nesterov" and mode == "velocity" else mode)
+        assert type(step) is (FlatStep if variant == "nesterov" and kind is VelocityStep
+                              else kind)
+        mode = kind.__name__
         xd, yd = backend.asarray(x), backend.asarray(labels)
         losses = [float(backend.to_numpy(step(xd, yd, backend.asarray(i), cfg.learning_rate)[0]))
                   for i in batches]
@@ -119,7 +128,7 @@ def test_correct_count_is_the_argmax_hits(backend: backends.Backend) -> None:
     outs, _ = forward(host, cfg.activations, x)
     want = int(np.sum(np.argmax(outs[-1], axis=1) == labels))
     for kernels in kernel_sets(backend).values():
-        step = TrainStep(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
+        step = make_step(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
                          [backend.asarray(np.zeros_like(p)) for p in host], kernels)
         _, correct = step(backend.asarray(x), backend.asarray(labels),
                           backend.asarray(np.arange(8)), 0.0)
@@ -127,18 +136,14 @@ def test_correct_count_is_the_argmax_hits(backend: backends.Backend) -> None:
 
 
 def test_numpy_offers_the_velocity_gemm() -> None:
-    """On numpy's own OpenBLAS the fastest mode must be in use (or the benchmark is off)."""
-    be = backends.load("numpy")
-    assert "gemm_acc" in be.kernels
-    step = TrainStep(config(), be.xp, [np.zeros((6, 5)), np.zeros(5), np.zeros((5, 3)),
-                                       np.zeros(3), np.zeros((3, 4)), np.zeros(4)],
-                     [np.zeros((6, 5)), np.zeros(5), np.zeros((5, 3)), np.zeros(3),
-                      np.zeros((3, 4)), np.zeros(4)], be.kernels)
-    assert step.mode == "velocity"
-    plain = dataclasses.replace(be, kernels={})
-    plain_step = TrainStep(config(), plain.xp, step.params, step.velocities, plain.kernels)
-    assert plain_step.mode == "plain"
-    assert "axpy" in be.kernels and step._add_velocity is not None
+    """On numpy's own OpenBLAS the fastest step must be in use (or the benchmark is off)."""
+    numpy = backends.load("numpy")
+    assert numpy.kernels.gemm_acc is not None and numpy.kernels.axpy is not None
+    shapes = [(6, 5), (5,), (5, 3), (3,), (3, 4), (4,)]
+    step = make_step(config(), numpy.xp, [np.zeros(s) for s in shapes],
+                     [np.zeros(s) for s in shapes], numpy.kernels)
+    assert type(step) is VelocityStep and step._add_velocity is not None
+    assert type(make_step(config(), numpy.xp, step.params, step.velocities)) is PlainStep
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -192,14 +197,14 @@ class OnDevice(np.ndarray):
 
 def test_softmax_xent_kernel_takes_an_unhashable_device() -> None:
     """The crash on CuPy's first step: the kernel keyed a cache by the device object."""
-    from backends import ndkernels
-    from trainer.losses import log_softmax
+    from trainer.backends import ndkernels
+    from trainer.core.losses import log_softmax
 
     with pytest.raises(TypeError):
         hash(OnDevice((1,)).device)
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(0, 2, (5, 4)), rng.integers(0, 4, 5)
-    kernel = ndkernels.make(np)["softmax_xent_t"]
+    kernel = ndkernels.make(np).softmax_xent_t
     for _ in range(2):  # the second call finds the cached column indices
         loss, correct, delta_t = kernel(np.ascontiguousarray(logits.T).view(OnDevice),
                                         labels.view(OnDevice), -0.5)

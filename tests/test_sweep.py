@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from trainer.cli import app
-from trainer.config import default_config
-from trainer.data import load_dataset
+from trainer.cli.app import app
+from trainer.core.config import default_config
+from trainer.data.dataset import load_dataset
 
 optuna = pytest.importorskip("optuna")
 
-from trainer.sweep import SweepSettings, run_sweep  # noqa: E402
-from trainer.sweep_space import PERTURB_FACTOR, PERTURB_SHARE, parse_space  # noqa: E402
-from trainer.sweep_study import perturb_sampler  # noqa: E402
+from trainer.sweep.run import SweepSettings, run_sweep  # noqa: E402
+from trainer.sweep.space import PERTURB_FACTOR, PERTURB_SHARE, parse_space  # noqa: E402
+from trainer.sweep.study import perturb_sampler  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 SPACE = {"learning_rate": {"log_uniform": [0.003, 0.1]}, "momentum": {"uniform": [0.3, 0.95]},
@@ -98,7 +98,7 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     evaluated = run("evaluate", out / "trials" / str(best.number), "--data-dir", noisy_dir,
                     "--json")
     assert evaluated.exit_code == 0, evaluated.output
-    test_images = len(load_dataset(noisy_dir, quiet=True).test_labels)
+    test_images = len(load_dataset(noisy_dir).test_labels)
     assert np.sum(json.loads(evaluated.output)["confusion_matrix"]) == test_images
     assert 'id="best"' in (out / "history.svg").read_text()
     # 4 completed trials, every parameter varied, different scores: one bar per parameter
@@ -121,7 +121,7 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
 
 def test_a_report_part_that_fails_is_a_note_not_a_failed_sweep(
         tmp_path: Path, noisy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer.sweep_report as report
+    import trainer.sweep.report as report
 
     def broken(*args: object) -> None:
         raise ImportError("no module named 'plotting_lib'")
@@ -144,7 +144,7 @@ def test_a_report_part_that_fails_is_a_note_not_a_failed_sweep(
 
 def test_ctrl_c_exits_130_even_when_the_report_fails(
         tmp_path: Path, noisy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer.sweep as sweep
+    import trainer.sweep.run as sweep
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -164,13 +164,13 @@ def test_ctrl_c_exits_130_even_when_the_report_fails(
 def test_objective_never_touches_the_test_set(tmp_path: Path, monkeypatch) -> None:
     from conftest import make_dataset
 
-    import trainer.sweep as sweep
+    import trainer.sweep.run as sweep
 
     touched: list[object] = []
 
     class Poison:
         """A test array that records every use but the empty slice `[:0]`, which reads no
-        pixels (how train(test=False) drops the test set)."""
+        pixels (how train(limit_test=0) drops the test set)."""
 
         def __init__(self, empty: np.ndarray) -> None:
             self.empty = empty
@@ -195,7 +195,7 @@ def test_objective_never_touches_the_test_set(tmp_path: Path, monkeypatch) -> No
     seen = []
 
     def spy(config, data, *args, **kwargs):
-        seen.append(kwargs.get("test", True))
+        seen.append(kwargs.get("limit_test"))
         return real(config, data, *args, **kwargs)
 
     real = sweep.train
@@ -203,7 +203,7 @@ def test_objective_never_touches_the_test_set(tmp_path: Path, monkeypatch) -> No
     cfg = default_config().replace(epochs=1, validation_split=0.2)
     settings = SweepSettings(cfg, parse_space(SPACE, cfg), 2, tmp_path / "sw", "t")
     summary = run_sweep(settings, data)
-    assert seen == [False, False] and touched == []
+    assert seen == [0, 0] and touched == []
     assert summary["trials"]["COMPLETE"] + summary["trials"]["PRUNED"] == 2
     metrics = json.loads((tmp_path / "sw" / "trials" / "0" / "metrics.json").read_text())
     assert metrics["test_accuracy"] is None and metrics["test_samples"] == 0

@@ -1,9 +1,11 @@
 """trainer: a fast, array-backend-agnostic trainer for MLPs on MNIST-like data."""
 
-from trainer.config import Config, default_config
-from trainer.data import Dataset, InputScaling, load_dataset
+from trainer.core.config import Config, default_config
+from trainer.data.dataset import Dataset, InputScaling, load_dataset
 from trainer.errors import ConfigError, DataError, TrainerError
-from trainer.train import EpochStats, TrainResult, train
+from trainer.run.results import Callbacks, Engine, EpochStats, TrainResult
+from trainer.run.train import train
 
-__all__ = ["Config", "ConfigError", "DataError", "Dataset", "EpochStats", "InputScaling",
-           "TrainResult", "TrainerError", "default_config", "load_dataset", "train"]
+__all__ = ["Callbacks", "Config", "ConfigError", "DataError", "Dataset", "Engine", "EpochStats",
+           "InputScaling", "TrainResult", "TrainerError", "default_config", "load_dataset",
+           "train"]

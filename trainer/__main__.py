@@ -1,5 +1,5 @@
 """`python -m trainer`: the same as the `trainer` command."""
 
-from trainer.cli import main
+from trainer.cli.app import main
 
 main()

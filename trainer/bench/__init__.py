@@ -1,0 +1,1 @@
+"""Benchmarks: our epoch times against peers'."""

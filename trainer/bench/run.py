@@ -1,0 +1,166 @@
+"""`trainer bench`: epoch times per backend and batch size, and against peer libraries.
+
+Every measurement runs in its own subprocess (so NumPy's and SciPy's BLAS never meet, and one
+library's threads never linger into another's timing), one warm-up epoch then `epochs` timed
+ones, the targets interleaved round by round; the table reports medians.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from trainer import backends
+from trainer.core.config import Config, default_config
+from trainer.core.losses import diverged, untrained_loss
+from trainer.data.dataset import InputScaling, load_dataset
+from trainer.errors import UsageError
+
+BLAS_TRAPS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # force an old, slow kernel when set
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one target for warm-up + timed epochs, in this process; return its figures:
+    `times` per timed epoch and `train_samples`, the samples each epoch trained on."""
+    config = Config.from_dict(spec["config"]).replace(
+        batch_size=spec["batch_size"], epochs=spec["warmup"] + spec["epochs"])
+    data = load_dataset().limit(spec.get("limit_train"), 0)  # no test: not timed
+    target = spec["target"]
+    info: dict[str, Any] = {}
+    if target.startswith("peer:"):
+        from trainer.bench.peers import PEERS
+
+        x = InputScaling.fit(data.train_images).apply(data.train_images)
+        times = PEERS[target[5:]][1](config, x, data.train_labels, config.epochs)
+        info["train_samples"] = len(x)
+    else:
+        from trainer.run.results import Engine
+        from trainer.run.train import train
+
+        backend = backends.load(target, spec.get("device"))
+        result = train(config, data, backend,
+                       engine=Engine(blas_threads=spec.get("blas_threads", "auto")))
+        times = [h.seconds for h in result.history]
+        info["threads"] = result.blas_threads
+        info["train_samples"] = result.train_samples
+        info["loss"] = result.history[-1].loss  # the last epoch's mean training loss
+    try:
+        import threadpoolctl
+
+        info["blas"] = [{k: lib.get(k) for k in ("internal_api", "version", "architecture",
+                                                  "num_threads", "filepath")}
+                        for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    except ImportError:
+        pass
+    return {"times": times[spec["warmup"]:], "peak_rss_mb": _peak_rss_mb(), **info}
+
+
+def _peak_rss_mb() -> float:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _run_worker(spec: dict[str, Any], keep_blas_env: bool) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if keep_blas_env or k not in BLAS_TRAPS}
+    proc = subprocess.run([sys.executable, "-m", "trainer.bench.run", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def available_targets(names: list[str] | None, peers: bool) -> list[str]:
+    import importlib.util
+
+    chosen = names or [n for n in backends.NAMES if backends.status(n).available]
+    for name in chosen:
+        if name not in backends.NAMES:
+            raise UsageError(f"unknown backend {name!r}; choose from {', '.join(backends.NAMES)}")
+    if peers:
+        from trainer.bench.peers import PEERS
+
+        chosen += [f"peer:{p}" for p, (module, _) in PEERS.items()
+                   if importlib.util.find_spec(module) is not None]
+    return chosen
+
+
+def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: list[str],
+              epochs: int = 3, warmup: int = 1, rounds: int = 1, limit_train: int | None = None,
+              keep_blas_env: bool = False, on_result: Any = None) -> dict[str, Any]:
+    config = config or default_config()
+    rows = []
+    for bs in batch_sizes:
+        samples: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+        for _ in range(rounds):
+            for target in targets:  # interleaved: a slow spell of the machine hits every target
+                spec = {"config": config.to_dict(), "batch_size": bs, "target": target,
+                        "epochs": epochs, "warmup": warmup, "limit_train": limit_train}
+                samples[target].append(_run_worker(spec, keep_blas_env))
+        base = None
+        for target in targets:
+            row = _summarise(target, bs, samples[target])
+            if target == targets[0]:
+                base = row.get("seconds")
+            # each target's time divided by ours (the first target, numpy by default)
+            row["vs_ours"] = row["seconds"] / base if base and row.get("seconds") else None
+            row |= judge(config, row.get("loss"))
+            if row.get("loss") is not None and not math.isfinite(row["loss"]):
+                row["loss"] = None  # the report is strict JSON: "diverged" says what it was
+            rows.append(row)
+            if on_result:
+                on_result(row)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(),
+            "config": config.to_dict(), "epochs": epochs, "warmup": warmup, "rounds": rounds,
+            "blas_env_unset": not keep_blas_env, "results": rows}
+
+
+def _summarise(target: str, bs: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = [r["error"] for r in runs if "error" in r]
+    times = [t for r in runs for t in r.get("times", [])]
+    row: dict[str, Any] = {"target": target, "batch_size": bs}
+    if not times:
+        return row | {"error": errors[0] if errors else "no timing"}
+    seconds = statistics.median(times)
+    timed = [r for r in runs if "times" in r]
+    n = timed[0]["train_samples"]  # the same data in every round
+    return row | {"seconds": seconds, "train_samples": n, "samples_per_s": n / seconds,
+                  "all_seconds": times,
+                  "peak_rss_mb": max(r["peak_rss_mb"] for r in timed),
+                  "threads": timed[0].get("threads"), "blas": timed[0].get("blas"),
+                  "loss": timed[-1].get("loss")}  # every round trains the same (seeded) run
+
+
+NOT_LEARNING = 2.0  # times an untrained network's loss
+
+
+def judge(config: Config, loss: float | None) -> dict[str, bool]:
+    """What a run's last-epoch mean training loss says of the row's timing: `diverged` (the
+    training loop's own definition) or `not_learning` (a cross-entropy over twice an untrained
+    network's: far worse than guessing, where a network early in training sits near it, just
+    above or below). Either way the row times saturated, often denormal, arithmetic rather than
+    training. A peer reports no loss: nothing is said."""
+    if loss is None:
+        return {"diverged": False, "not_learning": False}
+    untrained = untrained_loss(config.loss, config.sizes[-1])
+    return {"diverged": diverged(loss, config.loss),
+            "not_learning": untrained is not None and not loss <= NOT_LEARNING * untrained}
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+if __name__ == "__main__":  # a worker: python -m trainer.bench.run SPEC_JSON
+    print(json.dumps(worker(json.loads(sys.argv[1]))))

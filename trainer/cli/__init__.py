@@ -1,0 +1,1 @@
+"""The `trainer` command: thin Typer wrappers over the layers below."""

@@ -1,0 +1,137 @@
+"""The `trainer` command: thin wrappers over the Python API."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from trainer import backends
+from trainer.cli.bench import bench_cmd
+from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.data import data_app
+from trainer.cli.display import load_data, print_report
+from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt
+from trainer.cli.sweep import sweep_cmd
+from trainer.cli.train import train_cmd
+from trainer.data.images import load_digits
+from trainer.run.inference import evaluate_model, load_run, predict_proba
+from trainer.run.train import load_backend
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Train fully connected networks on MNIST-like data, on any array backend.")
+
+JsonOpt = Annotated[bool, Opt("--json", help="print a JSON summary instead of the report")]
+
+
+@contextlib.contextmanager
+def eval_bar(live: bool, label: str):
+    """A progress bar over the evaluated samples; yields the `on_chunk(done, total)` callback."""
+    with Progress(console=console, disable=not live, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+app.command("train")(train_cmd)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")],
+    backend: BackendOpt = "numpy",
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only "
+                                          "(default: as many as the run was tested on)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load a run's model and print its test report."""
+    with cli_errors():
+        model, metrics = load_run(run_dir)
+        data = load_data(data_dir, show=not as_json)
+        # a sweep's trial was tested on no images (0): then the whole test set
+        limit = limit_test or metrics.get("test_samples") or None
+        with eval_bar(not as_json and console.is_terminal, "evaluating") as on_chunk:
+            rep, _ = evaluate_model(model, data, load_backend(backend, device),
+                                    limit_test=limit if isinstance(limit, int) else None,
+                                    on_chunk=on_chunk)
+        recorded = metrics.get("test_accuracy")
+        if as_json:
+            print_json({"run_dir": str(run_dir), "backend": backend, "recorded_test_accuracy":
+                        recorded} | rep.to_dict(model.class_names))
+            return
+        console.print(f"Model: {model.config.describe()}  (run {escape(str(run_dir))})",
+                      soft_wrap=True)
+        print_report(console, rep, model.class_names)
+        if isinstance(recorded, float):
+            console.print(f"Recorded at training: {recorded:.2%}")
+
+
+@app.command("predict")
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")],
+    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or PGM images of digits")],
+    backend: BackendOpt = "numpy",
+    device: DeviceOpt = None,
+    top: Annotated[int, Opt(min=1, help="how many classes to show per image")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Classify image files: the predicted class and the top probabilities of each."""
+    with cli_errors():
+        model, _ = load_run(run_dir)
+        proba = predict_proba(model, load_digits(images), load_backend(backend, device))
+        names = model.class_names
+        rows = []
+        for path, p in zip(images, proba, strict=True):
+            order = [int(i) for i in reversed(p.argsort())][:top]
+            rows.append({"file": str(path), "prediction": names[order[0]],
+                         "top": [{"class": names[i], "probability": float(p[i])} for i in order]})
+        if as_json:
+            print_json(rows)
+            return
+        table = Table(title="Predictions")
+        for col in ("file", "prediction", f"top {top}"):
+            table.add_column(col)
+        for row in rows:
+            shares = "  ".join(f"{t['class']} ({t['probability']:.1%})" for t in row["top"])
+            table.add_row(escape(row["file"]), f"[bold]{row['prediction']}[/]", shares)
+        console.print(table)
+
+
+@app.command("backends")
+def backends_cmd() -> None:
+    """List the array backends: whether they load here, their versions, devices and kernels."""
+    table = Table(title="Backends")
+    for col in ("backend", "available", "version", "devices / reason"):
+        table.add_column(col)
+    statuses = [backends.status(name) for name in backends.NAMES]
+    for status in statuses:
+        table.add_row(status.name, "yes" if status.available else "[red]no[/]", status.version,
+                      escape(", ".join(status.devices) if status.available else status.reason))
+    console.print(table)
+    for status in statuses:
+        if status.available:
+            console.print(f"{status.name} kernels: {', '.join(status.kernels) or 'none'}"
+                          + (" (the plain array-API step)" if not status.kernels else ""),
+                          soft_wrap=True)
+        for name, why in status.dropped:
+            console.print(f"[yellow]{status.name}: kernel {name} left out: {escape(why)}[/]",
+                          soft_wrap=True)
+
+
+# after evaluate, predict and backends above: `trainer --help` lists them in this order
+app.command("bench")(bench_cmd)
+app.command("sweep")(sweep_cmd)
+app.add_typer(data_app, name="data")
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "err_console", "main"]

@@ -1,0 +1,102 @@
+"""`trainer bench`: time epochs per backend and batch size, optionally against peer libraries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from trainer.bench.run import NOT_LEARNING, available_targets, run_bench
+from trainer.cli.console import cli_errors, console
+from trainer.core.config import Config, default_config
+from trainer.core.losses import DIVERGED_NATS, untrained_loss
+from trainer.errors import UsageError
+from trainer.fileio import atomic_write_json
+
+Opt = typer.Option
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UsageError(f"{option} must be a comma-separated list of positive integers, "
+                         f"got {text!r}")
+    return values
+
+
+def bench_cmd(
+    config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
+    batch_sizes: Annotated[str, Opt(help="comma-separated batch sizes")] = "32,128,512,4096",
+    backends: Annotated[str | None, Opt(help="comma-separated (default: all that load)")] = None,
+    peers: Annotated[bool, Opt("--peers", help="also time scikit-learn, PyTorch, JAX "
+                                               "and the GEMM floor, interleaved")] = False,
+    epochs: Annotated[int, Opt(min=1, help="timed epochs per run (median reported)")] = 3,
+    warmup: Annotated[int, Opt(min=0, help="untimed epochs first")] = 1,
+    rounds: Annotated[int, Opt(min=1, help="interleaved rounds of every target")] = 1,
+    limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images")] = None,
+    keep_blas_env: Annotated[bool, Opt("--keep-blas-env", help="keep OPENBLAS_CORETYPE and "
+                                       "OPENBLAS_L2_SIZE (unset by default)")] = False,
+    out: Annotated[Path, Opt(help="JSON report")] = Path("bench.json"),
+) -> None:
+    """Time training epochs on real MNIST; print a table and write a JSON report."""
+    with cli_errors():
+        cfg = Config.from_file(config) if config else default_config()
+        sizes = _ints(batch_sizes, "--batch-sizes")
+        names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None
+        targets = available_targets(names, peers)  # none named: every one that loads
+        table = Table(title=f"s/epoch, median of {epochs} x {rounds} after {warmup} warm-up")
+        for col in ("batch", "target", "s/epoch", "samples/s", "RSS MB", "threads", "÷ ours",
+                    "loss"):
+            table.add_column(col, justify="right", no_wrap=True)
+        flagged: dict[str, list[int]] = {"diverged": [], "not_learning": []}
+
+        def show(row: dict[str, Any]) -> None:
+            if "error" in row:
+                console.print(f"[red]{row['target']} at batch {row['batch_size']}: "
+                              f"{row['error']}[/]", soft_wrap=True)
+                return
+            threads, loss = row.get("threads"), row.get("loss")
+            bad = False
+            for flag, sizes_flagged in flagged.items():
+                if row.get(flag):
+                    bad = True
+                    if row["batch_size"] not in sizes_flagged:
+                        sizes_flagged.append(row["batch_size"])
+            table.add_row(str(row["batch_size"]), row["target"], f"{row['seconds']:.3f}",
+                          f"{row['samples_per_s']:,.0f}", f"{row['peak_rss_mb']:.0f}",
+                          "default" if threads is None else str(threads),
+                          f"{row['vs_ours']:.2f}" if row.get("vs_ours") else "",
+                          _loss_text(loss, row.get("diverged", False), bad))
+
+        with console.status("benchmarking (each run in its own process)..."):
+            report = run_bench(cfg, batch_sizes=sizes, targets=targets, epochs=epochs,
+                               warmup=warmup, rounds=rounds, limit_train=limit_train,
+                               keep_blas_env=keep_blas_env, on_result=show)
+        console.print(table)
+        rate = f"learning rate ({cfg.learning_rate}, {cfg.loss_reduction} loss)"
+        if flagged["diverged"]:
+            console.print(f"[yellow]At batch {', '.join(map(str, flagged['diverged']))} "
+                          f"training diverged with this config's {rate}: the last epoch's mean "
+                          f"training loss (\"loss\") is not finite or a cross-entropy over "
+                          f"{DIVERGED_NATS:g} nats, so those rows time a diverged run.[/]",
+                          soft_wrap=True)
+        if flagged["not_learning"]:
+            bound = NOT_LEARNING * (untrained_loss(cfg.loss, cfg.sizes[-1]) or 0.0)
+            console.print(f"[yellow]At batch {', '.join(map(str, flagged['not_learning']))} "
+                          f"the network does not learn with this config's {rate}: the last "
+                          f"epoch's mean training loss (\"loss\") is over twice an untrained "
+                          f"network's ({bound:.2f}), so those rows time a run that is not "
+                          f"training.[/]", soft_wrap=True)
+        atomic_write_json(out, report)
+        console.print(f"JSON report: {out}", soft_wrap=True)
+
+
+def _loss_text(loss: float | None, diverged: bool, flagged: bool) -> str:
+    if loss is None:  # a peer reports none; a diverged run's was not finite
+        return "[red]not finite[/]" if diverged else ""
+    return f"[red]{loss:.3g}[/]" if flagged else f"{loss:.3g}"

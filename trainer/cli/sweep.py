@@ -1,0 +1,209 @@
+"""`trainer sweep`: a hyper-parameter search over a space file, with a live table of trials."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.options import (
+    BackendOpt,
+    BatchSizeOpt,
+    DataDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EpochsOpt,
+    LearningRateOpt,
+    MomentumOpt,
+    Opt,
+)
+from trainer.core.config import Config
+from trainer.run.rundir import check_run_name
+from trainer.sweep.report import note, reruns, seconds
+from trainer.sweep.run import SAMPLERS, SweepSettings, load_space, run_sweep
+from trainer.sweep.settings import HEARTBEAT_SECONDS
+
+ROWS = 30  # the live table shows the last this many trials
+
+
+class TrialTable:
+    """The trials as a rich table redrawn live, or one plain line per finished trial."""
+
+    def __init__(self, names: list[str], epochs: int, live: bool, silent: bool) -> None:
+        self.names, self.epochs, self.silent = names, epochs, silent
+        self.trials: list[Any] = []
+        self.printed: set[int] = set()
+        self.next = 0.0
+        self.live = Live(self, console=console, refresh_per_second=2, transient=False) \
+            if live and not silent else None
+
+    def __enter__(self) -> TrialTable:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, study: Any, force: bool = False) -> None:
+        """Re-read the study (at most twice a second, unless forced) and show it."""
+        now = time.monotonic()
+        if self.silent or (now < self.next and not force):
+            return
+        self.next = now + 0.5  # each refresh reads the study from its database
+        self.trials = study.get_trials(deepcopy=False)
+        if self.live is None:
+            self._print_finished()
+
+    def _print_finished(self) -> None:
+        best, retried = None, reruns(self.trials)
+        for t in sorted(self.trials, key=lambda t: t.number):
+            if t.state.name == "COMPLETE" and (best is None or t.value > best.value):
+                best = t
+            if t.number in self.printed or t.state.name in ("RUNNING", "WAITING"):
+                continue
+            self.printed.add(t.number)
+            value = f"{t.value:.2%}" if t.value is not None else "-"
+            params = "  ".join(f"{n}={_fmt(t.params.get(n))}" for n in self.names)
+            line = f"trial {t.number:>3} {t.state.name:<8} val acc {value:>7}  {params}"
+            if best is not None:
+                line += f"  (best {best.value:.2%}, trial {best.number})"
+            why = note(t, retried)
+            console.print(escape(line + (f"  {why}" if why else "")), soft_wrap=True)
+
+    def __rich__(self) -> Table:
+        table = Table(title="Trials", title_justify="left")
+        for col in ("#", "state", "val acc", "epoch", "seconds", *self.names, "note"):
+            table.add_column(col, justify="right" if col not in ("state", "note") else "left")
+        done = [t for t in self.trials if t.state.name == "COMPLETE"]
+        best = max(done, key=lambda t: t.value).number if done else None
+        retried = reruns(self.trials)
+        for t in sorted(self.trials, key=lambda t: t.number)[-ROWS:]:
+            value = t.value if t.value is not None else (
+                max(t.intermediate_values.values()) if t.intermediate_values else None)
+            secs = seconds(t)
+            if secs is None and t.datetime_start is not None:  # running: so far
+                secs = (datetime.now() - t.datetime_start).total_seconds()
+            style = {"FAIL": "red", "PRUNED": "dim", "RUNNING": "cyan"}.get(t.state.name, "")
+            table.add_row(
+                f"{t.number}{' *' if t.number == best else ''}", t.state.name,
+                f"{value:.2%}" if value is not None else "",
+                f"{len(t.intermediate_values)}/{self.epochs}",
+                f"{secs:.1f}" if secs is not None else "",
+                *[escape(_fmt(t.params.get(n))) for n in self.names], escape(note(t, retried)),
+                style="bold green" if t.number == best else style)
+        return table
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in summary["trials"].items() if n)
+    console.print(f"Study {escape(summary['study'])}: {counts} "
+                  f"({summary['seconds']:.0f} s this run)")
+    base = summary.get("baseline")
+    if base is not None:
+        console.print(f"The config as given (trial {base['trial']}): validation accuracy "
+                      f"{base['value']:.2%}")
+    best = summary.get("best")
+    if best is not None:
+        gain = f" ({100 * (best['value'] - base['value']):+.2f} points)" if base else ""
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        console.print(f"Best: trial {best['trial']}, validation accuracy "
+                      f"{best['value']:.2%}{gain}: {escape(params)}", soft_wrap=True)
+        if "importances" in summary:
+            imp = ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items())
+            console.print(f"Importances: {escape(imp)}", soft_wrap=True)
+        console.print(f"Best config: {escape(summary['sweep_dir'])}/best.json (train it with "
+                      f"`trainer train {escape(summary['sweep_dir'])}/best.json`)", soft_wrap=True)
+    for n in summary["notes"]:
+        console.print(f"[yellow]note:[/] {escape(n)}", soft_wrap=True)
+    console.print(f"Sweep directory: {escape(summary['sweep_dir'])} "
+                  f"({', '.join(summary['files'])}, trials/)", soft_wrap=True)
+
+
+def sweep_cmd(
+    config: Annotated[Path, typer.Argument(help="the JSON config to start from")],
+    space: Annotated[Path, Opt(help="JSON file: config key -> {uniform|log_uniform|int|choice}")],
+    trials: Annotated[int, Opt(min=1, help="run until the study holds N finished trials")],
+    sampler: Annotated[str, Opt(help=" | ".join(SAMPLERS))] = "tpe",
+    storage: Annotated[str | None, Opt(help="SQLAlchemy URL shared by workers, e.g. "
+                                       "postgresql+psycopg2://user:pw@host/db (default: "
+                                       "SQLite in the sweep directory)")] = None,
+    study: Annotated[str | None, Opt(help="study name (default: the config's file name)")] = None,
+    sweep_dir: Annotated[Path | None, Opt(help="default sweeps/<study>")] = None,
+    workers: Annotated[int, Opt(min=1, help="local worker processes (BLAS threads split "
+                                "between them)")] = 1,
+    backend: BackendOpt = "numpy",
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    validation_split: Annotated[float | None, Opt(min=0, help="share or count of training "
+                                                  "images scored (default: the config's, "
+                                                  "else 0.1)")] = None,
+    timeout: Annotated[float | None, Opt(min=1, help="start no trial after this many "
+                                         "seconds")] = None,
+    seed: Annotated[int | None, Opt(min=0, help="seed of the sampler and of every trial's "
+                                    "training (default: the config's)")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    momentum: MomentumOpt = None,
+    dtype: DtypeOpt = None,
+    limit_train: Annotated[int | None, Opt(min=1, help="use the first N training images "
+                                           "(validation split included)")] = None,
+    heartbeat: Annotated[int, Opt(min=1, help="seconds between a trial's heartbeats; one "
+                                  "silent for 3x this is failed and run again")
+                         ] = HEARTBEAT_SECONDS,
+    as_json: Annotated[bool, Opt("--json", help="print only a JSON summary")] = False,
+) -> None:
+    """Search hyper-parameters: train trials on a validation split, keep the best config."""
+    with cli_errors():
+        cfg = Config.from_file(config).replace(
+            seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            momentum=momentum, dtype=dtype, validation_split=validation_split)
+        if not cfg.validation_split:
+            cfg = cfg.replace(validation_split=0.1)
+        name = check_run_name(study or config.stem)
+        settings = SweepSettings(
+            cfg, load_space(space, cfg), trials, sweep_dir or Path("sweeps") / name, name,
+            storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,
+            data_dir=data_dir, limit_train=limit_train, timeout=timeout, workers=workers,
+            heartbeat=heartbeat)
+        live = not as_json and console.is_terminal
+        terminated: list[int] = []
+        previous = signal.signal(signal.SIGTERM, lambda n, _: _interrupt(terminated, n))
+        try:
+            with TrialTable([p.path for p in settings.space.params], cfg.epochs, live,
+                            silent=as_json) as table:
+                summary = run_sweep(settings, on_update=table.update)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: the sweep's trials so far are in "
+                              f"{escape(str(settings.sweep_dir))}; run the same command again "
+                              f"to resume", soft_wrap=True)
+            raise typer.Exit(code=143 if terminated else 130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if as_json:
+            print_json(summary)
+        else:
+            print_summary(summary)
+        if "best" not in summary:
+            raise typer.Exit(code=1)
+
+
+def _interrupt(terminated: list[int], signum: int) -> None:
+    terminated.append(signum)
+    raise KeyboardInterrupt

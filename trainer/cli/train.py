@@ -1,0 +1,227 @@
+"""`trainer train`: train, evaluate, write the run; resume, stop cleanly, fail clearly."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from trainer.backends import Backend
+from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.display import TrainProgress, held_out, load_data, print_report
+from trainer.cli.options import (
+    BackendOpt,
+    BatchSizeOpt,
+    DataDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EpochsOpt,
+    LearningRateOpt,
+    MomentumOpt,
+    Opt,
+)
+from trainer.core.config import Config, default_config
+from trainer.core.schedule import constant_rate
+from trainer.data.dataset import Dataset
+from trainer.errors import TrainerError, UsageError
+from trainer.fileio import atomic_write_json
+from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from trainer.run.results import Callbacks, DivergedError, Interrupted, TrainResult
+from trainer.run.rundir import check_run_name, claim_run_dir, run_metrics, write_run
+from trainer.run.train import check_data, load_backend, train
+
+
+class OutOfMemory(TrainerError):
+    """The host or the device ran out of memory."""
+
+
+def print_config(config: Config, name: str, backend: str, device: str) -> None:
+    table = Table(title=f"Network configuration: {escape(name)}", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("network", config.describe())
+    drop = [f"{i}: {layer.dropout:g}" for i, layer in enumerate(config.layers) if layer.dropout]
+    if drop:
+        table.add_row("dropout", ", ".join(drop))
+    core = ("learning_rate", "epochs", "momentum", "batch_size")  # what neural-net-rs showed
+    for key, value in config.to_dict().items():
+        field = Config.model_fields[key]
+        default = field.default.model_dump() if hasattr(field.default, "model_dump") else (
+            field.default)
+        if key != "layers" and (key in core or value != default):
+            table.add_row(key, str(value))
+    table.add_row("backend", f"{backend} ({device})")
+    console.print(table)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Any]:
+    """The first SIGINT or SIGTERM asks the loop to stop after its step (and checkpoint); a
+    second one interrupts at once. Yields a function telling which signal came, if any."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt  # the second one: stop now; atomic writes leave no debris
+        received.append(signum)
+        err_console.print(f"\n{signal.Signals(signum).name}: stopping after this step and "
+                          f"writing a checkpoint (again to stop at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def resumed_run(resume: Path, overrides: dict[str, Any]
+                ) -> tuple[Config, LoopState, str, int | None, int | None]:
+    """The checkpoint's config and state, and its run's name, limit_train and limit_test."""
+    if any(v is not None for v in overrides.values()):
+        raise UsageError("--resume continues the run as it was configured: drop CONFIG and "
+                         "the overrides (" + ", ".join(k for k, v in overrides.items()
+                                                      if v is not None) + ")")
+    state = load_checkpoint(resume, warn=lambda m: err_console.print(f"[yellow]warning:[/] "
+                                                                      f"{escape(m)}"))
+    run = state.run
+    try:
+        cfg = Config.from_dict(run["config"], source=f"{resume} checkpoint")
+        return cfg, state, run["name"], run["limit_train"], run["limit_test"]
+    except KeyError:
+        raise UsageError(f"{resume}: the checkpoint does not record its run") from None
+
+
+def memory_error(e: BaseException, cfg: Config, backend: Backend) -> OutOfMemory:
+    """One clear message with the batch size and what memory there was."""
+    figures = ""
+    with contextlib.suppress(Exception):
+        if backend.memory is not None:
+            free, total = backend.memory()
+            figures = f"device memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
+        else:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f)
+            figures = (f"host memory: {info['MemAvailable'].strip()} available of "
+                       f"{info['MemTotal'].strip()}")
+    return OutOfMemory(f"out of memory training at batch size {cfg.batch_size} on "
+                       f"{backend.name} ({type(e).__name__}: {e}); {figures}; try a smaller "
+                       f"--batch-size or network")
+
+
+def train_cmd(
+    config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
+    backend: BackendOpt = "numpy",
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>)")] = None,
+    name: Annotated[str | None, Opt(help="run name (default: the config's file name)")] = None,
+    seed: Annotated[int | None, Opt(min=0, help="override the config's seed")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    momentum: MomentumOpt = None,
+    dtype: DtypeOpt = None,
+    limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images only")] = None,
+    limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only")] = None,
+    resume: Annotated[Path | None, Opt(help="continue the run in this directory")] = None,
+    checkpoint_every: Annotated[int | None, Opt(min=1, help="also checkpoint every N steps "
+                                                "(always: every epoch)")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="plain lines, no bars or tables")] = False,
+    as_json: Annotated[bool, Opt("--json", help="print a JSON summary instead")] = False,
+) -> None:
+    """Train a network, evaluate it on the test set and write a run directory."""
+    with cli_errors():
+        overrides = {"seed": seed, "epochs": epochs, "batch_size": batch_size,
+                     "learning_rate": learning_rate, "momentum": momentum, "dtype": dtype}
+        state = None
+        if resume is not None:
+            given = overrides | {"CONFIG": config, "--limit-train": limit_train,
+                                 "--limit-test": limit_test, "--name": name,
+                                 "--run-dir": run_dir}
+            cfg, state, run_name, limit_train, limit_test = resumed_run(resume, given)
+        else:
+            cfg = Config.from_file(config) if config else default_config()
+            cfg = cfg.replace(**overrides)
+            run_name = check_run_name(name or (config.stem if config else "default"))
+        loaded = load_backend(backend, device)
+        data = load_data(data_dir, show=not (quiet or as_json))
+        check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
+        if not (quiet or as_json):
+            print_config(cfg, run_name, loaded.name, loaded.device_name)
+        path = resume if resume is not None else claim_run_dir(run_dir, run_name)
+        if resume is None:
+            atomic_write_json(path / "config.json", cfg.to_dict())
+        elif not quiet and not as_json:
+            console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
+        record = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
+                  "limit_test": limit_test}
+        result = _run(cfg, loaded, data, path, record, state, checkpoint_every, quiet, as_json)
+        _report(loaded, data, path, run_name, result, quiet, as_json)
+
+
+def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[str, Any],
+         state: LoopState | None, checkpoint_every: int | None, quiet: bool,
+         as_json: bool) -> TrainResult:
+    """Train with the live display, signals and checkpoints; `record` (the run's config, name
+    and limits) goes into every checkpoint, so that --resume can restart it."""
+    def checkpoint(loop_state: LoopState) -> None:
+        save_checkpoint(path, dataclasses.replace(loop_state, run=record))
+
+    try:
+        with stop_on_signals() as stop_requested, TrainProgress(
+                console, cfg.epochs, live=not quiet and console.is_terminal, silent=as_json,
+                show_lr=constant_rate(cfg) is None) as progress:
+            callbacks = Callbacks(
+                on_step=progress.on_step if progress.live else None,
+                on_epoch=progress.on_epoch, on_test_chunk=progress.on_test_chunk,
+                stop_requested=stop_requested, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every)
+            return train(cfg, data, backend, limit_train=record["limit_train"],
+                         limit_test=record["limit_test"], resume=state, callbacks=callbacks)
+    except Interrupted as e:
+        err_console.print(f"Stopped in epoch {e.epoch} after step {e.step}; checkpoint in "
+                          f"{escape(str(path))}. Resume with:\n  trainer train --resume "
+                          f"{escape(str(path))}", soft_wrap=True)
+        raise typer.Exit(code=e.exit_code) from None
+    except DivergedError as e:
+        atomic_write_json(path / "metrics.json", {
+            "diverged": True, "message": str(e), "epoch": e.epoch, "step": e.step,
+            "backend": backend.name, "dtype": cfg.dtype, "seed": cfg.seed})
+        raise
+    except MemoryError as e:
+        raise memory_error(e, cfg, backend) from None
+    except Exception as e:  # the GPU libraries' own out-of-memory errors
+        if "OutOfMemory" in type(e).__name__:
+            raise memory_error(e, cfg, backend) from None
+        raise
+
+
+def _report(backend: Backend, data: Dataset, path: Path, run_name: str, result: TrainResult,
+            quiet: bool, as_json: bool) -> None:
+    classes = data.class_names
+    metrics = run_metrics(result, classes, backend.version, data)
+    write_run(path, result, classes, metrics, title=run_name)
+    if as_json:
+        print_json({"run_dir": str(path)} | metrics)
+        return
+    best = result.best()
+    console.print(f"Final training accuracy: {result.train_accuracy:.2%}")
+    if best is not None:
+        kept = " (its weights kept)" if result.best_epoch else ""
+        console.print(f"Best epoch: {best.epoch}, {held_out(best)}{kept}"
+                      + ("; stopped early" if result.stopped_early else ""))
+    console.print(f"Total training time: {result.total_seconds:.2f} s")
+    if not quiet:
+        console.print(f"Test evaluation ({len(result.test_predictions)} images):")
+        print_report(console, result.test_report, classes)
+    console.print(f"Test accuracy: {result.test_accuracy:.2%} "
+                  f"({len(result.test_predictions)} images)")
+    console.print(f"Run directory: {escape(str(path))}", soft_wrap=True)

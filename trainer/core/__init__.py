@@ -1,0 +1,1 @@
+"""The math: config, network, losses, optimizers, the fast step, metrics."""

@@ -1,0 +1,295 @@
+"""One training step, built once per run and called for every batch: the plain step, which is
+the reference math, and the fast steps, which rearrange the same math for speed.
+
+- PlainStep: network.forward/backward, losses.loss_and_delta and optim's rules, one array at a
+  time, in array-API operations only. Any backend; the others are tested against it.
+- FlatStep: parameters, gradients and optimizer state as views of flat buffers
+  (buffers.flatten), so one call of optim's rule updates every layer; the backend's kernels
+  write into reused per-batch buffers (buffers.BatchBuffers) instead of allocating.
+- VelocityStep: FlatStep for momentum SGD, with each large weight's momentum
+  (optim.momentum: v = m v + g) done inside its gradient's GEMM, through the BLAS's beta.
+
+`make_step` picks the fastest that the backend's kernels and the optimizer allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from trainer.backends import Kernels
+from trainer.core import optim
+from trainer.core.activations import ACTIVATIONS
+from trainer.core.buffers import BatchBuffers, flatten, size
+from trainer.core.config import Config
+from trainer.core.dropout import keep_mask, step_key
+from trainer.core.losses import loss_and_delta
+from trainer.core.metrics import hits
+from trainer.core.network import backward, forward
+
+Array = Any
+# weights from this many elements up get their velocity updated inside the gradient's GEMM;
+# below it two passes over v cost less than the extra overhead of the BLAS call (measured)
+GEMM_ACC_MIN = 32768
+
+
+class Step:
+    """What every step shares: its state, the dropout masks, export and restore.
+
+    Called as step(x_all, y_all, idx, lr, x=None): train on rows `idx` of x_all (inputs) and
+    y_all (integer labels) at rate `lr`; `x`, when given, is x_all's rows `idx` already gathered
+    (by a prefetching thread), which the step only reads. Returns (summed loss, number of rows
+    whose true class has the largest output), both device scalars: nothing is read back here.
+    """
+
+    def __init__(self, config: Config, xp: Any, params: Sequence[Array],
+                 velocities: Sequence[Array]) -> None:
+        self.config, self.xp = config, xp
+        self.params, self.velocities = list(params), list(velocities)
+        self.acts = config.activations
+        self.adam = config.optimizer in ("adam", "adamw")
+        # Adam's second moments, laid out like the velocities (its first moments)
+        self.second: list[Array] = [xp.zeros_like(v) for v in self.velocities] if self.adam else []
+        self.global_step = 0  # steps taken: the dropout masks' counter and Adam's t
+        self.augment: Callable[[Array, Array], Array] | None = None  # set by the training loop
+        self.hash_kernel: Callable[[Array], Array] | None = None
+        first = self.params[0]  # row c of the identity: class c's one-hot target
+        self._eye = xp.eye(config.sizes[-1], dtype=first.dtype, device=first.device)
+        self._counters: dict[tuple[int, int], Array] = {}
+
+    def _scale(self, lr: float, n: int) -> float:
+        """What the output delta is multiplied by: SGD folds -lr into it, a mean loss 1/n."""
+        scale = 1.0 if self.adam else -lr
+        return scale / n if self.config.loss_reduction == "mean" else scale
+
+    def mask(self, layer: int, shape: tuple[int, int], like: Array) -> Array | None:
+        """Dropout's multipliers for the input of connection `layer` (`shape`, `like`'s dtype
+        and device), or None where that layer has no dropout."""
+        p = self.config.dropouts[layer]
+        if not p:
+            return None
+        if shape not in self._counters:
+            self._counters[shape] = self.xp.reshape(
+                self.xp.arange(shape[0] * shape[1], dtype=self.xp.int64, device=like.device),
+                shape)
+        key = step_key(self.config.seed, self.global_step, layer)
+        return keep_mask(self.xp, self._counters[shape], key, p, like.dtype, self.hash_kernel)
+
+    def _adam(self, w: Array, first: Array, second: Array, g: Array, lr: float) -> None:
+        c = self.config
+        optim.adam(w, first, second, g, lr=lr, t=self.global_step + 1, beta1=c.beta1,
+                   beta2=c.beta2, epsilon=c.epsilon,
+                   weight_decay=c.weight_decay if c.optimizer == "adamw" else 0.0)
+
+    def export(self, to_numpy: Callable[[Array], Any]) -> tuple[list, list, list]:
+        """Host copies of (weights, velocities or first moments, second moments)."""
+        def copy(arrays: Sequence[Array]) -> list:
+            return [np.array(to_numpy(a)) for a in arrays]
+        return copy(self.params), copy(self.velocities), copy(self.second)
+
+    def restore(self, asarray: Callable[[Any], Array], params: Sequence[Any],
+                velocities: Sequence[Any], second: Sequence[Any], global_step: int) -> None:
+        """Put exported state back, in place (the flat buffers keep their views)."""
+        for mine, theirs in ((self.params, params), (self.velocities, velocities),
+                             (self.second, second)):
+            if len(mine) != len(theirs):
+                raise ValueError(f"expected {len(mine)} arrays, got {len(theirs)}")
+            for a, h in zip(mine, theirs, strict=True):
+                a[...] = asarray(np.ascontiguousarray(h))  # saved in the run's own dtype
+        self.global_step = global_step
+
+
+class PlainStep(Step):
+    """The reference: network.py + losses.py + optim.py, one array at a time."""
+
+    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
+                 x: Array | None = None) -> tuple[Array, Array]:
+        xp, c = self.xp, self.config
+        x = xp.take(x_all, idx, axis=0) if x is None else x
+        if self.augment is not None:
+            x = self.augment(x, idx)
+        onehot = xp.take(self._eye, xp.take(y_all, idx), axis=0)
+        n = idx.shape[0]
+        masks = [self.mask(i, (n, c.sizes[i]), x) for i in range(len(self.acts))]
+        outs, logits = forward(self.params, self.acts, x, masks)
+        loss, delta = loss_and_delta(c.loss, self.acts[-1], logits, outs[-1], onehot)
+        correct = hits(logits if c.loss == "cross_entropy" else outs[-1], onehot)
+        scale = self._scale(lr, n)
+        grads = backward(self.params, self.acts, outs, delta * scale, masks)
+        for i in range(0, len(grads), 2):
+            optim.add_penalty(grads[i], self.params[i], c.regularization_type,
+                              c.regularization_rate, scale)
+        for j, g in enumerate(grads):
+            if self.adam:
+                self._adam(self.params[j], self.velocities[j], self.second[j], g, lr)
+            else:
+                optim.sgd(self.params[j], self.velocities[j], g, c.momentum, c.nesterov)
+        self.global_step += 1
+        return loss, correct
+
+
+class FlatStep(Step):
+    """network.py + losses.py rearranged for speed, and optim.py's rule once over flat buffers.
+
+    The backend's kernels (Kernels: matmul, sum0, and whichever others it offers) write into
+    reused buffers. With cross-entropy and a softmax_xent_t kernel the logits are kept
+    transposed (classes x samples), the layout that kernel reduces fast.
+    """
+
+    def __init__(self, config: Config, xp: Any, params: Sequence[Array],
+                 velocities: Sequence[Array], kernels: Kernels,
+                 in_gemm: Sequence[bool] | None = None) -> None:
+        super().__init__(config, xp, params, velocities)
+        self.kernels = kernels
+        self.hash_kernel = kernels.hash32
+        self.fused_ce = config.loss == "cross_entropy"
+        # in_gemm[i]: weight i's momentum is done in its gradient's GEMM (VelocityStep); those
+        # weights come first in the flat buffers, so the rest's momentum is one pass
+        self.in_gemm = list(in_gemm or [False] * len(self.acts))
+        big = [2 * i for i, acc in enumerate(self.in_gemm) if acc]
+        order = big + [j for j in range(len(self.params)) if j not in big]
+        self.flat_params, self.params = flatten(xp, self.params, order)
+        self.flat_velocities, self.velocities = flatten(xp, self.velocities, order)
+        self.flat_grads, self.grads = flatten(xp, self.params, order)
+        if self.adam:
+            self.flat_second, self.second = flatten(xp, self.second, order)
+        self.transposed = self.fused_ce and kernels.softmax_xent_t is not None
+        self._bias_columns = [xp.reshape(b, (-1, 1)) for b in self.params[1::2]]
+        self._buffers: dict[int, BatchBuffers] = {}
+
+    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
+                 x: Array | None = None) -> tuple[Array, Array]:
+        xp, n = self.xp, idx.shape[0]
+        bufs = self._buffers.get(n)
+        if bufs is None:  # two sizes at most: the full batch and the last, partial one
+            bufs = self._buffers[n] = BatchBuffers.empty(xp, self.config.sizes, n, x_all,
+                                                         self.transposed)
+        k = self.kernels
+        if x is None:
+            x = k.take(x_all, idx, bufs.x) if k.take else xp.take(x_all, idx, axis=0)
+        if self.augment is not None:
+            x = self.augment(x, idx)
+        y = xp.take(y_all, idx)
+        # the fused kernel reads the labels; everything else the one-hot rows
+        target = y if self.transposed else xp.take(self._eye, y, axis=0)
+        outs, kept, masks = self._forward(x, bufs)
+        scale = self._scale(lr, n)
+        loss, correct, delta = self._loss(outs[-1], target, scale)
+        self._backward(outs, kept, masks, delta, scale, bufs)
+        self._update(lr)
+        self.global_step += 1
+        return loss, correct
+
+    def _forward(self, x: Array, bufs: BatchBuffers
+                 ) -> tuple[list[Array], list[Array], list[Array | None]]:
+        """network.forward into the buffers: each layer's input to the next connection (after
+        dropout), each layer's own output (before it), and the masks. With fused cross-entropy
+        the last output is the logits (losses' softmax comes in `_loss`)."""
+        k, last = self.kernels, len(self.acts) - 1
+        masks: list[Array | None] = [self.mask(0, x.shape, x)]
+        kept, outs = [x], [x if masks[0] is None else x * masks[0]]
+        for i, act in enumerate(self.acts):
+            w, b = self.params[2 * i], self.params[2 * i + 1]
+            if i == last and self.transposed:  # (classes, samples) = w^T a^T
+                z = k.matmul(w.T, outs[-1].T, bufs.outs[i])
+                z += self._bias_columns[i]
+            else:
+                z = k.matmul(outs[-1], w, bufs.outs[i])
+                z += b
+            if i == last and self.fused_ce:
+                a = z
+            else:
+                a = k.activate(act, z) if k.activate else None
+                a = a if a is not None else ACTIVATIONS[act][0](z)
+            masks.append(self.mask(i + 1, a.shape, a) if i < last else None)
+            kept.append(a)
+            outs.append(a if masks[-1] is None else a * masks[-1])
+        return outs, kept, masks
+
+    def _loss(self, out: Array, target: Array, scale: float) -> tuple[Array, Array, Array]:
+        """(summed loss, correct count, delta = scale * d loss / d last pre-activation):
+        losses.loss_and_delta, or its fused kernel on transposed logits."""
+        if self.transposed:
+            loss, correct, delta_t = self.kernels.softmax_xent_t(out, target, scale)
+            return loss, correct, delta_t.T
+        c = self.config
+        probs = ACTIVATIONS["softmax"][0](out) if self.fused_ce else out
+        loss, delta = loss_and_delta(c.loss, self.acts[-1], out, probs, target)
+        return loss, hits(out, target), delta * scale
+
+    def _backward(self, outs: list[Array], kept: list[Array], masks: list[Array | None],
+                  delta: Array, scale: float, bufs: BatchBuffers) -> None:
+        """network.backward into the buffers, each layer's gradient into the flat buffer."""
+        k = self.kernels
+        for i in range(len(self.acts) - 1, -1, -1):
+            down = None
+            if i > 0:  # w before its update
+                down = k.matmul(delta, self.params[2 * i].T, bufs.downs[i - 1])
+            self._gradient(i, outs[i], delta, scale)
+            if i > 0:
+                if masks[i] is not None:
+                    down *= masks[i]  # the step's own buffer
+                act, a = self.acts[i - 1], kept[i]
+                grad = (k.activate_grad(act, a, down, bufs.scratch[i - 1])
+                        if k.activate_grad else None)
+                delta = grad if grad is not None else ACTIVATIONS[act][1](a, down)
+
+    def _gradient(self, i: int, a_in: Array, delta: Array, scale: float) -> None:
+        """Layer i's scaled gradients into the flat gradient buffer (its momentum as well, for a
+        weight whose GEMM does it), with the penalty's."""
+        w, k = self.params[2 * i], self.kernels
+        if self.in_gemm[i]:  # v = m v + a^T delta: optim.momentum inside the GEMM
+            grad_w = self.velocities[2 * i]
+            k.gemm_acc(a_in.T, delta, grad_w, 1.0, self.config.momentum)
+        else:  # for a small GEMM NumPy's call is cheaper than the BLAS's own
+            grad_w = k.matmul(a_in.T, delta, self.grads[2 * i])
+        k.sum0(delta, self.grads[2 * i + 1])
+        # after the velocity GEMM the penalty lands in v directly: the same v = m v + step
+        optim.add_penalty(grad_w, w, self.config.regularization_type,
+                          self.config.regularization_rate, scale)
+
+    def _update(self, lr: float) -> None:
+        """optim's rule, once over the flat buffers."""
+        c = self.config
+        if self.adam:
+            self._adam(self.flat_params, self.flat_velocities, self.flat_second,
+                       self.flat_grads, lr)
+        else:
+            optim.sgd(self.flat_params, self.flat_velocities, self.flat_grads, c.momentum,
+                      c.nesterov)
+
+
+class VelocityStep(FlatStep):
+    """Momentum SGD whose large weights' momentum happens in their gradient's GEMM (BLAS's
+    beta: v = m v + a^T delta), then one pass does the rest's (small weights and biases) and
+    one adds v to w, on the BLAS's threads where the backend offers axpy."""
+
+    def __init__(self, config: Config, xp: Any, params: Sequence[Array],
+                 velocities: Sequence[Array], kernels: Kernels) -> None:
+        in_gemm = [size(w) >= GEMM_ACC_MIN for w in params[::2]]
+        super().__init__(config, xp, params, velocities, kernels, in_gemm)
+        rest = sum(size(self.params[2 * i]) for i, acc in enumerate(self.in_gemm) if acc)
+        self._rest = (self.flat_velocities[rest:], self.flat_grads[rest:])
+        # w += v on the BLAS's threads (they matter once w and v are out of the cache)
+        self._add_velocity = (kernels.axpy(self.flat_velocities, self.flat_params)
+                              if kernels.axpy else None)
+
+    def _update(self, lr: float) -> None:
+        optim.momentum(*self._rest, self.config.momentum)
+        if self._add_velocity:
+            self._add_velocity(1.0)
+        else:
+            self.flat_params += self.flat_velocities
+
+
+def make_step(config: Config, xp: Any, params: Sequence[Array], velocities: Sequence[Array],
+              kernels: Kernels | None = None) -> Step:
+    """The fastest step that `kernels` and the optimizer allow (None: the plain step)."""
+    k = kernels or Kernels()
+    if k.matmul is None or k.sum0 is None:
+        return PlainStep(config, xp, params, velocities)
+    if k.gemm_acc is not None and config.optimizer == "sgd" and not config.nesterov:
+        return VelocityStep(config, xp, params, velocities, k)
+    return FlatStep(config, xp, params, velocities, k)

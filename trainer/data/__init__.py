@@ -1,0 +1,1 @@
+"""Datasets: IDX files, the MNIST fetch, the cache, digit images."""

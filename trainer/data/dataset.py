@@ -1,0 +1,314 @@
+"""The dataset: where it is (data dir, env, cache, fetch), loading and checking it, scaling."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+from trainer.data.fetch import (
+    GZ_NAMES,
+    MANIFEST,
+    STANDARD_NAMES,
+    FetchProgress,
+    fetch_mnist,
+    sha256_file,
+)
+from trainer.data.idx import read_images, read_labels
+from trainer.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from trainer.core.config import Config
+
+NUM_CLASSES = 10
+ENV_DATA_DIR = "TRAINER_DATA_DIR"
+ScalingMethod = Literal["standardize", "unit"]
+_HIST_CHUNK = 1 << 22  # pixels per bincount: bounds the int64 temporary to 32 MiB
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field by field has no single truth
+class Dataset:
+    """Training and test images (uint8, N x rows x cols) with their labels (uint8, N)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int = NUM_CLASSES
+    source: str = "in memory"  # "data-dir", "cache" or "fetched: <which source>"
+    path: Path | None = None  # the folder read; None for data built in memory
+    hash_status: str = "not checked"
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.train_images.shape[1], self.train_images.shape[2]
+
+    @property
+    def input_size(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes' names: their numbers."""
+        return [str(c) for c in range(self.num_classes)]
+
+    def limit(self, train: int | None = None, test: int | None = None) -> Dataset:
+        """The first `train` training and `test` test examples (None keeps all), for quick runs."""
+        return dataclasses.replace(
+            self,
+            train_images=self.train_images[:train],
+            train_labels=self.train_labels[:train],
+            test_images=self.test_images[:test],
+            test_labels=self.test_labels[:test],
+        )
+
+
+def cache_dir() -> Path:
+    """The trainer's cache: $XDG_CACHE_HOME/trainer, else ~/.cache/trainer."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG spec says to ignore a relative path here
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "trainer"
+
+
+def mnist_cache_dir() -> Path:
+    return cache_dir() / "mnist"
+
+
+def find_data_dir(data_dir: Path | None = None) -> tuple[Path, str] | None:
+    """The data folder and how it was found ("data-dir" or "cache"); None if it must be fetched.
+
+    Order: `data_dir` (the --data-dir option), then $TRAINER_DATA_DIR, then the cache.
+    """
+    origin = "--data-dir"
+    if data_dir is None and os.environ.get(ENV_DATA_DIR):
+        data_dir, origin = Path(os.environ[ENV_DATA_DIR]), ENV_DATA_DIR
+    if data_dir is not None:
+        try:
+            data_dir = data_dir.expanduser()
+        except RuntimeError:  # ~user with no such user, or no home directory to expand ~ to
+            raise DataError(
+                f"{data_dir}: cannot expand '~' (no such user or no home directory) "
+                f"(from {origin})"
+            ) from None
+        if not data_dir.is_dir():
+            raise DataError(f"{data_dir}: no such data folder (from {origin})")
+        return data_dir, "data-dir"
+    cache = mnist_cache_dir()
+    return (cache, "cache") if has_data_files(cache) else None
+
+
+def has_data_files(folder: Path) -> bool:
+    """Whether `folder` holds any of the standard files or a manifest (if so, it must be whole)."""
+    return any((folder / name).exists() for name in (*STANDARD_NAMES, *GZ_NAMES, MANIFEST))
+
+
+def load_dataset(
+    data_dir: Path | None = None,
+    *,
+    fetch: bool = True,
+    progress: FetchProgress | None = None,
+    num_classes: int = NUM_CLASSES,
+) -> Dataset:
+    """Find, fetch if needed (and allowed), read and check the four IDX files."""
+    found = find_data_dir(data_dir)
+    if found is None:
+        cache = mnist_cache_dir()
+        if not fetch:
+            raise DataError(
+                f"no data found in {cache}: run `trainer data fetch`, or pass --data-dir "
+                f"or set {ENV_DATA_DIR} to a folder holding the four IDX files"
+            )
+        found = cache, "fetched: " + fetch_mnist(cache, progress=progress)
+    folder, source = found
+    return read_dataset(folder, source=source, num_classes=num_classes)
+
+
+def read_dataset(
+    folder: Path, *, source: str = "data-dir", num_classes: int = NUM_CLASSES
+) -> Dataset:
+    """Read the four standard files in `folder`, checking the manifest if there is one."""
+    paths = standard_files(folder)
+    manifest_source = verify_manifest(folder, paths)
+    if manifest_source is not None:
+        status = f"manifest verified ({manifest_source})"
+    else:
+        status = "no manifest (user folder)" if source == "data-dir" else "no manifest"
+    train_x, test_x = read_images(paths[0]), read_images(paths[2])
+    train_y, test_y = read_labels(paths[1], num_classes), read_labels(paths[3], num_classes)
+    _check_pair(train_x, train_y, paths[0], paths[1])
+    _check_pair(test_x, test_y, paths[2], paths[3])
+    if test_x.shape[1:] != train_x.shape[1:]:
+        raise DataError(
+            f"{paths[2]}: image shape differs from the training set's ({paths[0]}): "
+            f"expected {train_x.shape[1:]}, found {test_x.shape[1:]}"
+        )
+    return Dataset(train_x, train_y, test_x, test_y, num_classes, source, folder, status)
+
+
+def standard_files(folder: Path) -> tuple[Path, ...]:
+    """The four standard files in `folder` (plain or .gz), in STANDARD_NAMES order."""
+    found, missing = [], []
+    for name, gz_name in zip(STANDARD_NAMES, GZ_NAMES, strict=True):
+        plain, gz = folder / name, folder / gz_name
+        path = plain if plain.is_file() else gz if gz.is_file() else None
+        if path is None:
+            missing.append(name)
+        else:
+            found.append(path)
+    if missing:
+        raise DataError(
+            f"{folder}: missing {', '.join(missing)} (plain or .gz): expected the four files "
+            f"{', '.join(STANDARD_NAMES)}"
+        )
+    return tuple(found)
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, images_path: Path, labels_path: Path):
+    if len(labels) != len(images):
+        raise DataError(
+            f"{labels_path}: label count does not match {images_path}: "
+            f"expected {len(images)} labels, found {len(labels)}"
+        )
+    if len(images) == 0:
+        raise DataError(f"{images_path}: no images: expected at least 1, found 0")
+
+
+def verify_manifest(folder: Path, used: Sequence[Path] = ()) -> str | None:
+    """Re-hash the files listed in folder/manifest.json, which must list every file in `used`.
+
+    Returns the manifest's source, or None if there is no manifest.
+    """
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        source, files = str(manifest["source"]), dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: unreadable manifest: {type(e).__name__}: {e}") from e
+    unlisted = [p.name for p in used if p.name not in files]
+    if unlisted:
+        raise DataError(f"{path}: does not list {', '.join(unlisted)}, which would be read")
+    for name, expected in files.items():
+        file = folder / Path(str(name)).name  # only files in the manifest's own folder
+        found = sha256_file(file)
+        if found != expected:
+            raise DataError(
+                f"{file}: SHA-256 does not match {path}: expected {expected}, found {found}; "
+                "run `trainer data fetch --force` to download it again"
+            )
+    return source
+
+
+def class_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """How many examples of each class (int64, length num_classes)."""
+    return np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes)
+
+
+def pixel_stats(images: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of all pixels / 255, in float64.
+
+    Computed from a histogram of the 256 byte values, so it is exact and needs no float copy
+    of the images.
+    """
+    if images.dtype != np.uint8:
+        raise DataError(f"pixel statistics need uint8 images, found {images.dtype}")
+    flat = images.reshape(-1)
+    hist = np.zeros(256, dtype=np.int64)
+    for start in range(0, flat.size, _HIST_CHUNK):
+        hist += np.bincount(flat[start : start + _HIST_CHUNK], minlength=256)
+    if flat.size == 0:
+        raise DataError("pixel statistics need at least one pixel, found none")
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean = float(hist @ values) / flat.size
+    var = float(hist @ (values - mean) ** 2) / flat.size
+    return mean, math.sqrt(var)
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """How pixels become network inputs: (x / 255 - mean) / std, saved with the model."""
+
+    method: ScalingMethod = "standardize"
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method not in get_args(ScalingMethod):
+            allowed = ", ".join(get_args(ScalingMethod))
+            raise ConfigError(f"input scaling must be one of {allowed}, got {self.method!r}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"input scaling {key} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"input scaling {key} must be finite, got {value!r}")
+        if self.std <= 0:
+            raise ConfigError(f"input scaling std must be positive, got {self.std!r}")
+
+    @classmethod
+    def fit(cls, train_images: np.ndarray, method: ScalingMethod = "standardize") -> InputScaling:
+        """Statistics of the full training set: one scalar mean and std, as neural-net-rs does."""
+        if method == "unit":
+            return cls("unit", 0.0, 1.0)
+        if method != "standardize":
+            return cls(method)  # __post_init__ names the allowed methods
+        mean, std = pixel_stats(train_images)
+        if std == 0:
+            raise DataError("cannot standardize: every training pixel has the same value (std 0)")
+        return cls("standardize", mean, std)
+
+    def apply(self, images: np.ndarray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+        """uint8 images (N, rows, cols) -> scaled (N, rows * cols) inputs of `dtype`."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim < 2:
+            raise DataError(
+                f"expected uint8 images of shape (N, rows, cols), found {images.dtype} "
+                f"with shape {images.shape}"
+            )
+        x = images.reshape(len(images), int(np.prod(images.shape[1:]))).astype(dtype)
+        # (x/255 - mean)/std folded into one shift and one divide; for "unit" that is exactly x/255
+        x -= x.dtype.type(255.0 * self.mean)
+        x /= x.dtype.type(255.0 * self.std)
+        return x
+
+    def to_dict(self) -> dict[str, str | float]:
+        return {"method": self.method, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> InputScaling:
+        """The inverse of to_dict, refusing anything else (missing or unknown keys, bad values)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"input scaling must be an object, got {type(data).__name__}")
+        keys = {"method", "mean", "std"}
+        if set(data) != keys:
+            raise ConfigError(
+                f"input scaling needs exactly the keys {', '.join(sorted(keys))}, "
+                f"got {', '.join(sorted(map(str, data))) or 'none'}"
+            )
+        return cls(data["method"], data["mean"], data["std"])  # type: ignore[arg-type]
+
+
+def check_split(config: Config, n: int) -> None:
+    if config.validation_size(n) >= n:
+        raise ConfigError(f"validation_split {config.validation_split:g} leaves no training "
+                          f"images out of {n}")
+
+
+def split(config: Config, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices: a seeded random share held out, both in data order."""
+    check_split(config, n)
+    n_val = config.validation_size(n)
+    if n_val == 0:
+        return np.arange(n), np.arange(0)
+    order = rng.permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -1,0 +1,1 @@
+"""One training run: loop, checkpoints, results, run directories, inference, plots."""

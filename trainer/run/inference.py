@@ -1,0 +1,87 @@
+"""Using a saved model: evaluate it on a test set, or classify images, on any backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.backends import Backend
+from trainer.core.metrics import Report, evaluate
+from trainer.core.network import forward
+from trainer.data.dataset import Dataset
+from trainer.errors import DataError, UsageError
+from trainer.run.model_io import SavedModel, load_model
+from trainer.run.train import load_backend
+
+
+def load_run(run_dir: str | Path) -> tuple[SavedModel, dict[str, Any]]:
+    """The model of a run directory and its recorded metrics ({} if there are none)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a run directory")
+    model_path = run_dir / "model.safetensors"
+    if not model_path.exists():
+        raise DataError(f"{run_dir} holds no model.safetensors: was the run finished?")
+    model = load_model(model_path)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        metrics = {}
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {run_dir / 'metrics.json'}: {e}") from None
+    return model, metrics if isinstance(metrics, dict) else {}
+
+
+def _device_params(model: SavedModel, backend: Backend) -> list[Any]:
+    return [backend.asarray(p.astype(model.config.dtype)) for p in model.params]
+
+
+def _loaded(backend: Backend | str) -> Backend:
+    return load_backend(backend) if isinstance(backend, str) else backend
+
+
+def evaluate_model(model: SavedModel, data: Dataset, backend: Backend | str = "numpy", *,
+                   limit_test: int | None = None,
+                   on_chunk: Callable[[int, int], None] | None = None,
+                   ) -> tuple[Report, np.ndarray]:
+    """The test report of `model` on `data`'s test set (its first `limit_test` images)."""
+    config = model.config
+    if config.sizes[0] != data.input_size or config.sizes[-1] != data.num_classes:
+        raise DataError(f"the model takes {config.sizes[0]} inputs and gives {config.sizes[-1]} "
+                        f"classes; the data has {data.input_size} pixels and "
+                        f"{data.num_classes} classes")
+    backend = _loaded(backend)
+    data = data.limit(None, limit_test)
+    x = backend.asarray(model.scaling.apply(data.test_images, dtype=config.dtype))
+    y = backend.asarray(data.test_labels.astype(np.int64))
+    return evaluate(_device_params(model, backend), config.activations, x, y, data.num_classes,
+                    backend.to_numpy, on_chunk=on_chunk)
+
+
+# a floor for the sum that normalises non-softmax outputs: all-zero rows stay zero, not NaN
+TINY_SUM = 1e-300
+
+
+def predict_proba(model: SavedModel, images: np.ndarray,
+                  backend: Backend | str = "numpy") -> np.ndarray:
+    """Class probabilities (N, classes) for uint8 images (N, rows, cols) prepared like MNIST.
+
+    A softmax output is a probability already; any other output is normalised to sum to 1 so
+    that the ranking and the shares stay comparable.
+    """
+    config = model.config
+    if int(np.prod(images.shape[1:])) != config.sizes[0]:
+        raise DataError(f"the model takes {config.sizes[0]} pixels, the images have "
+                        f"{int(np.prod(images.shape[1:]))}")
+    backend = _loaded(backend)
+    x = backend.asarray(model.scaling.apply(images, dtype=config.dtype))
+    outs = forward(_device_params(model, backend), config.activations, x)[0]
+    out = np.asarray(backend.to_numpy(outs[-1]), dtype=np.float64)
+    if config.activations[-1] != "softmax":
+        out = np.clip(out, 0.0, None)
+        out = out / np.maximum(out.sum(axis=1, keepdims=True), TINY_SUM)
+    return out

@@ -1,0 +1,123 @@
+"""Run directories: names checked, claimed exclusively, filled with atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.data.dataset import Dataset
+from trainer.errors import UsageError
+from trainer.fileio import atomic_write_json, atomic_write_text
+from trainer.run.model_io import SavedModel, save_model
+from trainer.run.plots import confusion_svg, history_svg, write_svg
+from trainer.run.results import EpochStats, TrainResult
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one plain path component: letters, digits, . _ + -, and never `..`."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise UsageError(f"run name {name!r} is not allowed: use letters, digits, '.', '_', "
+                         f"'+' and '-' (no path separators, no '..'), at most 100 characters")
+    return name
+
+
+def claim_run_dir(run_dir: str | Path | None, name: str, root: str | Path = "runs") -> Path:
+    """Create the run directory; never reuse one that holds files (no clobbered runs)."""
+    if run_dir is not None:
+        path = Path(run_dir)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(f"run directory {path} already exists and is not empty; "
+                             f"choose another --run-dir")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create run directory {path}: {e.strerror or e}") from None
+        return path
+    check_run_name(name)
+    root = Path(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = root / (f"{stamp}-{name}" if n == 1 else f"{stamp}-{name}-{n}")
+            try:
+                path.mkdir()  # exclusive: two runs started together never share a directory
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise UsageError(f"cannot create a run directory under {root}: {e.strerror or e}") from None
+    raise UsageError(f"too many runs named {stamp}-{name} under {root}")
+
+
+def library_versions(backend: str, backend_version: str) -> dict[str, str]:
+    import array_api_compat
+
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "array_api_compat": array_api_compat.__version__, backend: backend_version}
+
+
+def history_rows(result: TrainResult) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(h) for h in result.history]
+
+
+def run_metrics(result: TrainResult, class_names: list[str], backend_version: str,
+                data: Dataset) -> dict[str, Any]:
+    """Everything metrics.json records: final figures, the report, where and how it ran.
+    Without a test set (a sweep's trials) the test report's keys are None (JSON null)."""
+    cfg, rows = result.config, history_rows(result)
+    best = result.best()
+    tested = result.test_report is not None
+    report = result.test_report.to_dict(class_names) if tested else {}
+    return {
+        "train_accuracy": result.train_accuracy,
+        "test_accuracy": result.test_accuracy if tested else None,  # not NaN: JSON has no NaN
+        "best_epoch": best.epoch if best else None,
+        "stopped_early": result.stopped_early,
+        "validation_samples": result.validation_samples,
+        "total_seconds": result.total_seconds,
+        "backend": result.backend,
+        "device": result.device,
+        "dtype": cfg.dtype,
+        "seed": cfg.seed,
+        "train_samples": result.train_samples,
+        "test_samples": len(result.test_predictions) if result.test_predictions is not None else 0,
+        "epochs": rows,
+        "confusion_matrix": report.get("confusion_matrix"),
+        "per_class": report.get("per_class"),
+        "macro_avg": report.get("macro_avg"),
+        "weighted_avg": report.get("weighted_avg"),
+        "versions": library_versions(result.backend, backend_version),
+        "data": {"source": data.source, "path": str(data.path)},
+        "host": platform.node(),
+    }
+
+
+def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: dict[str, Any],
+              title: str = "") -> None:
+    """Write the model, the history (JSON, CSV, SVG), the confusion heatmap and the metrics
+    (`run_metrics`' dict, extended or not: its `epochs` are the history written)."""
+    save_model(path / "model.safetensors",
+               SavedModel(result.config, result.params, result.scaling, class_names))
+    rows = metrics["epochs"]
+    atomic_write_json(path / "history.json", rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(EpochStats)])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path / "history.csv", buf.getvalue())
+    write_svg(path / "history.svg", history_svg(rows, title=title))
+    if result.test_report is not None:
+        write_svg(path / "confusion.svg",
+                  confusion_svg(result.test_report.confusion, class_names, title=title))
+    atomic_write_json(path / "metrics.json", metrics)
