@@ -26,7 +26,7 @@ MUTANTS = {
         "trainer/run/loop.py", "for step in range(state.step, steps):",
         "for step in range(state.step, steps - 1):"),
     "drop the partial batch": (
-        "trainer/run/loop.py", "steps = -(-self.n_train // bs)", "steps = self.n_train // bs"),
+        "trainer/run/loop.py", "steps = -(-self.n_train // size)", "steps = self.n_train // size"),
     "no reshuffle": (
         "trainer/run/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
         "state.perm = np.arange(self.n_train)"),
@@ -34,9 +34,9 @@ MUTANTS = {
         "trainer/run/loop.py", 'state.perm = self.rngs["shuffle"].permutation(self.n_train)',
         "state.perm = np.random.default_rng(config.seed).permutation(self.n_train)"),
     "L2 added twice": (
-        "trainer/core/step.py",
-        'grad_w += (scale * rate) * (w if kind == "L2" else self.xp.sign(w))',
-        'grad_w += (scale * rate) * (2 * w if kind == "L2" else self.xp.sign(w))'),
+        "trainer/core/optim.py",
+        'grad += (scale * rate) * (w if kind == "L2" else xp.sign(w))',
+        'grad += (scale * rate) * (2 * w if kind == "L2" else xp.sign(w))'),
     "a wrong sigmoid derivative in the fused NumPy kernel": (
         "backends/ndkernels.py", "nx.subtract(1.0, a, out=tmp)\n            tmp *= a",
         "nx.add(1.0, a, out=tmp)\n            tmp *= a"),

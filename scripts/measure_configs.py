@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer import Config, load_dataset, train
+from trainer import Config, load_backend, load_dataset, train
 from trainer.errors import TrainerError
 from trainer.fileio import atomic_write_text
 
@@ -34,11 +34,12 @@ def _main() -> None:
     args = parser.parse_args()
 
     data = load_dataset()
+    backend = load_backend(args.backend, args.device)
     rows = ["| config | network | epochs | test accuracy | train accuracy | s/epoch | total s |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for path in args.configs:
         config = Config.from_file(path)
-        result = train(config, data, args.backend, device=args.device)
+        result = train(config, data, backend)
         network = config.describe()
         rows.append(f"| {path.stem} | {network} | {config.epochs} | "
                     f"{result.test_accuracy:.2%} | {result.train_accuracy:.2%} | "

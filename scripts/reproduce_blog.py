@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer import Config, load_dataset, train
+from trainer import Config, load_backend, load_dataset, train
 from trainer.errors import TrainerError
 from trainer.fileio import atomic_write_text
 
@@ -50,14 +50,14 @@ def _main() -> None:
     args = parser.parse_args()
 
     data = load_dataset(args.data_dir)
+    backend = load_backend(args.backend, args.device)
     rows = ["| config | network | epochs | our test accuracy | training s | blog reported |",
             "| --- | --- | --- | --- | --- | --- |"]
     seeds: set[int] = set()
     for name, blog in BLOG.items():
         config = Config.from_file(ROOT / "configs" / f"{name}.json").replace(epochs=args.epochs)
         seeds.add(config.seed)
-        result = train(config, data, args.backend, device=args.device,
-                       limit_train=args.limit_train)
+        result = train(config, data, backend, limit_train=args.limit_train)
         network = config.describe()
         rows.append(f"| {name} | {network} | {config.epochs} | {result.test_accuracy:.2%} | "
                     f"{result.total_seconds:.2f} | {blog} |")

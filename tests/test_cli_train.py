@@ -153,6 +153,31 @@ def test_backends_lists_every_backend_with_status() -> None:
     except ImportError:
         line = next(ln for ln in result.output.splitlines() if "cupy" in ln)
         assert "no" in line and "not installed" in result.output
+    from trainer import backends
+
+    offered = backends.load("numpy").kernels.offered()
+    assert {"matmul", "gemm_acc", "softmax_xent_t"} <= set(offered)
+    assert f"numpy kernels: {', '.join(offered)}" in " ".join(result.output.split())
+    assert "array-api-strict kernels: none (the plain array-API step)" in result.output
+
+
+def test_backends_shows_a_kernel_a_self_test_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from trainer import backends
+
+    real = backends.status
+
+    def status(name: str) -> backends.BackendStatus:
+        found = real(name)
+        if name != "numpy":
+            return found
+        return dataclasses.replace(found, dropped=(("gemm_acc", "float64 self-test: [red]x"),))
+
+    monkeypatch.setattr(backends, "status", status)
+    result = run("backends")
+    assert result.exit_code == 0
+    assert "numpy: kernel gemm_acc left out: float64 self-test: [red]x" in result.output
 
 
 def test_help_lists_every_command_and_each_commands_options() -> None:

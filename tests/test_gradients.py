@@ -79,6 +79,35 @@ def test_backward_matches_central_differences(hidden: str, out: str, loss: str) 
         assert _rel_error(a, n) < 1e-6
 
 
+def test_backward_with_dropout_masks_matches_central_differences() -> None:
+    """Masks are fixed multipliers of each connection's input: the gradient must see them."""
+    params, x, target = _problem(2)
+    acts = ["relu", "sigmoid", "softmax"]
+    rng = np.random.default_rng(7)
+    masks = [(rng.random(x.shape) > 0.3) / 0.7, None, (rng.random((6, 4)) > 0.5) / 0.5]
+
+    def loss(ps: list[np.ndarray]) -> float:
+        outs, logits = forward(ps, acts, x, masks)
+        return float(loss_and_delta("cross_entropy", acts[-1], logits, outs[-1], target)[0])
+
+    outs, logits = forward(params, acts, x, masks)
+    _, delta = loss_and_delta("cross_entropy", acts[-1], logits, outs[-1], target)
+    analytic = backward(params, acts, outs, delta, masks)
+    h = 1e-6
+    for p, a in zip(params, analytic, strict=True):
+        numeric = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            old = p[i]
+            p[i] = old + h
+            up = loss(params)
+            p[i] = old - h
+            numeric[i] = (up - loss(params)) / (2 * h)
+            p[i] = old
+        assert _rel_error(a, numeric) < 1e-6
+    unmasked = backward(params, acts, forward(params, acts, x)[0], delta)
+    assert _rel_error(unmasked[0], analytic[0]) > 1e-3  # the masks changed the answer
+
+
 @pytest.mark.parametrize("acc_min", [0, step_module.GEMM_ACC_MIN], ids=["gemm-acc", "small"])
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "kernels"])
 @pytest.mark.parametrize("reg", [("L1", 0.01), ("L2", 0.05)])

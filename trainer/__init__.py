@@ -4,8 +4,8 @@ from trainer.core.config import Config, default_config
 from trainer.data.dataset import Dataset, InputScaling, load_dataset
 from trainer.errors import ConfigError, DataError, TrainerError
 from trainer.run.results import Callbacks, Engine, EpochStats, TrainResult
-from trainer.run.train import train
+from trainer.run.train import load_backend, train
 
 __all__ = ["Callbacks", "Config", "ConfigError", "DataError", "Dataset", "Engine", "EpochStats",
-           "InputScaling", "TrainResult", "TrainerError", "default_config", "load_dataset",
-           "train"]
+           "InputScaling", "TrainResult", "TrainerError", "default_config", "load_backend",
+           "load_dataset", "train"]
