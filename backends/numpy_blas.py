@@ -1,7 +1,8 @@
 """`gemm_acc` and `axpy` for NumPy: BLAS calls that NumPy itself does not expose.
 
 gemm_acc: out = alpha * (a @ b) + beta * out in one call. The training step keeps momentum
-velocities this way (v = m v - lr * grad in the GEMM that computes the gradient), which saves
+velocities this way (v = m v + g in the GEMM that computes g, the gradient with -lr folded in;
+trainer/core/optim.py states the convention), which saves
 two passes over every large weight matrix per step. axpy: y += alpha * x on the BLAS's threads,
 for the step's w += v. Both call the OpenBLAS that NumPy itself ships and has loaded (never a
 second BLAS: two OpenBLAS builds in one hot loop slow each other down a hundredfold), and only

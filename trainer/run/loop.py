@@ -135,7 +135,8 @@ class Run:
         finally:
             if ahead is not None:
                 ahead.close()
-        loss_sum, correct_sum = sums.values()  # waits for the epoch's work
+        loss_sum, correct_sum = sums.values()
+        backend.synchronize()  # the epoch's time includes all of its work on a device
         seconds = time.perf_counter() - t0
         val, test = self._held_out()
         return EpochStats(epoch, loss_sum / self.n_train, correct_sum / self.n_train, test,
