@@ -11,6 +11,7 @@ the fast suite runs (`-m "not slow"`), as a reviewer's quick check would.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -57,9 +58,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp)
         for name in files:
-            if (ROOT / name).is_file():
-                (copy / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / name, copy / name)
+            source = ROOT / name
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            if source.is_symlink():  # trainer/backends -> ../backends
+                os.symlink(os.readlink(source), copy / name)
+            elif source.is_file():
+                shutil.copy2(source, copy / name)
+        baseline = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o",
+             "addopts=", "-m", "not slow", "tests/test_step.py"], cwd=copy, capture_output=True,
+            text=True)
+        if baseline.returncode != 0:  # a broken copy would make every mutant look caught
+            sys.exit("error: the unmutated copy fails its tests:\n" + baseline.stdout[-2000:])
         for name in args.names or MUTANTS:
             path, old, new = MUTANTS[name]
             source = (copy / path).read_text()
