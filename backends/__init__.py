@@ -42,20 +42,33 @@ class Kernels:
     # (name, z) -> z with activations.ACTIVATIONS[name][0] applied in place, or None where not
     # offered for that activation
     activate: Kernel | None = None
-    # (name, a, g, tmp) -> g times the derivative of the activation whose output is `a`
-    # (activations.ACTIVATIONS[name][1]), in place in `g` (`tmp`: scratch shaped like `a`), or
-    # None where not offered
+    # (name, z, b) -> z = activation(z + b) in place, b broadcast (network.forward's bias add
+    # and activation in one pass), or None where not offered for that activation
+    bias_activate: Kernel | None = None
+    # (name, a, g, tmp, mask) -> g times the derivative of the activation whose output is `a`
+    # (activations.ACTIVATIONS[name][1]), after g *= mask when a dropout mask is given, in
+    # place in `g` (`tmp`: scratch shaped like `a`); None where not offered (g untouched)
     activate_grad: Kernel | None = None
-    # (logits_t, labels, scale) -> (summed cross-entropy, correct count,
-    # scale * (softmax - onehot(labels))), losses.loss_and_delta fused, with classes along axis
-    # 0 and one column per sample (reductions over a short axis 1 are slow), logits_t
-    # C-contiguous and free to overwrite
+    # (logits_t, bias, y_all, idx, scale, bias_grad) -> (summed cross-entropy, correct count,
+    # delta_t): losses.loss_and_delta fused with metrics.hits on transposed logits (classes
+    # along axis 0, one column per sample: reductions over a short axis 1 are slow; C-contiguous
+    # and free to overwrite). It adds the bias column first, takes the labels as y_all[idx],
+    # leaves delta_t = scale * (softmax - onehot(labels)) in logits_t and writes the bias's
+    # gradient (delta summed over the samples) into bias_grad.
     softmax_xent_t: Kernel | None = None
+    # (w, v, g, m, nesterov, rest) -> optim.sgd over flat buffers in one pass, where below
+    # index `rest` v is already updated (VelocityStep)
+    sgd_update: Kernel | None = None
     # (x, perm, batch_size, first_step) -> an iterator of the batches' input rows x[perm[lo:hi]]
     # gathered ahead of use (host arrays; see prefetch.py)
     prefetch: Kernel | None = None
     # int64 values in [0, 2**32) -> trainer/core/dropout.py's hash32 of them, the same bits
     hash32: Kernel | None = None
+    # (counter, key, p, dtype) -> dropout.keep_mask's multipliers in one pass (the same bits)
+    keep_mask: Kernel | None = None
+    # (sums, loss, correct) -> sums += (loss, correct), sums a float64 pair on the device: a
+    # step's running figures in one pass
+    accumulate: Kernel | None = None
     # kernels a load-time self-test left out, with the reason: (name, why)
     dropped: tuple[tuple[str, str], ...] = ()
 

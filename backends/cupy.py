@@ -50,24 +50,62 @@ def load(device: str | None = None) -> Backend:
 
 
 def _kernels(cupy: Any) -> Kernels:
-    """numpy-style buffer kernels, plus one fused sigmoid and cuBLAS's GEMM with beta."""
+    """numpy-style buffer kernels (ndkernels), the fused CUDA kernels of cupy_kernels, and
+    cuBLAS's GEMM with beta. The default config's step is 12 launches: see BENCHMARKS.md."""
     import cupy.cublas
+    import numpy as np
 
-    from . import ndkernels
+    from . import cupy_kernels, ndkernels
 
-    # activations.sigmoid in one kernel launch instead of four: at batch 32 a step is bound by
-    # launches, not FLOPs
-    sigmoid = cupy.ElementwiseKernel("T z", "T y", "y = (T)0.5 * tanh((T)0.5 * z) + (T)0.5",
-                                     "trainer_sigmoid")
-    generic = ndkernels.make(cupy).activate
+    built = cupy_kernels.build(cupy)
+    outputs: dict[str, tuple[Any, Any]] = {}  # softmax_xent_t's scalars, by dtype: reused
 
-    def activate(name: str, z: Any) -> Any | None:
-        return sigmoid(z, z) if name == "sigmoid" else generic(name, z)
+    def bias_activate(name: str, z: Any, b: Any) -> Any | None:
+        kernel = built["bias_activate"].get(name)
+        return None if kernel is None else kernel(b, z)
+
+    def activate_grad(name: str, a: Any, g: Any, tmp: Any, mask: Any = None) -> Any | None:
+        kernel = built["activate_grad"].get((name, mask is not None))
+        if kernel is None:
+            return None
+        return kernel(a, g) if mask is None else kernel(a, mask, g)
+
+    def softmax_xent_t(logits_t: Any, bias: Any, y_all: Any, idx: Any, scale: float,
+                       bias_grad: Any) -> tuple[Any, Any, Any]:
+        if not (logits_t.flags.c_contiguous and bias.flags.c_contiguous
+                and bias_grad.flags.c_contiguous and idx.flags.c_contiguous):
+            raise ValueError("softmax_xent_t needs contiguous logits, bias, gradient, indices")
+        dtype = logits_t.dtype
+        if dtype.name not in outputs:
+            outputs[dtype.name] = (cupy.zeros((), dtype), cupy.zeros((), cupy.int64))
+        loss, correct = outputs[dtype.name]
+        classes, n = logits_t.shape
+        built["softmax_xent_t"][dtype.name](
+            (1,), (cupy_kernels.BLOCK,),
+            (logits_t, bias, y_all.astype(cupy.int64, copy=False),
+             idx.astype(cupy.int64, copy=False), dtype.type(scale), np.int32(classes),
+             np.int32(n), bias_grad, loss, correct))
+        return loss, correct, logits_t
+
+    def sgd_update(w: Any, v: Any, g: Any, m: float, nesterov: bool, rest: int) -> None:
+        built["sgd_update"](g, w.dtype.type(m), rest, nesterov, v, w)
+
+    def keep_mask(counter: Any, key: int, p: float, dtype: Any) -> Any:
+        mask = cupy.empty(counter.shape, dtype=dtype)
+        built["keep_mask"](counter, np.uint32(key), np.uint32(int(p * 2**32)),
+                           mask.dtype.type(1.0 / (1.0 - p)), mask)
+        return mask
+
+    def accumulate(sums: Any, loss: Any, correct: Any) -> None:
+        built["accumulate"](loss, correct, sums, size=1)
 
     def gemm_acc(a: Any, b: Any, out: Any, alpha: float, beta: float) -> Any:
         return cupy.cublas.gemm("N", "N", a, b, out=out, alpha=alpha, beta=beta)
 
-    kernels = ndkernels.make(cupy, activate=activate, gemm_acc=gemm_acc)
+    kernels = ndkernels.make(
+        cupy, bias_activate=bias_activate, activate_grad=activate_grad,
+        softmax_xent_t=softmax_xent_t, sgd_update=sgd_update, keep_mask=keep_mask,
+        accumulate=accumulate, gemm_acc=gemm_acc)
     why = _gemm_acc_fails(cupy, gemm_acc)
     if why is not None:
         kernels = replace(kernels.without("gemm_acc"), dropped=(("gemm_acc", why),))

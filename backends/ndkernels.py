@@ -40,8 +40,13 @@ def make(nx: Any, **overrides: Kernel | None) -> Kernels:
             return None
         return z
 
-    def activate_grad(name: str, a: Any, g: Any, tmp: Any) -> Any | None:
-        """activations.py's `<name>_backward(a, g)`, in place in g (None: not offered)."""
+    def activate_grad(name: str, a: Any, g: Any, tmp: Any, mask: Any = None) -> Any | None:
+        """activations.py's `<name>_backward(a, g * mask)`, in place in g (None: not offered,
+        and g untouched)."""
+        if name not in ("sigmoid", "tanh", "relu", "identity"):
+            return None
+        if mask is not None:
+            g *= mask
         if name == "sigmoid":  # a (1 - a), which stays accurate where a is close to 1
             nx.subtract(1.0, a, out=tmp)
             tmp *= a
@@ -53,18 +58,18 @@ def make(nx: Any, **overrides: Kernel | None) -> Kernels:
         elif name == "relu":
             nx.greater(a, 0.0, out=tmp)
             g *= tmp
-        elif name != "identity":
-            return None
         return g
 
     # 0..n-1 for softmax_xent_t, by batch size and device; the device by its name, since a
     # cupy.cuda.Device defines == but no hash
     aranges: dict[tuple[int, str], Any] = {}
 
-    def softmax_xent_t(logits_t: Any, labels: Any, scale: float) -> tuple[Any, Any, Any]:
+    def softmax_xent_t(logits_t: Any, bias: Any, y_all: Any, idx: Any, scale: float,
+                       bias_grad: Any) -> tuple[Any, Any, Any]:
         """losses.loss_and_delta's cross-entropy and metrics.hits, fused: (summed cross-entropy,
         correct count, scale * (softmax - onehot(labels))), overwriting logits_t (C-contiguous:
-        the step's own buffer).
+        the step's own buffer) after adding the bias column; the labels are y_all[idx], and
+        the bias's gradient (the delta summed over the samples) goes into bias_grad.
 
         Classes run along axis 0, one column per sample: the reductions over classes are then
         a few passes over whole rows (over a short axis 1 NumPy loops row by row, 20x slower
@@ -74,6 +79,8 @@ def make(nx: Any, **overrides: Kernel | None) -> Kernels:
         """
         if not logits_t.flags.c_contiguous:
             raise ValueError("softmax_xent_t needs C-contiguous logits")
+        logits_t += nx.reshape(bias, (-1, 1))
+        labels = nx.take(y_all, idx)
         n = logits_t.shape[1]
         flat = logits_t.reshape(-1)  # a view
         key = (n, str(logits_t.device))
@@ -92,8 +99,11 @@ def make(nx: Any, **overrides: Kernel | None) -> Kernels:
         logits_t /= s
         flat[true] -= 1.0
         logits_t *= scale
+        column_sums(logits_t.T, bias_grad)
         return loss, correct, logits_t
 
+    # the bias gradient with the backend's own sum0 (numpy's is a BLAS product)
+    column_sums = overrides.get("sum0") or sum0
     kernels: dict[str, Kernel | None] = {
         "matmul": matmul, "take": take, "sum0": sum0, "activate": activate,
         "activate_grad": activate_grad, "softmax_xent_t": softmax_xent_t}

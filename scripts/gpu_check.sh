@@ -4,47 +4,88 @@
 #   bash scripts/gpu_check.sh prepare   # here, with network: wheels into .whl/, MNIST into .mnist/
 #   bash scripts/gpu_check.sh           # there: GPU tests, the GPU benchmark, a default run
 #
-# Results go under $OUT (default ./gpu-out): nvidia-smi.txt, backends.txt, pytest-gpu.txt,
-# bench-gpu.json/.txt and train-default-cupy.txt. .whl/ and .mnist/ are ignored by git; carry
-# them to the GPU machine alongside the checkout.
-set -uo pipefail
+# Results go under $OUT (default ./gpu-out), seven files: nvidia-smi.txt, backends.txt,
+# pytest-gpu.txt, bench-gpu.json, bench-gpu.txt, train-default-cupy.txt, metrics.json.
+# .whl/ and .mnist/ are ignored by git: carry them to the GPU machine with the checkout. Every
+# stage has a time limit and any failure stops the script with a non-zero exit; running it again
+# on the same machine starts afresh (a new run directory, the results replaced).
+set -euo pipefail
 cd "$(dirname "$0")/.."
 
+CARRY_LIMIT_MB=64
+# What the GPU image lacks of trainer's and its tests' dependencies (it has NumPy, CuPy, Typer,
+# rich, Pillow, matplotlib, safetensors, threadpoolctl, pytest, hypothesis; device/KINDS.md):
+# array-api-compat, and pydantic with its parts.
+WHEELS=(array-api-compat pydantic pydantic-core annotated-types typing-inspection)
+GPU_PYTHON=3.12  # the GPU image's Python
+PYTHON=${PYTHON:-python3}  # here: one that has trainer's dependencies (there: the image's python3)
+
 if [ "${1:-}" = "prepare" ]; then
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-    grep -qx '/.mnist/' .git/info/exclude 2>/dev/null || echo '/.mnist/' >> .git/info/exclude
-    rm -rf .whl && mkdir -p .whl .mnist
-    for py in 3.12; do
-        python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" \
-            --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-            --platform manylinux2014_x86_64 -d .whl array-api-compat pydantic pydantic-core \
-            annotated-types typing-extensions typing-inspection safetensors threadpoolctl \
-            matplotlib pillow contourpy cycler fonttools kiwisolver pyparsing python-dateutil \
-            six packaging hypothesis sortedcontainers
+    for folder in /.whl/ /.mnist/; do
+        grep -qx "$folder" .git/info/exclude 2>/dev/null || echo "$folder" >> .git/info/exclude
     done
-    python3 -c "from trainer.data.dataset import load_dataset; print(load_dataset(quiet=True).path)" \
-        | xargs -I{} sh -c 'cp {}/*.gz .mnist/'
-    du -sh .whl .mnist
+    rm -rf .whl .mnist && mkdir -p .whl .mnist
+    timeout 300 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: \
+        --python-version "$GPU_PYTHON" --implementation cp --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+    for wheel in "${WHEELS[@]}"; do
+        if ! ls .whl/"${wheel//-/_}"-*.whl >/dev/null 2>&1; then
+            echo "error: no wheel of $wheel in .whl/" >&2
+            exit 1
+        fi
+    done
+    data=$(timeout 600 "$PYTHON" -c '
+import sys
+from trainer import TrainerError, load_dataset
+try:
+    print(load_dataset().path)
+except TrainerError as e:
+    sys.exit(f"error: MNIST for the GPU machine: {e}")')
+    for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
+            t10k-labels-idx1-ubyte; do
+        cp "$data/$name.gz" .mnist/  # set -e: a missing file stops here, loudly
+    done
+    size_mb=$(du -smc .whl .mnist | tail -n 1 | cut -f 1)
+    echo "carry .whl and .mnist: ${size_mb} MB ($(ls .whl | wc -l) wheels, MNIST from $data)"
+    if [ "$size_mb" -ge "$CARRY_LIMIT_MB" ]; then
+        echo "error: the carry set is ${size_mb} MB, over the ${CARRY_LIMIT_MB} MB limit" >&2
+        exit 1
+    fi
     exit 0
 fi
 
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+site=$(mktemp -d)
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
+    timeout 120 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$site" .whl/*.whl
+    export PYTHONPATH=$site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ -d .mnist ] && export TRAINER_DATA_DIR="$PWD/.mnist"
+if [ -d .mnist ]; then
+    export TRAINER_DATA_DIR="$PWD/.mnist"
+fi
 
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python3 -m trainer backends 2>&1 | tee "$OUT/backends.txt"
-# the modules with backend-parametrized tests (the others need packages the GPU box lacks)
-python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_parity.py tests/test_step.py \
-    tests/test_metrics.py tests/test_recipe.py 2>&1 | tee "$OUT/pytest-gpu.txt"
-python3 -m trainer bench --backends cupy,numpy --batch-sizes 32,128,512,4096 --epochs 3 \
-    --out "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.txt"
-python3 -m trainer train configs/default.json --backend cupy --run-dir /tmp/run-cupy --quiet \
-    2>&1 | tee "$OUT/train-default-cupy.txt"
+stage() {  # stage SECONDS NAME.txt COMMAND...: run it under a limit, its output into $OUT
+    local seconds=$1 log=$OUT/$2
+    shift 2
+    echo "::: $* (limit ${seconds} s)"
+    timeout "$seconds" "$@" 2>&1 | tee "$log"
+}
+
+stage 30 nvidia-smi.txt nvidia-smi
+stage 120 backends.txt "$PYTHON" -m trainer backends
+# the modules with backend-parametrized and GPU tests (the sweep tests need Optuna, which the
+# GPU image lacks)
+stage 420 pytest-gpu.txt "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider \
+    tests/test_parity.py tests/test_step.py tests/test_metrics.py tests/test_recipe.py \
+    tests/test_cupy_kernels.py
+stage 420 bench-gpu.txt "$PYTHON" -m trainer bench --backends cupy,numpy \
+    --batch-sizes 32,512,4096 --epochs 3 --out "$OUT/bench-gpu.json"
+run_dir=$(mktemp -d)/run  # new every time: a second run on a warm machine works too
+stage 300 train-default-cupy.txt "$PYTHON" -m trainer train configs/default.json \
+    --backend cupy --run-dir "$run_dir" --quiet
+cp "$run_dir/metrics.json" "$OUT/metrics.json"
+echo "::: done: $(ls "$OUT" | tr '\n' ' ')"

@@ -93,8 +93,8 @@ def test_fast_path_matches_plain_path(kernel_backend: backends.Backend) -> None:
 
 
 # what backends/cupy.py builds; its load-time self-test drops gemm_acc when cuBLAS disagrees
-CUPY_KERNELS = {"matmul", "take", "sum0", "activate", "activate_grad", "softmax_xent_t",
-                "gemm_acc"}
+CUPY_KERNELS = {"matmul", "take", "sum0", "activate", "bias_activate", "activate_grad",
+                "softmax_xent_t", "sgd_update", "keep_mask", "accumulate", "gemm_acc"}
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ GEMMs) and every CPU backend must match it."""
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 
 import numpy as np
@@ -77,14 +78,40 @@ def reference_steps(cfg: Config, params, x, t, batches, lr):
     return params, losses
 
 
-def kernel_sets(backend: backends.Backend) -> dict[type, backends.Kernels | None]:
-    """The kernel combinations that select each kind of step on this backend."""
+def one_pass(k: backends.Kernels) -> backends.Kernels:
+    """NumPy stand-ins for the kernels only CuPy offers (bias_activate, sgd_update, keep_mask,
+    accumulate), each doing what its contract says with plain NumPy: the step's use of them is
+    tested here, on the CPU; tests/test_cupy_kernels.py checks the CUDA ones on a GPU."""
+    def bias_activate(name: str, z: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+        if name not in ("sigmoid", "relu", "tanh", "identity"):
+            return None
+        z += b
+        return k.activate(name, z)
+
+    def sgd_update(w, v, g, m, nesterov, rest) -> None:
+        v[rest:] *= m
+        v[rest:] += g[rest:]
+        w += m * v + g if nesterov else v
+
+    def accumulate(sums: np.ndarray, loss: np.ndarray, correct: np.ndarray) -> None:
+        sums[0] += loss
+        sums[1] += correct
+
+    return dataclasses.replace(
+        k, bias_activate=bias_activate, sgd_update=sgd_update, accumulate=accumulate,
+        keep_mask=lambda counter, key, p, dtype: keep_mask(np, counter, key, p, dtype))
+
+
+def kernel_sets(backend: backends.Backend) -> dict[str, tuple[type, backends.Kernels | None]]:
+    """The kernel combinations that select each kind of step on this backend, by name."""
     k = backend.kernels
-    sets: dict[type, backends.Kernels | None] = {PlainStep: None}
+    sets: dict[str, tuple[type, backends.Kernels | None]] = {"plain": (PlainStep, None)}
     if k.matmul and k.sum0:
-        sets[FlatStep] = k.without("gemm_acc")
+        sets["flat"] = (FlatStep, k.without("gemm_acc"))
+        sets["flat-one-pass"] = (FlatStep, one_pass(k).without("gemm_acc"))
     if k.gemm_acc:
-        sets[VelocityStep] = k
+        sets["velocity"] = (VelocityStep, k)
+        sets["velocity-one-pass"] = (VelocityStep, one_pass(k))
     return sets
 
 
@@ -103,14 +130,13 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
     batches = [np.array([0, 3, 5, 7]), np.array([1, 2, 9, 4]), np.array([8, 6])]  # last partial
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     want_params, want_losses = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
-    for kind, kernels in kernel_sets(backend).items():
+    for mode, (kind, kernels) in kernel_sets(backend).items():
         params = [backend.asarray(p.copy()) for p in host]  # numpy's asarray does not copy
         velocities = [backend.asarray(np.zeros_like(p)) for p in host]
         step = make_step(cfg, backend.xp, params, velocities, kernels)
         # Nesterov needs the step itself, so the velocity GEMM gives way to the flat buffers
         assert type(step) is (FlatStep if variant == "nesterov" and kind is VelocityStep
                               else kind)
-        mode = kind.__name__
         xd, yd = backend.asarray(x), backend.asarray(labels)
         losses = [float(backend.to_numpy(step(xd, yd, backend.asarray(i), cfg.learning_rate)[0]))
                   for i in batches]
@@ -127,7 +153,7 @@ def test_correct_count_is_the_argmax_hits(backend: backends.Backend) -> None:
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     outs, _ = forward(host, cfg.activations, x)
     want = int(np.sum(np.argmax(outs[-1], axis=1) == labels))
-    for kernels in kernel_sets(backend).values():
+    for _, kernels in kernel_sets(backend).values():
         step = make_step(cfg, backend.xp, [backend.asarray(p.copy()) for p in host],
                          [backend.asarray(np.zeros_like(p)) for p in host], kernels)
         _, correct = step(backend.asarray(x), backend.asarray(labels),
@@ -196,20 +222,50 @@ class OnDevice(np.ndarray):
 
 
 def test_softmax_xent_kernel_takes_an_unhashable_device() -> None:
-    """The crash on CuPy's first step: the kernel keyed a cache by the device object."""
+    """The crash on CuPy's first step: the kernel keyed a cache by the device object. And the
+    kernel's whole contract against losses.py: bias added, labels y_all[idx], bias gradient."""
     from trainer.backends import ndkernels
     from trainer.core.losses import log_softmax
 
     with pytest.raises(TypeError):
         hash(OnDevice((1,)).device)
     rng = np.random.default_rng(0)
-    logits, labels = rng.normal(0, 2, (5, 4)), rng.integers(0, 4, 5)
+    y_all, idx = rng.integers(0, 4, 9), np.array([7, 0, 3, 3, 8])
     kernel = ndkernels.make(np).softmax_xent_t
     for _ in range(2):  # the second call finds the cached column indices
-        loss, correct, delta_t = kernel(np.ascontiguousarray(logits.T).view(OnDevice),
-                                        labels.view(OnDevice), -0.5)
-        onehot = np.eye(4)[labels]
-        assert float(loss) == pytest.approx(-np.sum(onehot * log_softmax(logits)), rel=1e-12)
-        assert int(correct) == np.sum(np.argmax(logits, axis=1) == labels)
-        softmax = np.exp(log_softmax(logits))
-        np.testing.assert_allclose(np.asarray(delta_t).T, -0.5 * (softmax - onehot), rtol=1e-12)
+        logits, bias = rng.normal(0, 2, (5, 4)), rng.normal(0, 1, 4)
+        bias_grad = np.zeros(4)
+        loss, correct, delta_t = kernel(
+            np.ascontiguousarray(logits.T).view(OnDevice), bias, y_all.view(OnDevice),
+            idx.view(OnDevice), -0.5, bias_grad)
+        z, onehot = logits + bias, np.eye(4)[y_all[idx]]
+        assert float(loss) == pytest.approx(-np.sum(onehot * log_softmax(z)), rel=1e-12)
+        assert int(correct) == np.sum(np.argmax(z, axis=1) == y_all[idx])
+        want = -0.5 * (np.exp(log_softmax(z)) - onehot)
+        np.testing.assert_allclose(np.asarray(delta_t).T, want, rtol=1e-12)
+        np.testing.assert_allclose(bias_grad, want.sum(axis=0), rtol=1e-12, atol=1e-15)
+
+
+def test_running_sums_on_a_device_add_up_as_on_the_host() -> None:
+    """Device sums are float64 (by pairs with an accumulate kernel): the same figures as the
+    host's Python floats, and a step's loss is read every DEVICE_LOSS_CHECK steps only."""
+    from trainer.run.results import DEVICE_LOSS_CHECK, RunningSums
+
+    numpy = backends.load("numpy")
+    device = dataclasses.replace(numpy, on_host=False, kernels=backends.Kernels())
+    paired = dataclasses.replace(device, kernels=one_pass(numpy.kernels))
+    like = np.zeros(1)
+    sums = [RunningSums(b, like, 1.5, 2.0) for b in (numpy, device, paired)]
+    rng = np.random.default_rng(0)
+    steps = 3 * DEVICE_LOSS_CHECK + 7
+    total_loss, total_correct = 1.5, 2.0
+    for step in range(1, steps + 1):
+        loss, correct = np.float32(rng.random() * 30), np.int64(rng.integers(0, 33))
+        total_loss, total_correct = total_loss + float(loss), total_correct + int(correct)
+        read = [s.add(loss, correct, step, step == steps) for s in sums]
+        assert read[0] == float(loss)
+        want = float(loss) if step % DEVICE_LOSS_CHECK == 0 or step == steps else None
+        assert read[1] == read[2] == want
+    host = sums[0].values()
+    assert sums[1].values() == host and sums[2].values() == host  # float64 all: exact
+    assert host == (total_loss, total_correct)

@@ -55,6 +55,7 @@ class Step:
         self.global_step = 0  # steps taken: the dropout masks' counter and Adam's t
         self.augment: Callable[[Array, Array], Array] | None = None  # set by the training loop
         self.hash_kernel: Callable[[Array], Array] | None = None
+        self.keep_mask_kernel: Callable[..., Array] | None = None
         first = self.params[0]  # row c of the identity: class c's one-hot target
         self._eye = xp.eye(config.sizes[-1], dtype=first.dtype, device=first.device)
         self._counters: dict[tuple[int, int], Array] = {}
@@ -75,6 +76,8 @@ class Step:
                 self.xp.arange(shape[0] * shape[1], dtype=self.xp.int64, device=like.device),
                 shape)
         key = step_key(self.config.seed, self.global_step, layer)
+        if self.keep_mask_kernel is not None:
+            return self.keep_mask_kernel(self._counters[shape], key, p, like.dtype)
         return keep_mask(self.xp, self._counters[shape], key, p, like.dtype, self.hash_kernel)
 
     def _adam(self, w: Array, first: Array, second: Array, g: Array, lr: float) -> None:
@@ -143,7 +146,7 @@ class FlatStep(Step):
                  in_gemm: Sequence[bool] | None = None) -> None:
         super().__init__(config, xp, params, velocities)
         self.kernels = kernels
-        self.hash_kernel = kernels.hash32
+        self.hash_kernel, self.keep_mask_kernel = kernels.hash32, kernels.keep_mask
         self.fused_ce = config.loss == "cross_entropy"
         # in_gemm[i]: weight i's momentum is done in its gradient's GEMM (VelocityStep); those
         # weights come first in the flat buffers, so the rest's momentum is one pass
@@ -156,7 +159,6 @@ class FlatStep(Step):
         if self.adam:
             self.flat_second, self.second = flatten(xp, self.second, order)
         self.transposed = self.fused_ce and kernels.softmax_xent_t is not None
-        self._bias_columns = [xp.reshape(b, (-1, 1)) for b in self.params[1::2]]
         self._buffers: dict[int, BatchBuffers] = {}
 
     def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
@@ -171,12 +173,9 @@ class FlatStep(Step):
             x = k.take(x_all, idx, bufs.x) if k.take else xp.take(x_all, idx, axis=0)
         if self.augment is not None:
             x = self.augment(x, idx)
-        y = xp.take(y_all, idx)
-        # the fused kernel reads the labels; everything else the one-hot rows
-        target = y if self.transposed else xp.take(self._eye, y, axis=0)
         outs, kept, masks = self._forward(x, bufs)
         scale = self._scale(lr, n)
-        loss, correct, delta = self._loss(outs[-1], target, scale)
+        loss, correct, delta = self._loss(outs[-1], y_all, idx, scale)
         self._backward(outs, kept, masks, delta, scale, bufs)
         self._update(lr)
         self.global_step += 1
@@ -192,28 +191,39 @@ class FlatStep(Step):
         kept, outs = [x], [x if masks[0] is None else x * masks[0]]
         for i, act in enumerate(self.acts):
             w, b = self.params[2 * i], self.params[2 * i + 1]
-            if i == last and self.transposed:  # (classes, samples) = w^T a^T
-                z = k.matmul(w.T, outs[-1].T, bufs.outs[i])
-                z += self._bias_columns[i]
+            if i == last and self.transposed:  # (classes, samples) = w^T a^T; the fused
+                # kernel adds the bias
+                a = k.matmul(w.T, outs[-1].T, bufs.outs[i])
             else:
-                z = k.matmul(outs[-1], w, bufs.outs[i])
-                z += b
-            if i == last and self.fused_ce:
-                a = z
-            else:
-                a = k.activate(act, z) if k.activate else None
-                a = a if a is not None else ACTIVATIONS[act][0](z)
+                a = self._layer(act, k.matmul(outs[-1], w, bufs.outs[i]), b,
+                                i == last and self.fused_ce)
             masks.append(self.mask(i + 1, a.shape, a) if i < last else None)
             kept.append(a)
             outs.append(a if masks[-1] is None else a * masks[-1])
         return outs, kept, masks
 
-    def _loss(self, out: Array, target: Array, scale: float) -> tuple[Array, Array, Array]:
+    def _layer(self, act: str, z: Array, b: Array, logits: bool) -> Array:
+        """activation(z + b), in place where the kernels can (logits: z + b only)."""
+        k = self.kernels
+        a = k.bias_activate("identity" if logits else act, z, b) if k.bias_activate else None
+        if a is not None:
+            return a
+        z += b
+        if logits:
+            return z
+        a = k.activate(act, z) if k.activate else None
+        return a if a is not None else ACTIVATIONS[act][0](z)
+
+    def _loss(self, out: Array, y_all: Array, idx: Array, scale: float
+              ) -> tuple[Array, Array, Array]:
         """(summed loss, correct count, delta = scale * d loss / d last pre-activation):
-        losses.loss_and_delta, or its fused kernel on transposed logits."""
+        losses.loss_and_delta, or its fused kernel on transposed logits (which also adds the
+        last bias, picks the labels and writes the last bias's gradient)."""
         if self.transposed:
-            loss, correct, delta_t = self.kernels.softmax_xent_t(out, target, scale)
+            loss, correct, delta_t = self.kernels.softmax_xent_t(
+                out, self.params[-1], y_all, idx, scale, self.grads[-1])
             return loss, correct, delta_t.T
+        target = self.xp.take(self._eye, self.xp.take(y_all, idx), axis=0)
         c = self.config
         probs = ACTIVATIONS["softmax"][0](out) if self.fused_ce else out
         loss, delta = loss_and_delta(c.loss, self.acts[-1], out, probs, target)
@@ -229,12 +239,14 @@ class FlatStep(Step):
                 down = k.matmul(delta, self.params[2 * i].T, bufs.downs[i - 1])
             self._gradient(i, outs[i], delta, scale)
             if i > 0:
-                if masks[i] is not None:
-                    down *= masks[i]  # the step's own buffer
-                act, a = self.acts[i - 1], kept[i]
-                grad = (k.activate_grad(act, a, down, bufs.scratch[i - 1])
+                act, a, mask = self.acts[i - 1], kept[i], masks[i]
+                grad = (k.activate_grad(act, a, down, bufs.scratch[i - 1], mask)
                         if k.activate_grad else None)
-                delta = grad if grad is not None else ACTIVATIONS[act][1](a, down)
+                if grad is None:
+                    if mask is not None:
+                        down *= mask  # the step's own buffer
+                    grad = ACTIVATIONS[act][1](a, down)
+                delta = grad
 
     def _gradient(self, i: int, a_in: Array, delta: Array, scale: float) -> None:
         """Layer i's scaled gradients into the flat gradient buffer (its momentum as well, for a
@@ -245,7 +257,8 @@ class FlatStep(Step):
             k.gemm_acc(a_in.T, delta, grad_w, 1.0, self.config.momentum)
         else:  # for a small GEMM NumPy's call is cheaper than the BLAS's own
             grad_w = k.matmul(a_in.T, delta, self.grads[2 * i])
-        k.sum0(delta, self.grads[2 * i + 1])
+        if not (self.transposed and i == len(self.acts) - 1):  # (the fused kernel's job)
+            k.sum0(delta, self.grads[2 * i + 1])
         # after the velocity GEMM the penalty lands in v directly: the same v = m v + step
         optim.add_penalty(grad_w, w, self.config.regularization_type,
                           self.config.regularization_rate, scale)
@@ -256,6 +269,9 @@ class FlatStep(Step):
         if self.adam:
             self._adam(self.flat_params, self.flat_velocities, self.flat_second,
                        self.flat_grads, lr)
+        elif self.kernels.sgd_update:
+            self.kernels.sgd_update(self.flat_params, self.flat_velocities, self.flat_grads,
+                                    c.momentum, c.nesterov, 0)
         else:
             optim.sgd(self.flat_params, self.flat_velocities, self.flat_grads, c.momentum,
                       c.nesterov)
@@ -270,13 +286,17 @@ class VelocityStep(FlatStep):
                  velocities: Sequence[Array], kernels: Kernels) -> None:
         in_gemm = [size(w) >= GEMM_ACC_MIN for w in params[::2]]
         super().__init__(config, xp, params, velocities, kernels, in_gemm)
-        rest = sum(size(self.params[2 * i]) for i, acc in enumerate(self.in_gemm) if acc)
-        self._rest = (self.flat_velocities[rest:], self.flat_grads[rest:])
+        self.rest = sum(size(self.params[2 * i]) for i, acc in enumerate(self.in_gemm) if acc)
+        self._rest = (self.flat_velocities[self.rest:], self.flat_grads[self.rest:])
         # w += v on the BLAS's threads (they matter once w and v are out of the cache)
         self._add_velocity = (kernels.axpy(self.flat_velocities, self.flat_params)
                               if kernels.axpy else None)
 
     def _update(self, lr: float) -> None:
+        if self.kernels.sgd_update:  # both passes in one (a device: one launch, not two)
+            self.kernels.sgd_update(self.flat_params, self.flat_velocities, self.flat_grads,
+                                    self.config.momentum, False, self.rest)
+            return
         optim.momentum(*self._rest, self.config.momentum)
         if self._add_velocity:
             self._add_velocity(1.0)

@@ -92,8 +92,12 @@ class RunningSums:
     def __init__(self, backend: Backend, like: Array, loss: float = 0.0,
                  correct: float = 0.0) -> None:
         self.backend, self.every_step = backend, backend.on_host
+        self.accumulate = backend.kernels.accumulate
         if self.every_step:
             self.loss, self.correct = float(loss), float(correct)
+        elif self.accumulate:  # one pair, both added in one pass
+            self.pair = backend.xp.asarray([loss, correct], dtype=backend.xp.float64,
+                                           device=like.device)
         else:
             xp = backend.xp
             self.loss = xp.asarray(loss, dtype=xp.float64, device=like.device)
@@ -107,8 +111,11 @@ class RunningSums:
             self.loss += value
             self.correct += float(correct)
             return value
-        self.loss += loss
-        self.correct += correct
+        if self.accumulate:
+            self.accumulate(self.pair, loss, correct)
+        else:
+            self.loss += loss
+            self.correct += correct
         if last or done % DEVICE_LOSS_CHECK == 0:
             return float(self.backend.to_numpy(loss))
         return None
@@ -118,6 +125,9 @@ class RunningSums:
         if self.every_step:
             return self.loss, self.correct
         to_numpy = self.backend.to_numpy
+        if self.accumulate:
+            loss, correct = (float(v) for v in to_numpy(self.pair))
+            return loss, correct
         return float(to_numpy(self.loss)), float(to_numpy(self.correct))
 
 
