@@ -6,8 +6,10 @@ reason when it cannot (library missing, no CUDA device, driver too old).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -100,6 +102,9 @@ class Backend:
     host_blas: bool = False
     # (free, total) bytes of the device's memory, its caches released first; None: the host's
     memory: Callable[[], tuple[int, int]] | None = None
+    # a context in which new arrays land on this backend's device, in whichever thread runs it
+    # (CuPy's current device is per thread: without it another thread allocates on device 0)
+    scope: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
     devices: tuple[str, ...] = ()
     kernels: Kernels = field(default_factory=Kernels)
 

@@ -44,7 +44,7 @@ def load(device: str | None = None) -> Backend:
         name="cupy", xp=xp, device=dev,
         device_name=name.decode() if isinstance(name, bytes) else str(name),
         version=cupy.__version__, asarray=asarray, to_numpy=cupy.asnumpy,
-        synchronize=dev.synchronize, on_host=False, memory=memory,
+        synchronize=dev.synchronize, on_host=False, memory=memory, scope=lambda: dev,
         devices=tuple(f"cuda:{i}" for i in range(count)), kernels=kernels,
     )
 

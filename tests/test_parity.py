@@ -102,3 +102,35 @@ def test_cupy_offers_every_fast_kernel() -> None:
     """A kernel the backend dropped at load time (a failed self-test) fails here, on a GPU."""
     be = _load_or_skip("cupy")
     assert set(be.kernels.offered()) == CUPY_KERNELS and not be.kernels.dropped
+
+
+def test_a_run_moves_its_arrays_inside_the_backends_scope() -> None:
+    """CuPy's current device is per thread: a run (and an evaluation) enters the backend's
+    scope, so that its arrays land on the chosen device whichever thread trains."""
+    import contextlib
+    import dataclasses
+
+    from trainer.run.inference import evaluate_model
+    from trainer.run.model_io import SavedModel
+
+    depth: list[int] = [0]
+    seen: list[int] = []
+
+    @contextlib.contextmanager
+    def scope():
+        depth[0] += 1
+        yield
+        depth[0] -= 1
+
+    def asarray(a: np.ndarray) -> np.ndarray:
+        seen.append(depth[0])
+        return np.ascontiguousarray(a)
+
+    numpy = dataclasses.replace(backends.load("numpy"), scope=scope, asarray=asarray)
+    data = make_dataset(n_train=64)
+    result = train(small_config("float32", epochs=1), data, numpy)
+    assert seen and min(seen) == 1 and depth == [0]
+    seen.clear()
+    model = SavedModel(result.config, result.params, result.scaling, data.class_names)
+    evaluate_model(model, data, numpy)
+    assert seen and min(seen) == 1

@@ -56,10 +56,11 @@ def evaluate_model(model: SavedModel, data: Dataset, backend: Backend | str = "n
                         f"{data.num_classes} classes")
     backend = _loaded(backend)
     data = data.limit(None, limit_test)
-    x = backend.asarray(model.scaling.apply(data.test_images, dtype=config.dtype))
-    y = backend.asarray(data.test_labels.astype(np.int64))
-    return evaluate(_device_params(model, backend), config.activations, x, y, data.num_classes,
-                    backend.to_numpy, on_chunk=on_chunk)
+    with backend.scope():
+        x = backend.asarray(model.scaling.apply(data.test_images, dtype=config.dtype))
+        y = backend.asarray(data.test_labels.astype(np.int64))
+        return evaluate(_device_params(model, backend), config.activations, x, y,
+                        data.num_classes, backend.to_numpy, on_chunk=on_chunk)
 
 
 # a floor for the sum that normalises non-softmax outputs: all-zero rows stay zero, not NaN
@@ -78,9 +79,10 @@ def predict_proba(model: SavedModel, images: np.ndarray,
         raise DataError(f"the model takes {config.sizes[0]} pixels, the images have "
                         f"{int(np.prod(images.shape[1:]))}")
     backend = _loaded(backend)
-    x = backend.asarray(model.scaling.apply(images, dtype=config.dtype))
-    outs = forward(_device_params(model, backend), config.activations, x)[0]
-    out = np.asarray(backend.to_numpy(outs[-1]), dtype=np.float64)
+    with backend.scope():
+        x = backend.asarray(model.scaling.apply(images, dtype=config.dtype))
+        outs = forward(_device_params(model, backend), config.activations, x)[0]
+        out = np.asarray(backend.to_numpy(outs[-1]), dtype=np.float64)
     if config.activations[-1] != "softmax":
         out = np.clip(out, 0.0, None)
         out = out / np.maximum(out.sum(axis=1, keepdims=True), TINY_SUM)

@@ -69,7 +69,7 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     if blas_threads == "auto":
         blas_threads = auto_blas_threads(config, backend)
     # overflow on the way to a NaN is reported once, as a divergence, not as numpy warnings
-    with threadpool_limits(limits=blas_threads, user_api="blas"), \
+    with backend.scope(), threadpool_limits(limits=blas_threads, user_api="blas"), \
             np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         run = Run(config, data.limit(limit_train, limit_test), backend, engine, blas_threads,
                   callbacks or Callbacks(), resume)
