@@ -23,7 +23,7 @@ REQUIRED = bool(os.environ.get("TRAINER_REQUIRE_GPU_COMPILE"))
 def unavailable(reason: str) -> None:
     if REQUIRED:
         pytest.fail(f"TRAINER_REQUIRE_GPU_COMPILE is set, but {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 try:
