@@ -49,6 +49,9 @@ class Step:
         self.config, self.xp = config, xp
         self.params, self.velocities = list(params), list(velocities)
         self.acts = config.activations
+        self.dropouts = config.dropouts  # (config's properties build their lists anew)
+        self.dropping = any(self.dropouts)  # no mask bookkeeping in the hot loop without it
+        self.regularized = bool(config.regularization_type and config.regularization_rate)
         self.adam = config.optimizer in ("adam", "adamw")
         # Adam's second moments, laid out like the velocities (its first moments)
         self.second: list[Array] = [xp.zeros_like(v) for v in self.velocities] if self.adam else []
@@ -68,7 +71,7 @@ class Step:
     def mask(self, layer: int, shape: tuple[int, int], like: Array) -> Array | None:
         """Dropout's multipliers for the input of connection `layer` (`shape`, `like`'s dtype
         and device), or None where that layer has no dropout."""
-        p = self.config.dropouts[layer]
+        p = self.dropouts[layer]
         if not p:
             return None
         if shape not in self._counters:
@@ -115,7 +118,8 @@ class PlainStep(Step):
             x = self.augment(x, idx)
         onehot = xp.take(self._eye, xp.take(y_all, idx), axis=0)
         n = idx.shape[0]
-        masks = [self.mask(i, (n, c.sizes[i]), x) for i in range(len(self.acts))]
+        masks = ([self.mask(i, (n, c.sizes[i]), x) for i in range(len(self.acts))]
+                 if self.dropping else None)
         outs, logits = forward(self.params, self.acts, x, masks)
         loss, delta = loss_and_delta(c.loss, self.acts[-1], logits, outs[-1], onehot)
         correct = hits(logits if c.loss == "cross_entropy" else outs[-1], onehot)
@@ -187,7 +191,8 @@ class FlatStep(Step):
         dropout), each layer's own output (before it), and the masks. With fused cross-entropy
         the last output is the logits (losses' softmax comes in `_loss`)."""
         k, last = self.kernels, len(self.acts) - 1
-        masks: list[Array | None] = [self.mask(0, x.shape, x)]
+        dropping = self.dropping
+        masks: list[Array | None] = [self.mask(0, x.shape, x) if dropping else None]
         kept, outs = [x], [x if masks[0] is None else x * masks[0]]
         for i, act in enumerate(self.acts):
             w, b = self.params[2 * i], self.params[2 * i + 1]
@@ -197,7 +202,7 @@ class FlatStep(Step):
             else:
                 a = self._layer(act, k.matmul(outs[-1], w, bufs.outs[i]), b,
                                 i == last and self.fused_ce)
-            masks.append(self.mask(i + 1, a.shape, a) if i < last else None)
+            masks.append(self.mask(i + 1, a.shape, a) if dropping and i < last else None)
             kept.append(a)
             outs.append(a if masks[-1] is None else a * masks[-1])
         return outs, kept, masks
@@ -259,9 +264,9 @@ class FlatStep(Step):
             grad_w = k.matmul(a_in.T, delta, self.grads[2 * i])
         if not (self.transposed and i == len(self.acts) - 1):  # (the fused kernel's job)
             k.sum0(delta, self.grads[2 * i + 1])
-        # after the velocity GEMM the penalty lands in v directly: the same v = m v + step
-        optim.add_penalty(grad_w, w, self.config.regularization_type,
-                          self.config.regularization_rate, scale)
+        if self.regularized:  # after the velocity GEMM it lands in v directly: v = m v + step
+            optim.add_penalty(grad_w, w, self.config.regularization_type,
+                              self.config.regularization_rate, scale)
 
     def _update(self, lr: float) -> None:
         """optim's rule, once over the flat buffers."""

@@ -112,7 +112,7 @@ class Run:
             self.shifter.use(state.shift_ids)
         steps = -(-self.n_train // size)
         sums = RunningSums(backend, self.x_train, state.loss_sum, state.correct)
-        on_step = callbacks.on_step
+        on_step, add = callbacks.on_step, sums.add
         mid_epoch = callbacks.stop_requested is not None or bool(callbacks.checkpoint_every)
         ahead = (self.prefetch(self.x_train, state.perm, size, state.step) if self.prefetch
                  else None)
@@ -124,7 +124,7 @@ class Run:
                 lr = self.constant_lr or learning_rate(config, epoch, step, steps)
                 x = next(batches) if batches is not None else None
                 loss, correct = self.step(self.x_train, self.y_train, perm[lo:hi], lr, x)
-                value = sums.add(loss, correct, step + 1, step + 1 == steps)
+                value = add(loss, correct, step + 1, step + 1 == steps)
                 if value is not None and diverged(value / (hi - lo), config.loss):
                     raise self._diverged(value, hi - lo, epoch, step + 1, steps, lr,
                                          sums.every_step)
