@@ -13,7 +13,13 @@ def load(device: str | None = None) -> Backend:
         from array_api_compat import torch as xp
     except ImportError as e:
         raise ImportError(f"torch is not installed ({e}); pip install 'trainer[torch]'") from e
-    dev = torch.device(device or "cpu")
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, ValueError) as e:  # "banana": not a device string
+        raise ValueError(f"torch: --device {device!r} is not a device: use cpu, cuda or "
+                         f"cuda:N ({str(e).splitlines()[0]})") from None
+    if dev.type not in ("cpu", "cuda"):  # meta, mps, ...: arrays this trainer cannot read back
+        raise ValueError(f"torch: --device {device!r} is not supported: use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ImportError(f"torch {torch.__version__} sees no CUDA device")
     devices = ("cpu",) + tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))

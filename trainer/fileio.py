@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from trainer.errors import TrainerError
+from trainer.errors import ConfigError, TrainerError
 
 # mkstemp creates files 0600; give finished files the mode a plain open() would (0666 & ~umask)
 _UMASK = os.umask(0)
@@ -78,3 +79,41 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+MAX_JSON_BYTES = 1 << 20  # a config or a space file: far more than any needs (/dev/zero stops)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A small JSON document (a config, a space) from a file, or from standard input for `-`:
+    at most MAX_JSON_BYTES, no key twice in an object, nested no deeper than Python can parse.
+    ConfigError naming the file and what is wrong otherwise."""
+    name = "standard input" if str(path) == "-" else str(path)
+    try:
+        if str(path) == "-":
+            raw = sys.stdin.buffer.read(MAX_JSON_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {name}: {e.strerror or e}") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise ConfigError(f"{name}: a {what} is at most {MAX_JSON_BYTES // 2**20} MB; this one "
+                          f"is larger")
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply to be a {what}") from None
+    except ValueError as e:  # JSONDecodeError, or a key given twice
+        raise ConfigError(f"{name}: not valid JSON: {e}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {json.dumps(key)} appears twice in one object")
+        seen[key] = value
+    return seen

@@ -98,8 +98,9 @@ def predict_cmd(
         for col in ("file", "prediction", f"top {top}"):
             table.add_column(col)
         for row in rows:
-            shares = "  ".join(f"{t['class']} ({t['probability']:.1%})" for t in row["top"])
-            table.add_row(escape(row["file"]), f"[bold]{row['prediction']}[/]", shares)
+            shares = "  ".join(f"{escape(t['class'])} ({t['probability']:.1%})"
+                               for t in row["top"])
+            table.add_row(escape(row["file"]), f"[bold]{escape(row['prediction'])}[/]", shares)
         console.print(table)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +20,23 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def print_json(data: Any) -> None:
-    """`--json` output: indented, on stdout (anything not JSON-native as its str)."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """`--json` output: strict JSON (a NaN or an infinity is null, as no parser reads them),
+    indented, on stdout; anything not JSON-native as its str."""
+    sys.stdout.write(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False)
+                     + "\n")
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with NumPy scalars as Python ones and non-finite floats as None."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a NumPy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @contextlib.contextmanager

@@ -126,12 +126,12 @@ class TrainProgress:
 def confusion_table(report: Report, class_names: list[str]) -> Table:
     table = Table(title="Confusion matrix (rows: actual, columns: predicted)")
     table.add_column("actual", justify="right", style="bold")
-    for name in class_names:
-        table.add_column(name, justify="right")
+    for name in class_names:  # names come from files: plain text, never markup
+        table.add_column(escape(name), justify="right")
     for i, name in enumerate(class_names):
         cells = [f"[bold green]{n}[/]" if i == j else (f"[red]{n}[/]" if n else "[dim]0[/]")
                  for j, n in enumerate(report.confusion[i].tolist())]
-        table.add_row(name, *cells)
+        table.add_row(escape(name), *cells)
     return table
 
 
@@ -145,7 +145,7 @@ def class_table(report: Report, class_names: list[str]) -> Table:
                 str(m.support)]
 
     for name, m in zip(class_names, report.per_class, strict=True):
-        table.add_row(*row(name, m, f"{m.recall:.2%}"))
+        table.add_row(*row(escape(name), m, f"{m.recall:.2%}"))
     table.add_section()
     table.add_row(*row("macro avg", report.macro, ""))
     table.add_row(*row("weighted avg", report.weighted, ""))

@@ -176,7 +176,10 @@ def sweep_cmd(
             momentum=momentum, dtype=dtype, validation_split=validation_split)
         if not cfg.validation_split:
             cfg = cfg.replace(validation_split=0.1)
-        name = check_run_name(study or config.stem)
+        name = (check_run_name(study, "study name") if study is not None else
+                check_run_name(config.stem, "study name",
+                               hint=f"; the study is named after the config file "
+                                    f"{str(config)!r}: name it with --study NAME"))
         settings = SweepSettings(
             cfg, load_space(space, cfg), trials, sweep_dir or Path("sweeps") / name, name,
             storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,

@@ -116,6 +116,15 @@ def memory_error(e: BaseException, cfg: Config, backend: Backend) -> OutOfMemory
                        f"--batch-size or network")
 
 
+def _run_name(name: str | None, config: Path | None) -> str:
+    """--name, else the config file's name (`default` built in, `stdin` for `-`)."""
+    if name is not None:
+        return check_run_name(name)
+    stem = "default" if config is None else "stdin" if str(config) == "-" else config.stem
+    return check_run_name(stem, hint=f"; the run is named after the config file {str(config)!r}"
+                                     f": name it with --name NAME")
+
+
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
     backend: BackendOpt = "numpy",
@@ -150,7 +159,7 @@ def train_cmd(
         else:
             cfg = Config.from_file(config) if config else default_config()
             cfg = cfg.replace(**overrides)
-            run_name = check_run_name(name or (config.stem if config else "default"))
+            run_name = _run_name(name, config)
         loaded = load_backend(backend, device)
         data = load_data(data_dir, show=not (quiet or as_json))
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from trainer.core.activations import ACTIVATIONS, canonical
 from trainer.errors import ConfigError
+from trainer.fileio import read_json
 
 DEFAULT_CONFIG = "default_config.json"
 
@@ -153,16 +154,9 @@ class Config(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON: {e}") from None
-        return cls.from_dict(data, source=str(path))
+        """A config file (`-`: standard input), checked like `from_dict`."""
+        data = read_json(path, "config")
+        return cls.from_dict(data, source="standard input" if str(path) == "-" else str(path))
 
     def replace(self, **changes: Any) -> Config:
         """A copy with `changes` applied (None values ignored), validated like a file."""

@@ -10,7 +10,6 @@ crash at any moment leaves at least one whole checkpoint. Loading never unpickle
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors.numpy import save
 
 from trainer.errors import DataError, TrainerError
 from trainer.fileio import WriteError, atomic_file
-from trainer.run.model_io import read_safetensors
+from trainer.run.model_io import digest, read_safetensors
 
 LATEST, PREVIOUS = "checkpoint.safetensors", "checkpoint.prev.safetensors"
 FORMAT = "trainer-checkpoint/1"
@@ -65,22 +64,13 @@ class LoopState:
                 if f.name not in (*self._ARRAYS, "perm", "shift_ids")}
 
 
-def _digest(tensors: dict[str, np.ndarray], meta: str) -> str:
-    h = hashlib.sha256(meta.encode())
-    for key in sorted(tensors):
-        a = tensors[key]
-        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def save_checkpoint(run_dir: str | Path, state: LoopState) -> Path:
     """Write `state` as the run's latest checkpoint, keeping the one before as the previous."""
     run_dir = Path(run_dir)
     tensors = state.tensors()
     meta = json.dumps(state.scalars(), allow_nan=False)
     blob = save(tensors, metadata={"format": FORMAT, "state": meta,
-                                   "sha256": _digest(tensors, meta)})
+                                   "sha256": digest(tensors, meta)})
     latest = run_dir / LATEST
     try:
         # the previous whole checkpoint is kept until the new one is in place
@@ -98,7 +88,7 @@ def read_checkpoint(path: str | Path) -> LoopState:
     meta, tensors = read_safetensors(path, "checkpoint")
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: not a trainer checkpoint (format {meta.get('format')!r})")
-    found = _digest(tensors, meta.get("state", ""))
+    found = digest(tensors, meta.get("state", ""))
     if found != meta.get("sha256"):
         raise DataError(f"{path}: checksum mismatch: expected {meta.get('sha256')}, "
                         f"found {found}")

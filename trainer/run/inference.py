@@ -31,9 +31,15 @@ def load_run(run_dir: str | Path) -> tuple[SavedModel, dict[str, Any]]:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         metrics = {}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise DataError(f"cannot read {run_dir / 'metrics.json'}: {e}") from None
-    return model, metrics if isinstance(metrics, dict) else {}
+    metrics = metrics if isinstance(metrics, dict) else {}
+    recorded = metrics.get("run_id")
+    if recorded is not None and recorded != model.run_id:
+        raise DataError(f"{model_path} belongs to run {model.run_id or 'unknown'!r:.40}, but "
+                        f"{run_dir / 'metrics.json'} records run {str(recorded)!r:.40}: a model "
+                        f"copied in from another run?")
+    return model, metrics
 
 
 def _device_params(model: SavedModel, backend: Backend) -> list[Any]:

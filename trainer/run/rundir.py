@@ -8,6 +8,7 @@ import io
 import platform
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,13 @@ from trainer.run.results import EpochStats, TrainResult
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
-def check_run_name(name: str) -> str:
-    """A run name is one plain path component: letters, digits, . _ + -, and never `..`."""
+def check_run_name(name: str, what: str = "run name", hint: str = "") -> str:
+    """A run (or study) name is one plain path component: letters, digits, . _ + -, starting
+    with a letter or digit, never `..`; `hint` ends the message (how to choose another)."""
     if not NAME.fullmatch(name) or ".." in name:
-        raise UsageError(f"run name {name!r} is not allowed: use letters, digits, '.', '_', "
-                         f"'+' and '-' (no path separators, no '..'), at most 100 characters")
+        raise UsageError(f"{what} {name!r} is not allowed: use letters, digits, '.', '_', "
+                         f"'+' and '-' (starting with a letter or digit, no path separators, "
+                         f"no '..'), at most 100 characters{hint}")
     return name
 
 
@@ -107,8 +110,10 @@ def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: 
               title: str = "") -> None:
     """Write the model, the history (JSON, CSV, SVG), the confusion heatmap and the metrics
     (`run_metrics`' dict, extended or not: its `epochs` are the history written)."""
+    # the same id in the model and in metrics.json: a model copied in from another run is found
+    run_id = metrics.setdefault("run_id", uuid.uuid4().hex)
     save_model(path / "model.safetensors",
-               SavedModel(result.config, result.params, result.scaling, class_names))
+               SavedModel(result.config, result.params, result.scaling, class_names, run_id))
     rows = metrics["epochs"]
     atomic_write_json(path / "history.json", rows)
     buf = io.StringIO()

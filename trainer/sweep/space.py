@@ -14,6 +14,7 @@ import numpy as np
 
 from trainer.core.config import Config
 from trainer.errors import ConfigError
+from trainer.fileio import read_json
 
 KINDS = ("uniform", "log_uniform", "int", "choice")
 _TOKEN = re.compile(r"\[(\d+)\]|\.?([A-Za-z_]\w*)")
@@ -197,14 +198,7 @@ class Space:
 
 def load_space(path: str | Path, config: Config) -> Space:
     """Read and validate a space file against `config`'s keys; errors name the file and key."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read space file {path}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON: {e}") from None
-    return parse_space(data, config, str(path))
+    return parse_space(read_json(path, "space file"), config, str(path))
 
 
 def parse_space(data: Any, config: Config, source: str = "space") -> Space:

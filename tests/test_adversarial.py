@@ -1,0 +1,267 @@
+"""Inputs an attacker (or an accident) would try, each through the CLI: one message naming the
+file, key or value, the right exit code, no traceback, and nothing written where it refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from trainer.cli.app import app
+from trainer.run.model_io import SavedModel, load_model, save_model
+
+runner = CliRunner()
+ROOT = Path(__file__).parent.parent
+
+
+def run(*args: object, input: str | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input, terminal_width=200)
+
+
+def no_traceback(result) -> None:
+    assert "Traceback" not in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small run (synthetic 28x28 digits) and its data folder."""
+    from conftest import make_dataset, write_data_folder
+
+    data = write_data_folder(tmp_path_factory.mktemp("data"),
+                             make_dataset(n_train=300, n_test=100, shape=(28, 28), classes=10))
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run("train", "--data-dir", data, "--run-dir", run_dir, "--epochs", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    return run_dir, data
+
+
+@pytest.fixture
+def digit(tmp_path: Path) -> Path:
+    image = np.zeros((28, 28), np.uint8)
+    image[6:22, 12:16] = 255
+    path = tmp_path / "one.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+def copy_run(run_dir: Path, tmp_path: Path, **changes: object) -> Path:
+    """The run's files in a new folder, its model re-saved (with a valid checksum) changed."""
+    new = tmp_path / "copy"
+    new.mkdir()
+    for name in ("metrics.json", "config.json"):
+        (new / name).write_bytes((run_dir / name).read_bytes())
+    model = dataclasses.replace(load_model(run_dir / "model.safetensors"), **changes)
+    save_model(new / "model.safetensors", model)
+    return new
+
+
+# --- 1. values from a model file reach the terminal as plain text ---------------------------
+
+@pytest.mark.parametrize("name", ["[/]", "[link=https://evil.example]0[/link]", "[bold]x"])
+def test_class_names_with_markup_print_as_written(trained, digit: Path, tmp_path: Path,
+                                                  name: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.cli.console import console
+
+    monkeypatch.setattr(console, "width", 250)  # whole names in one cell line each
+    run_dir, data = trained
+    names = [name] + [str(c) for c in range(1, 10)]
+    copy = copy_run(run_dir, tmp_path, class_names=names)
+    for args in (("predict", copy, digit, "--top", 10), ("evaluate", copy, "--data-dir", data)):
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert name in result.output  # the markup itself, not what it would draw
+        assert "\x1b]8;" not in result.output  # no terminal hyperlink
+
+
+@pytest.mark.parametrize(("names", "says"), [
+    (["\x1b[2J"] + [str(c) for c in range(1, 10)], "class name '\\x1b[2J' is not a printable"),
+    ([str(c) for c in range(9)], "class_names must list 10 names, one per output of the "
+                                 "network, got 9"),
+    (["x" * 41] + [str(c) for c in range(1, 10)], "is not a printable name of 1 to 40"),
+])
+def test_bad_class_names_are_refused_on_load(trained, digit: Path, tmp_path: Path,
+                                             names: list[str], says: str) -> None:
+    run_dir, data = trained
+    copy = copy_run(run_dir, tmp_path, class_names=names)
+    for args in (("predict", copy, digit), ("evaluate", copy, "--data-dir", data)):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert says in " ".join(result.output.split()) and "model.safetensors" in result.output
+        assert "\x1b[2J" not in result.output
+        no_traceback(result)
+
+
+# --- 4. the model file's integrity ------------------------------------------------------------
+
+def test_a_damaged_model_is_refused(trained, digit: Path, tmp_path: Path) -> None:
+    run_dir, data = trained
+    copy = copy_run(run_dir, tmp_path)
+    blob = bytearray((copy / "model.safetensors").read_bytes())
+    blob[-200:-136] = bytes(b ^ 0x55 for b in blob[-200:-136])  # 64 bytes of a weight
+    (copy / "model.safetensors").write_bytes(bytes(blob))
+    for args in (("predict", copy, digit), ("evaluate", copy, "--data-dir", data)):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert "checksum mismatch: the file is damaged or was edited" in result.output
+        no_traceback(result)
+
+
+def test_a_model_from_another_run_is_refused(trained, digit: Path, tmp_path: Path) -> None:
+    run_dir, _ = trained
+    copy = copy_run(run_dir, tmp_path, run_id="0" * 32)  # its own checksum, another run's id
+    result = run("predict", copy, digit)
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert f"belongs to run '{'0' * 32}'" in flat and "copied in from another run" in flat
+    recorded = json.loads((run_dir / "metrics.json").read_text())["run_id"]
+    assert recorded == load_model(run_dir / "model.safetensors").run_id
+
+
+# --- 5. inputs that used to end in a traceback --------------------------------------------------
+
+def deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+def test_deeply_nested_json_config_and_space(tmp_path: Path) -> None:
+    config = tmp_path / "deep.json"
+    config.write_text(deep(100_000))
+    result = run("train", config, "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2 and "deep.json: nested too deeply to be a config" in result.output
+    assert not (tmp_path / "r").exists()
+    space = tmp_path / "space.json"
+    space.write_text(deep(100_000))
+    result = run("sweep", ROOT / "configs" / "default.json", "--space", space, "--trials", 1,
+                 "--sweep-dir", tmp_path / "sw")
+    assert result.exit_code == 2, result.output
+    assert "space.json: nested too deeply to be a space file" in result.output
+    no_traceback(result)
+
+
+def test_deeply_nested_model_metadata(trained, digit: Path, tmp_path: Path) -> None:
+    run_dir, _ = trained
+    model = load_model(run_dir / "model.safetensors")
+    from safetensors.numpy import save
+
+    from trainer.run.model_io import digest
+
+    tensors = {f"layers.{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": p
+               for i, p in enumerate(model.params)}
+    meta = {"format": "trainer-mlp/1", "config": deep(100_000), "input_scaling": "{}",
+            "class_names": "[]", "run_id": model.run_id}
+    meta["sha256"] = digest(tensors, json.dumps({k: v for k, v in meta.items()}, sort_keys=True))
+    copy = copy_run(run_dir, tmp_path)
+    (copy / "model.safetensors").write_bytes(save(tensors, metadata=meta))
+    result = run("predict", copy, digit)
+    assert result.exit_code == 2 and "model metadata nested too deeply" in result.output
+    no_traceback(result)
+
+
+def test_a_config_without_end_is_read_no_further_than_1_mb(tmp_path: Path) -> None:
+    result = run("train", "/dev/zero", "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    assert "/dev/zero: a config is at most 1 MB; this one is larger" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("device", "says"), [
+    ("banana", "--device 'banana' is not a device: use cpu, cuda or cuda:N"),
+    ("meta", "--device 'meta' is not supported: use cpu, cuda or cuda:N")])
+def test_torch_refuses_devices_it_cannot_train_on(tmp_path: Path, device: str,
+                                                  says: str) -> None:
+    pytest.importorskip("torch")
+    result = run("train", "--backend", "torch", "--device", device, "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2 and says in " ".join(result.output.split())
+    assert not (tmp_path / "r").exists()
+    no_traceback(result)
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "twice.json"
+    config.write_text('{"epochs": 3, "learning_rate": 0.1, "epochs": 5}')
+    result = run("train", config, "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    assert 'twice.json: not valid JSON: the key "epochs" appears twice in one object' in (
+        " ".join(result.output.split()))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_from_standard_input(trained, tmp_path: Path) -> None:
+    from trainer.core.config import default_config
+
+    _, data = trained
+    piped = default_config().to_dict() | {"epochs": 1, "learning_rate": 0.02}
+    result = run("train", "-", "--data-dir", data, "--quiet", input=json.dumps(piped))
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.output.split("Run directory: ")[1].split()[0])
+    try:
+        assert run_dir.name.endswith("-stdin")  # named after its config: standard input
+        assert json.loads((run_dir / "config.json").read_text())["learning_rate"] == 0.02
+    finally:
+        import shutil
+
+        shutil.rmtree(run_dir)
+    bad = run("train", "-", "--run-dir", tmp_path / "r",
+              input=json.dumps(default_config().to_dict() | {"epochs": -1}))
+    assert bad.exit_code == 2 and "standard input: epochs must be greater than 0" in bad.output
+    assert not (tmp_path / "r").exists()
+
+
+# --- 10. messages that said something else -------------------------------------------------------
+
+def test_a_config_file_name_that_is_no_run_name_suggests_name(tmp_path: Path) -> None:
+    config = tmp_path / "my config.json"
+    config.write_text((ROOT / "configs" / "default.json").read_text())
+    result = run("train", config)
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "run name 'my config' is not allowed" in flat and "name it with --name NAME" in flat
+    no_traceback(result)
+
+
+def test_a_study_is_called_a_study(tmp_path: Path) -> None:
+    result = run("sweep", ROOT / "configs" / "default.json", "--space",
+                 ROOT / "configs" / "sweep-default.json", "--trials", 1, "--study", "../x")
+    assert result.exit_code == 2 and "study name '../x' is not allowed" in result.output
+    assert not Path("x").exists()
+
+
+def test_an_empty_name_is_refused_not_ignored(tmp_path: Path) -> None:
+    result = run("train", "--name", "", "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2 and "run name '' is not allowed" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+# --- 6. --json is strict JSON -----------------------------------------------------------------
+
+def test_predict_json_with_nan_weights_is_strict_json(trained, digit: Path,
+                                                      tmp_path: Path) -> None:
+    run_dir, _ = trained
+    model = load_model(run_dir / "model.safetensors")
+    params = [np.full_like(p, np.nan) for p in model.params]
+    copy = copy_run(run_dir, tmp_path, params=params)
+    result = subprocess.run([sys.executable, "-m", "trainer", "predict", str(copy), str(digit),
+                             "--json"], capture_output=True, text=True,
+                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    rows = json.loads(result.stdout, parse_constant=refuse)
+    assert rows[0]["top"][0]["probability"] is None
+
+
+def test_saved_models_record_their_checksum(trained) -> None:
+    run_dir, _ = trained
+    model = load_model(run_dir / "model.safetensors")
+    assert isinstance(model, SavedModel) and len(model.run_id) == 32
