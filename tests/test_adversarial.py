@@ -241,6 +241,95 @@ def test_an_empty_name_is_refused_not_ignored(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_dir_that_is_a_file_is_called_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    result = run("train", "--run-dir", target)
+    assert result.exit_code == 2, result.output
+    assert f"run directory {target} is a file, not a directory" in " ".join(result.output.split())
+    assert target.read_text() == "mine"
+
+
+def test_a_sweep_seed_past_32_bits_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    result = run("sweep", ROOT / "configs" / "default.json", "--space",
+                 ROOT / "configs" / "sweep-default.json", "--trials", 1, "--seed", 1099511627776,
+                 "--sweep-dir", tmp_path / "sw")
+    assert result.exit_code == 2, result.output
+    assert ("the sweep's seed must be from 0 to 4294967295 (Optuna's samplers take 32-bit "
+            "seeds), got 1099511627776") in " ".join(result.output.split())
+    assert not (tmp_path / "sw").exists()
+
+
+def test_bench_checks_its_report_path_first(tmp_path: Path) -> None:
+    result = run("bench", "--out", tmp_path / "missing" / "b.json", "--batch-sizes", 32)
+    assert result.exit_code == 2, result.output
+    assert "cannot write --out" in result.output and "No such file or directory" in result.output
+    assert "s/epoch" not in result.output  # refused before any benchmark ran
+
+
+# --- 8. Ctrl-C during the final evaluation ---------------------------------------------------
+
+def test_ctrl_c_during_the_final_evaluation_exits_130_with_the_run_whole(
+        trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from trainer.cli.display import TrainProgress
+
+    _, data = trained
+    sent: list[int] = []
+    original = TrainProgress.on_test_chunk
+
+    def interrupted(self, done: int, total: int) -> None:
+        if not sent:  # the first chunk of the test set: as a user pressing Ctrl-C there
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        original(self, done, total)
+
+    monkeypatch.setattr(TrainProgress, "on_test_chunk", interrupted)
+    run_dir = tmp_path / "r"
+    result = run("train", "--data-dir", data, "--run-dir", run_dir, "--epochs", 1, "--quiet")
+    assert sent and result.exit_code == 130, result.output
+    assert "SIGINT came after the last training step: the run is complete" in (
+        " ".join(result.output.split()))
+    evaluated = run("evaluate", run_dir, "--data-dir", data, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    recorded = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+    assert json.loads(evaluated.output)["accuracy"] == pytest.approx(recorded)
+    resumed = run("train", "--resume", run_dir, "--data-dir", data, "--quiet")
+    assert resumed.exit_code == 0, resumed.output  # resumable: nothing left to train
+
+
+# --- 12. what people expect of a command-line tool --------------------------------------------
+
+def test_version_completion_and_json_listings(trained) -> None:
+    import importlib.metadata
+
+    _, data = trained
+    version = run("--version")
+    assert version.exit_code == 0
+    assert version.output.strip() == f"trainer {importlib.metadata.version('trainer')}"
+    assert "--install-completion" in run("--help").output
+    listed = json.loads(run("backends", "--json").output)
+    numpy = next(b for b in listed if b["name"] == "numpy")
+    assert numpy["available"] and "gemm_acc" in numpy["kernels"]
+    info = json.loads(run("data", "info", "--data-dir", data, "--json").output)
+    assert (info["train_images"], info["test_images"], info["image_shape"]) == (300, 100, [28, 28])
+    assert sum(info["train_per_class"]) == 300
+
+
+def test_validation_split_on_the_command_line(trained, tmp_path: Path) -> None:
+    _, data = trained
+    result = run("train", "--data-dir", data, "--run-dir", tmp_path / "r", "--epochs", 1,
+                 "--validation-split", 50, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["validation_split"] == 50
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["validation_samples"] == 50 and metrics["train_samples"] == 250
+    assert "Final training accuracy" in result.output and "after the last update" in (
+        " ".join(result.output.split()))
+
+
 # --- 6. --json is strict JSON -----------------------------------------------------------------
 
 def test_predict_json_with_nan_weights_is_strict_json(trained, digit: Path,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from trainer.errors import ConfigError, TrainerError
+from trainer.errors import ConfigError, TrainerError, UsageError
 
 # mkstemp creates files 0600; give finished files the mode a plain open() would (0666 & ~umask)
 _UMASK = os.umask(0)
@@ -79,6 +79,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Refuse (UsageError) a file path that cannot be written, before any work is done for it:
+    a temp file is made beside it and removed."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; name a file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write {option} {path}: {e.strerror or e}; choose another "
+                         f"{option}") from None
 
 
 MAX_JSON_BYTES = 1 << 20  # a config or a space file: far more than any needs (/dev/zero stops)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.metadata
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +25,22 @@ from trainer.data.images import load_digits
 from trainer.run.inference import evaluate_model, load_run, predict_proba
 from trainer.run.train import load_backend
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True,
                   help="Train fully connected networks on MNIST-like data, on any array backend.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"trainer {importlib.metadata.version('trainer')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, Opt("--version", callback=_version, is_eager=True,
+                                 help="print the version and exit")] = False,
+) -> None:
+    """Train fully connected networks on MNIST-like data, on any array backend."""
 
 JsonOpt = Annotated[bool, Opt("--json", help="print a JSON summary instead of the report")]
 
@@ -105,12 +121,16 @@ def predict_cmd(
 
 
 @app.command("backends")
-def backends_cmd() -> None:
+def backends_cmd(as_json: Annotated[bool, Opt("--json", help="print JSON instead")] = False
+                 ) -> None:
     """List the array backends: whether they load here, their versions, devices and kernels."""
+    statuses = [backends.status(name) for name in backends.NAMES]
+    if as_json:
+        print_json([dataclasses.asdict(status) for status in statuses])
+        return
     table = Table(title="Backends")
     for col in ("backend", "available", "version", "devices / reason"):
         table.add_column(col)
-    statuses = [backends.status(name) for name in backends.NAMES]
     for status in statuses:
         table.add_row(status.name, "yes" if status.available else "[red]no[/]", status.version,
                       escape(", ".join(status.devices) if status.available else status.reason))

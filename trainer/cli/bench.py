@@ -13,7 +13,7 @@ from trainer.cli.console import cli_errors, console
 from trainer.core.config import Config, default_config
 from trainer.core.losses import DIVERGED_NATS, untrained_loss
 from trainer.errors import UsageError
-from trainer.fileio import atomic_write_json
+from trainer.fileio import atomic_write_json, check_writable
 
 Opt = typer.Option
 
@@ -45,6 +45,7 @@ def bench_cmd(
 ) -> None:
     """Time training epochs on real MNIST; print a table and write a JSON report."""
     with cli_errors():
+        check_writable(out, "--out")  # before the benchmark, not after it
         cfg = Config.from_file(config) if config else default_config()
         sizes = _ints(batch_sizes, "--batch-sizes")
         names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trainer.cli.console import cli_errors, console
+from trainer.cli.console import cli_errors, console, print_json
 from trainer.cli.display import fetch_progress
 from trainer.data.dataset import (
     Dataset,
@@ -60,10 +60,21 @@ def info_cmd(
         Path | None,
         typer.Option(help="folder with the four IDX files (default: $TRAINER_DATA_DIR, the cache)"),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead")] = False,
 ) -> None:
     """Show where the data comes from, its sizes, classes, pixel statistics and hash status."""
     with cli_errors():
         data = load_dataset(data_dir, fetch=False)
+        if as_json:
+            mean, std = pixel_stats(data.train_images)
+            print_json({
+                "source": data.source, "path": str(data.path), "hashes": data.hash_status,
+                "train_images": len(data.train_images), "test_images": len(data.test_images),
+                "image_shape": list(data.image_shape), "classes": data.num_classes,
+                "pixel_mean": mean, "pixel_std": std,
+                "train_per_class": class_counts(data.train_labels, data.num_classes).tolist(),
+                "test_per_class": class_counts(data.test_labels, data.num_classes).tolist()})
+            return
         _print_info(data)
 
 

@@ -138,6 +138,9 @@ def train_cmd(
     learning_rate: LearningRateOpt = None,
     momentum: MomentumOpt = None,
     dtype: DtypeOpt = None,
+    validation_split: Annotated[float | None, Opt(
+        min=0, help="hold out a share (0.1) or a count (5000) of the training images for "
+                    "validation (overrides the config's)")] = None,
     limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images only")] = None,
     limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only")] = None,
     resume: Annotated[Path | None, Opt(help="continue the run in this directory")] = None,
@@ -149,7 +152,8 @@ def train_cmd(
     """Train a network, evaluate it on the test set and write a run directory."""
     with cli_errors():
         overrides = {"seed": seed, "epochs": epochs, "batch_size": batch_size,
-                     "learning_rate": learning_rate, "momentum": momentum, "dtype": dtype}
+                     "learning_rate": learning_rate, "momentum": momentum, "dtype": dtype,
+                     "validation_split": validation_split}
         state = None
         if resume is not None:
             given = overrides | {"CONFIG": config, "--limit-train": limit_train,
@@ -172,15 +176,22 @@ def train_cmd(
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
         record = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
                   "limit_test": limit_test}
-        result = _run(cfg, loaded, data, path, record, state, checkpoint_every, quiet, as_json)
+        result, late_signal = _run(cfg, loaded, data, path, record, state, checkpoint_every,
+                                   quiet, as_json)
         _report(loaded, data, path, run_name, result, quiet, as_json)
+        if late_signal:  # it came during the final evaluation: the run is whole, and written
+            err_console.print(f"{signal.Signals(late_signal).name} came after the last "
+                              f"training step: the run is complete and written to "
+                              f"{escape(str(path))}", soft_wrap=True)
+            raise typer.Exit(code=128 + late_signal)
 
 
 def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[str, Any],
          state: LoopState | None, checkpoint_every: int | None, quiet: bool,
-         as_json: bool) -> TrainResult:
+         as_json: bool) -> tuple[TrainResult, int | None]:
     """Train with the live display, signals and checkpoints; `record` (the run's config, name
-    and limits) goes into every checkpoint, so that --resume can restart it."""
+    and limits) goes into every checkpoint, so that --resume can restart it. Returns the
+    result and the signal that came during the final evaluation, if one did."""
     def checkpoint(loop_state: LoopState) -> None:
         save_checkpoint(path, dataclasses.replace(loop_state, run=record))
 
@@ -193,8 +204,9 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
                 on_epoch=progress.on_epoch, on_test_chunk=progress.on_test_chunk,
                 stop_requested=stop_requested, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every)
-            return train(cfg, data, backend, limit_train=record["limit_train"],
-                         limit_test=record["limit_test"], resume=state, callbacks=callbacks)
+            result = train(cfg, data, backend, limit_train=record["limit_train"],
+                           limit_test=record["limit_test"], resume=state, callbacks=callbacks)
+            return result, stop_requested()
     except Interrupted as e:
         err_console.print(f"Stopped in epoch {e.epoch} after step {e.step}; checkpoint in "
                           f"{escape(str(path))}. Resume with:\n  trainer train --resume "
@@ -222,7 +234,8 @@ def _report(backend: Backend, data: Dataset, path: Path, run_name: str, result: 
         print_json({"run_dir": str(path)} | metrics)
         return
     best = result.best()
-    console.print(f"Final training accuracy: {result.train_accuracy:.2%}")
+    console.print(f"Final training accuracy: {result.train_accuracy:.2%} (the trained network on "
+                  f"the whole training set, after the last update)")
     if best is not None:
         kept = " (its weights kept)" if result.best_epoch else ""
         console.print(f"Best epoch: {best.epoch}, {held_out(best)}{kept}"

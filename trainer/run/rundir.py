@@ -38,7 +38,10 @@ def claim_run_dir(run_dir: str | Path | None, name: str, root: str | Path = "run
     """Create the run directory; never reuse one that holds files (no clobbered runs)."""
     if run_dir is not None:
         path = Path(run_dir)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"run directory {path} is a file, not a directory; choose another "
+                             f"--run-dir")
+        if path.exists() and any(path.iterdir()):
             raise UsageError(f"run directory {path} already exists and is not empty; "
                              f"choose another --run-dir")
         try:

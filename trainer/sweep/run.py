@@ -38,6 +38,7 @@ from trainer.sweep.study import (
 
 __all__ = ["SAMPLERS", "SweepSettings", "load_space", "run_sweep", "work"]
 
+SAMPLER_SEEDS = 2**32  # seeds Optuna's samplers take: 0 <= seed < this
 # seconds a worker process gets, after Ctrl-C, to record its trial and stop
 WORKER_GRACE_SECONDS = 30
 # a worker's exit codes that are not failures: done, or stopped by Ctrl-C (its own exit 130,
@@ -161,6 +162,10 @@ def run_sweep(settings: SweepSettings, data: Dataset | None = None,
     """Run (or resume) a sweep and write its outputs; returns the summary. `on_update(study)` is
     called after every epoch (one worker) or every second (worker processes), and
     `on_update(study, True)` at the end."""
+    if not 0 <= settings.seed < SAMPLER_SEEDS:
+        raise UsageError(f"the sweep's seed must be from 0 to {SAMPLER_SEEDS - 1} (Optuna's "
+                         f"samplers take 32-bit seeds), got {settings.seed}: choose another "
+                         f"--seed")
     if settings.sampler not in SAMPLERS:
         raise UsageError(f"unknown --sampler {settings.sampler!r}; choose one of "
                          f"{', '.join(SAMPLERS)}")
