@@ -100,6 +100,42 @@ def test_bad_class_names_are_refused_on_load(trained, digit: Path, tmp_path: Pat
         no_traceback(result)
 
 
+# --- 3. a gzip bomb in the data --------------------------------------------------------------
+
+def test_a_gzip_bomb_is_refused_before_it_is_read(trained, tmp_path: Path) -> None:
+    """A small .gz whose header claims a billion images (and holds 400 MB of zeros): refused
+    from its header, in a process that stays small."""
+    import gzip
+    import shutil
+
+    _, data = trained
+    bomb = tmp_path / "bomb"
+    shutil.copytree(data, bomb)
+    with gzip.open(bomb / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write((2051).to_bytes(4, "big") + (10**9).to_bytes(4, "big")
+                + (28).to_bytes(4, "big") + (28).to_bytes(4, "big"))
+        zeros = bytes(1 << 22)
+        for _ in range(100):
+            f.write(zeros)
+    (bomb / "train-images-idx3-ubyte").unlink(missing_ok=True)
+    assert (bomb / "train-images-idx3-ubyte.gz").stat().st_size < 2_000_000
+    child = ("import resource, sys\n"
+             "from trainer.cli.app import app\n"
+             "try:\n    app(sys.argv[1:])\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
+             "print(f'peak-rss-mb {peak}', file=sys.stderr)\n"
+             "sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", child, "train", "--data-dir", str(bomb),
+                             "--run-dir", str(tmp_path / "r")], capture_output=True, text=True,
+                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    assert "train-images-idx3-ubyte.gz: IDX header too large" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+    peak = int(result.stderr.split("peak-rss-mb ")[1].split()[0])
+    assert peak < 300, f"peak RSS {peak} MB"
+
+
 # --- 4. the model file's integrity ------------------------------------------------------------
 
 def test_a_damaged_model_is_refused(trained, digit: Path, tmp_path: Path) -> None:

@@ -19,6 +19,10 @@ LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
+# The most data an IDX header may promise: 2 GiB, forty times MNIST's training images (EMNIST's
+# largest split is 0.6 GB). A header promising more is refused before anything is read, so a
+# small gzip bomb claiming a billion images costs nothing.
+MAX_IDX_BYTES = 1 << 31
 # Every error a damaged file can raise while we read it; anything else is a bug and should surface.
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError)
 
@@ -75,11 +79,14 @@ def _read_stream(path: Path, f: BinaryIO, magic: int | None, available: int | No
             _raise_length(path, shape, header + expected, header + (got or 0))
         return data.reshape(shape)
     # gzip: the decompressed size is unknown, so read no more than one byte past what the header
-    # promises; reaching end-of-stream also makes gzip check the CRC.
-    body = _read_at_most(f, expected + 1)
-    if len(body) != expected:
-        _raise_length(path, shape, header + expected, header + len(body), " (decompressed)")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+    # promises, into a buffer whose pages are only touched as data arrives; reaching the end of
+    # the stream also makes gzip check the CRC.
+    data = np.empty(expected, dtype=np.uint8)
+    got = _read_into(f, memoryview(data))
+    if got != expected or f.read(1):
+        found = header + got + (1 if got == expected else 0)
+        _raise_length(path, shape, header + expected, found, " (decompressed)")
+    return data.reshape(shape)
 
 
 def _read_header(path: Path, f: BinaryIO, magic: int | None) -> tuple[int, ...]:
@@ -103,18 +110,23 @@ def _read_header(path: Path, f: BinaryIO, magic: int | None) -> tuple[int, ...]:
     shape = tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
     if 0 in shape[1:]:
         raise DataError(f"{path}: bad IDX dimensions: expected rows, cols >= 1, found {shape}")
+    if math.prod(shape) > MAX_IDX_BYTES:
+        raise DataError(f"{path}: IDX header too large: expected at most {MAX_IDX_BYTES:,} "
+                        f"bytes (2 GiB) of data, found a shape of {shape} = "
+                        f"{math.prod(shape):,} bytes")
     return shape
 
 
-def _read_at_most(f: BinaryIO, limit: int) -> bytearray:
-    """Read until end of stream or `limit` bytes, growing with the data actually there."""
-    out = bytearray()
-    while len(out) < limit:
-        chunk = f.read(min(_CHUNK, limit - len(out)))
-        if not chunk:
+def _read_into(f: BinaryIO, buffer: memoryview) -> int:
+    """Fill `buffer` from the stream, a chunk at a time, until it is full or the stream ends;
+    the number of bytes read."""
+    done = 0
+    while done < len(buffer):
+        got = f.readinto(buffer[done:done + _CHUNK])
+        if not got:
             break
-        out += chunk
-    return out
+        done += got
+    return done
 
 
 def _raise_length(
