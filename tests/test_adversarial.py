@@ -100,6 +100,51 @@ def test_bad_class_names_are_refused_on_load(trained, digit: Path, tmp_path: Pat
         no_traceback(result)
 
 
+# --- 2. --resume on the data the run was trained on ------------------------------------------
+
+@pytest.fixture
+def checkpointed(trained, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A finished 2-epoch run with mid-epoch checkpoints, its data, and other data."""
+    from conftest import make_dataset, write_data_folder
+
+    _, data = trained
+    other = write_data_folder(tmp_path / "other", make_dataset(
+        n_train=300, n_test=100, shape=(28, 28), classes=10, seed=9))
+    run_dir = tmp_path / "c"
+    result = run("train", "--data-dir", data, "--run-dir", run_dir, "--epochs", 2,
+                 "--checkpoint-every", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    return run_dir, data, other
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_on_other_data_is_refused_naming_both(checkpointed) -> None:
+    run_dir, data, other = checkpointed
+    (run_dir / "checkpoint.safetensors").unlink()  # the previous, mid-epoch one is used
+    before = snapshot(run_dir)
+    result = run("train", "--resume", run_dir, "--data-dir", other)
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "was trained on other data (SHA-256" in flat and f"{other}" in flat
+    assert "resume it with the --data-dir it was trained on" in flat
+    assert snapshot(run_dir) == before  # nothing written
+    no_traceback(result)
+
+
+def test_resume_of_a_finished_run_changes_nothing(checkpointed) -> None:
+    run_dir, data, _ = checkpointed
+    before = snapshot(run_dir)
+    result = run("train", "--resume", run_dir, "--data-dir", data)
+    assert result.exit_code == 0, result.output
+    assert "is finished: 2 epochs trained" in " ".join(result.output.split())
+    assert snapshot(run_dir) == before
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["sha256"] == load_model(run_dir / "model.safetensors").data_sha256
+
+
 # --- 3. a gzip bomb in the data --------------------------------------------------------------
 
 def test_a_gzip_bomb_is_refused_before_it_is_read(trained, tmp_path: Path) -> None:

@@ -99,6 +99,26 @@ def resumed_run(resume: Path, overrides: dict[str, Any]
         raise UsageError(f"{resume}: the checkpoint does not record its run") from None
 
 
+def _check_resume(path: Path, state: LoopState, data: Dataset, fingerprint: str,
+                  cfg: Config) -> str | None:
+    """A run resumes on the data it was trained on (UsageError otherwise); a finished run is
+    left as it is: then the message that says so."""
+    recorded = state.run.get("data")
+    if recorded is None:
+        raise UsageError(f"{path}: the checkpoint records no data fingerprint (written before "
+                         f"2026-11-30): it cannot tell whether this is the same data; train "
+                         f"it again")
+    if recorded != fingerprint:
+        raise UsageError(f"{path} was trained on other data (SHA-256 {recorded[:16]}...) than "
+                         f"{data.source} {data.path} gives (SHA-256 {fingerprint[:16]}...): "
+                         f"resume it with the --data-dir it was trained on")
+    if state.epoch > cfg.epochs and all((path / name).is_file()
+                                        for name in ("model.safetensors", "metrics.json")):
+        return (f"{path} is finished: {cfg.epochs} epochs trained, its model and metrics "
+                f"written; nothing to resume, nothing changed")
+    return None
+
+
 def memory_error(e: BaseException, cfg: Config, backend: Backend) -> OutOfMemory:
     """One clear message with the batch size and what memory there was."""
     figures = ""
@@ -167,6 +187,11 @@ def train_cmd(
         loaded = load_backend(backend, device)
         data = load_data(data_dir, show=not (quiet or as_json))
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
+        fingerprint = data.fingerprint()
+        finished = _check_resume(resume, state, data, fingerprint, cfg) if state else None
+        if finished:
+            console.print(escape(finished), soft_wrap=True)
+            return
         if not (quiet or as_json):
             print_config(cfg, run_name, loaded.name, loaded.device_name)
         path = resume if resume is not None else claim_run_dir(run_dir, run_name)
@@ -175,7 +200,7 @@ def train_cmd(
         elif not quiet and not as_json:
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
         record = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
-                  "limit_test": limit_test}
+                  "limit_test": limit_test, "data": fingerprint}
         result, late_signal = _run(cfg, loaded, data, path, record, state, checkpoint_every,
                                    quiet, as_json)
         _report(loaded, data, path, run_name, result, quiet, as_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -54,6 +55,14 @@ class Dataset:
     @property
     def input_size(self) -> int:
         return self.image_shape[0] * self.image_shape[1]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the four arrays (shapes and bytes): the same data, whatever its folder."""
+        h = hashlib.sha256()
+        for a in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
 
     @property
     def class_names(self) -> list[str]:

@@ -28,6 +28,7 @@ class SavedModel:
     scaling: InputScaling
     class_names: list[str]
     run_id: str = ""  # the run that trained it (metrics.json records the same id)
+    data_sha256: str = ""  # Dataset.fingerprint() of the data it was trained and tested on
 
 
 def digest(tensors: dict[str, np.ndarray], meta: str) -> str:
@@ -52,6 +53,7 @@ def save_model(path: str | Path, model: SavedModel) -> None:
         "input_scaling": json.dumps(model.scaling.to_dict()),
         "class_names": json.dumps(model.class_names),
         "run_id": model.run_id,
+        "data_sha256": model.data_sha256,
     }
     metadata["sha256"] = digest(tensors, json.dumps(metadata, sort_keys=True))
     atomic_write_bytes(path, save(tensors, metadata=metadata))
@@ -98,7 +100,8 @@ def load_model(path: str | Path) -> SavedModel:
         want = (fan_in, fan_out) if i % 2 == 0 else (fan_out,)
         if p.shape != want:
             raise DataError(f"{path}: {_key(i)} has shape {p.shape}, the config says {want}")
-    return SavedModel(config, params, scaling, class_names, str(meta.get("run_id", "")))
+    return SavedModel(config, params, scaling, class_names, str(meta.get("run_id", "")),
+                      str(meta.get("data_sha256", "")))
 
 
 def _class_names(names: object, classes: int, path: Path) -> list[str]:

@@ -104,7 +104,7 @@ def run_metrics(result: TrainResult, class_names: list[str], backend_version: st
         "macro_avg": report.get("macro_avg"),
         "weighted_avg": report.get("weighted_avg"),
         "versions": library_versions(result.backend, backend_version),
-        "data": {"source": data.source, "path": str(data.path)},
+        "data": {"source": data.source, "path": str(data.path), "sha256": data.fingerprint()},
         "host": platform.node(),
     }
 
@@ -116,7 +116,8 @@ def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: 
     # the same id in the model and in metrics.json: a model copied in from another run is found
     run_id = metrics.setdefault("run_id", uuid.uuid4().hex)
     save_model(path / "model.safetensors",
-               SavedModel(result.config, result.params, result.scaling, class_names, run_id))
+               SavedModel(result.config, result.params, result.scaling, class_names, run_id,
+                          metrics.get("data", {}).get("sha256", "")))
     rows = metrics["epochs"]
     atomic_write_json(path / "history.json", rows)
     buf = io.StringIO()
