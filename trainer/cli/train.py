@@ -203,7 +203,7 @@ def train_cmd(
                   "limit_test": limit_test, "data": fingerprint}
         result, late_signal = _run(cfg, loaded, data, path, record, state, checkpoint_every,
                                    quiet, as_json)
-        _report(loaded, data, path, run_name, result, quiet, as_json)
+        _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json)
         if late_signal:  # it came during the final evaluation: the run is whole, and written
             err_console.print(f"{signal.Signals(late_signal).name} came after the last "
                               f"training step: the run is complete and written to "
@@ -251,9 +251,9 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
 
 
 def _report(backend: Backend, data: Dataset, path: Path, run_name: str, result: TrainResult,
-            quiet: bool, as_json: bool) -> None:
+            fingerprint: str, quiet: bool, as_json: bool) -> None:
     classes = data.class_names
-    metrics = run_metrics(result, classes, backend.version, data)
+    metrics = run_metrics(result, classes, backend.version, data, fingerprint)
     write_run(path, result, classes, metrics, title=run_name)
     if as_json:
         print_json({"run_dir": str(path)} | metrics)

@@ -78,7 +78,7 @@ def history_rows(result: TrainResult) -> list[dict[str, Any]]:
 
 
 def run_metrics(result: TrainResult, class_names: list[str], backend_version: str,
-                data: Dataset) -> dict[str, Any]:
+                data: Dataset, fingerprint: str | None = None) -> dict[str, Any]:
     """Everything metrics.json records: final figures, the report, where and how it ran.
     Without a test set (a sweep's trials) the test report's keys are None (JSON null)."""
     cfg, rows = result.config, history_rows(result)
@@ -104,7 +104,9 @@ def run_metrics(result: TrainResult, class_names: list[str], backend_version: st
         "macro_avg": report.get("macro_avg"),
         "weighted_avg": report.get("weighted_avg"),
         "versions": library_versions(result.backend, backend_version),
-        "data": {"source": data.source, "path": str(data.path), "sha256": data.fingerprint()},
+        # the data's SHA-256 (Dataset.fingerprint), where the caller has it: a sweep's trials
+        # never read the test set, not even to hash it
+        "data": {"source": data.source, "path": str(data.path), "sha256": fingerprint},
         "host": platform.node(),
     }
 
@@ -117,7 +119,7 @@ def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: 
     run_id = metrics.setdefault("run_id", uuid.uuid4().hex)
     save_model(path / "model.safetensors",
                SavedModel(result.config, result.params, result.scaling, class_names, run_id,
-                          metrics.get("data", {}).get("sha256", "")))
+                          metrics.get("data", {}).get("sha256") or ""))
     rows = metrics["epochs"]
     atomic_write_json(path / "history.json", rows)
     buf = io.StringIO()
