@@ -349,6 +349,25 @@ def test_bench_checks_its_report_path_first(tmp_path: Path) -> None:
     assert "s/epoch" not in result.output  # refused before any benchmark ran
 
 
+# --- 7. a network that cannot fit is refused before anything is written ------------------------
+
+def test_a_billion_hidden_nodes_is_refused_up_front(trained, tmp_path: Path) -> None:
+    from trainer.core.config import default_config
+
+    _, data = trained
+    config = tmp_path / "huge.json"
+    huge = default_config().to_dict()
+    huge["layers"][1]["nodes"] = 10**9
+    config.write_text(json.dumps(huge))
+    result = run("train", config, "--data-dir", data, "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "this network needs about" in flat and "795,000,000,010 parameters" in flat
+    assert "more than the host's available memory (" in flat and "GiB)" in flat
+    assert not (tmp_path / "r").exists()
+    no_traceback(result)
+
+
 # --- 8. Ctrl-C during the final evaluation ---------------------------------------------------
 
 def test_ctrl_c_during_the_final_evaluation_exits_130_with_the_run_whole(

@@ -35,7 +35,7 @@ from trainer.fileio import atomic_write_json
 from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Interrupted, TrainResult
 from trainer.run.rundir import check_run_name, claim_run_dir, run_metrics, write_run
-from trainer.run.train import check_data, load_backend, train
+from trainer.run.train import check_data, check_memory, load_backend, train
 
 
 class OutOfMemory(TrainerError):
@@ -187,6 +187,7 @@ def train_cmd(
         loaded = load_backend(backend, device)
         data = load_data(data_dir, show=not (quiet or as_json))
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
+        check_memory(cfg, data, loaded, limit_train, limit_test)
         fingerprint = data.fingerprint()
         finished = _check_resume(resume, state, data, fingerprint, cfg) if state else None
         if finished:

@@ -49,6 +49,55 @@ def check_data(config: Config, data: Dataset, limit_train: int | None = None,
         raise ConfigError("training without the test set needs a validation_split")
 
 
+EVAL_CHUNK = 8192  # rows network.predict evaluates at a time
+
+
+def memory_needed(config: Config, data: Dataset, limit_train: int | None = None,
+                  limit_test: int | None = None) -> tuple[int, int]:
+    """About how many bytes a run holds at its peak, and its parameter count: the weights
+    (with velocities, gradients, Adam's second moments, the best epoch's copy, two host
+    copies), the data as floats (on the device, and once on the host on the way), and a
+    batch's and an evaluation chunk's activations."""
+    item = 4 if config.dtype == "float32" else 8
+    sizes = config.sizes
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    copies = (3 + (config.optimizer in ("adam", "adamw")) + bool(config.validation_split)
+              + 2)
+    n_train = min(limit_train or len(data.train_labels), len(data.train_labels))
+    n_test = min(len(data.test_labels) if limit_test is None else limit_test,
+                 len(data.test_labels))
+    rows = 2 * (n_train + n_test) * sizes[0]
+    activations = 4 * config.batch_size * sum(sizes) + 2 * EVAL_CHUNK * max(sizes)
+    return item * (copies * params + rows + activations), params
+
+
+def available_memory(backend: Backend) -> tuple[int, str] | None:
+    """(bytes free, where) on the backend's device, else the host's; None if unknown."""
+    if backend.memory is not None:
+        try:
+            return backend.memory()[0], f"{backend.device_name}'s memory"
+        except Exception:  # a driver that cannot say: no check rather than a false refusal
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024, "the host's available memory"
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(config: Config, data: Dataset, backend: Backend,
+                 limit_train: int | None = None, limit_test: int | None = None) -> None:
+    """Refuse (exit 2) a run that cannot fit, before anything is allocated or written."""
+    needed, params = memory_needed(config, data, limit_train, limit_test)
+    free = available_memory(backend)
+    if free is not None and needed > free[0]:
+        raise ConfigError(f"this network needs about {needed / 2**30:,.1f} GiB ({params:,} "
+                          f"parameters in {config.dtype}, their optimizer state, the data and "
+                          f"a batch's activations), more than {free[1]} ({free[0] / 2**30:,.1f} "
+                          f"GiB): choose fewer or smaller layers, or a smaller --batch-size")
+
+
 def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
           limit_train: int | None = None, limit_test: int | None = None,
           resume: LoopState | None = None, callbacks: Callbacks | None = None,
@@ -64,6 +113,7 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     check_data(config, data, limit_train, limit_test)
     if isinstance(backend, str):
         backend = load_backend(backend)
+    check_memory(config, data, backend, limit_train, limit_test)
     engine = engine or Engine()
     blas_threads = engine.blas_threads
     if blas_threads == "auto":
