@@ -64,8 +64,8 @@ def memory_needed(config: Config, data: Dataset, limit_train: int | None = None,
     copies = (3 + (config.optimizer in ("adam", "adamw")) + bool(config.validation_split)
               + 2)
     n_train = min(limit_train or len(data.train_labels), len(data.train_labels))
-    n_test = min(len(data.test_labels) if limit_test is None else limit_test,
-                 len(data.test_labels))
+    n_test = 0 if limit_test == 0 else min(  # 0: the test set is never touched (sweeps)
+        len(data.test_labels) if limit_test is None else limit_test, len(data.test_labels))
     rows = 2 * (n_train + n_test) * sizes[0]
     activations = 4 * config.batch_size * sum(sizes) + 2 * EVAL_CHUNK * max(sizes)
     return item * (copies * params + rows + activations), params
