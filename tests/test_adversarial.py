@@ -400,6 +400,49 @@ def test_ctrl_c_during_the_final_evaluation_exits_130_with_the_run_whole(
     assert resumed.exit_code == 0, resumed.output  # resumable: nothing left to train
 
 
+# --- 9. predict: floating-point images, bad files among good ones, folders --------------------
+
+def test_a_float_tiff_digit_is_read_by_its_range(trained, digit: Path, tmp_path: Path) -> None:
+    run_dir, _ = trained
+    ink = np.asarray(Image.open(digit), dtype=np.float32) / 255  # 0..1 floats, as TIFFs have
+    tiff = tmp_path / "one.tif"
+    Image.fromarray(ink, mode="F").save(tiff)
+    both = run("predict", run_dir, digit, tiff, "--json")
+    assert both.exit_code == 0, both.output
+    png, tif = json.loads(both.output)
+    assert tif["prediction"] == png["prediction"]  # not "blank": the same digit
+    assert tif["top"][0]["probability"] == pytest.approx(png["top"][0]["probability"], abs=0.05)
+
+
+def test_bad_files_are_reported_and_the_rest_classified(
+        trained, digit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.cli.console import console
+
+    monkeypatch.setattr(console, "width", 250)  # whole paths in the table
+    run_dir, _ = trained
+    folder = tmp_path / "drawn"
+    folder.mkdir()
+    (folder / "b-two.png").write_bytes(digit.read_bytes())
+    (folder / "a-one.png").write_bytes(digit.read_bytes())
+    (folder / "c-broken.png").write_text("not an image")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    result = run("predict", run_dir, folder)
+    assert result.exit_code == 2, result.output
+    assert "c-broken.png: cannot read image" in " ".join(result.output.split())
+    table = result.output.split("Predictions")[1]
+    assert table.index("a-one.png") < table.index("b-two.png")  # a folder's files, sorted
+    assert "notes.txt" not in result.output
+    as_json = run("predict", run_dir, folder, "--json")
+    assert as_json.exit_code == 2
+    rows = json.loads(as_json.stdout)
+    assert [Path(r["file"]).name for r in rows] == ["a-one.png", "b-two.png", "c-broken.png"]
+    assert "prediction" in rows[0] and "cannot read image" in rows[2]["error"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = run("predict", run_dir, empty)
+    assert nothing.exit_code == 2 and "a folder with no image files" in nothing.output
+
+
 # --- 12. what people expect of a command-line tool --------------------------------------------
 
 def test_version_completion_and_json_listings(trained) -> None:

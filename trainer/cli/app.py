@@ -6,8 +6,9 @@ import contextlib
 import dataclasses
 import importlib.metadata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.progress import Progress
@@ -21,7 +22,8 @@ from trainer.cli.display import load_data, print_report
 from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt
 from trainer.cli.sweep import sweep_cmd
 from trainer.cli.train import train_cmd
-from trainer.data.images import load_digits
+from trainer.data.images import image_files, load_digit
+from trainer.errors import DataError
 from trainer.run.inference import evaluate_model, load_run, predict_proba
 from trainer.run.train import load_backend
 
@@ -91,33 +93,50 @@ def evaluate_cmd(
 @app.command("predict")
 def predict_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")],
-    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or PGM images of digits")],
+    images: Annotated[list[Path], typer.Argument(help="images of digits (PNG, JPEG, PGM, TIFF, "
+                                                      "...), or folders of them")],
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     top: Annotated[int, Opt(min=1, help="how many classes to show per image")] = 3,
     as_json: JsonOpt = False,
 ) -> None:
-    """Classify image files: the predicted class and the top probabilities of each."""
+    """Classify image files: the predicted class and the top probabilities of each. A file that
+    cannot be read is reported on its own line, the others classified, and the exit code is 2."""
     with cli_errors():
         model, _ = load_run(run_dir)
-        proba = predict_proba(model, load_digits(images), load_backend(backend, device))
+        digits, read, failed = [], [], []
+        for path in image_files(images):
+            try:
+                digits.append(load_digit(path))
+                read.append(path)
+            except DataError as e:
+                failed.append((path, str(e)))
+        proba = predict_proba(model, np.stack(digits) if digits else
+                              np.zeros((0, 28, 28), np.uint8), load_backend(backend, device))
         names = model.class_names
-        rows = []
-        for path, p in zip(images, proba, strict=True):
+        rows: list[dict[str, Any]] = []
+        for path, p in zip(read, proba, strict=True):
             order = [int(i) for i in reversed(p.argsort())][:top]
             rows.append({"file": str(path), "prediction": names[order[0]],
                          "top": [{"class": names[i], "probability": float(p[i])} for i in order]})
+        for _, message in failed:  # each message names its file
+            err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
         if as_json:
-            print_json(rows)
-            return
-        table = Table(title="Predictions")
-        for col in ("file", "prediction", f"top {top}"):
-            table.add_column(col)
-        for row in rows:
-            shares = "  ".join(f"{escape(t['class'])} ({t['probability']:.1%})"
-                               for t in row["top"])
-            table.add_row(escape(row["file"]), f"[bold]{escape(row['prediction'])}[/]", shares)
-        console.print(table)
+            print_json(rows + [{"file": str(path), "error": message} for path, message in failed])
+        elif rows:
+            _print_predictions(rows, top)
+        if failed:
+            raise typer.Exit(code=2)
+
+
+def _print_predictions(rows: list[dict[str, Any]], top: int) -> None:
+    table = Table(title="Predictions")
+    for col in ("file", "prediction", f"top {top}"):
+        table.add_column(col)
+    for row in rows:  # class names come from the model file: plain text, never markup
+        shares = "  ".join(f"{escape(t['class'])} ({t['probability']:.1%})" for t in row["top"])
+        table.add_row(escape(row["file"]), f"[bold]{escape(row['prediction'])}[/]", shares)
+    console.print(table)
 
 
 @app.command("backends")

@@ -43,6 +43,27 @@ def load_digit(path: str | Path, size: int = 28) -> np.ndarray:
     return prepare_digit(_read_gray(path), size, source=str(path))
 
 
+# what `image_files` takes from a folder (Pillow reads more, but a folder holds other files too)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pbm", ".bmp", ".gif", ".tif",
+                  ".tiff", ".webp")
+
+
+def image_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The paths, each folder replaced by its image files (by suffix), sorted by name."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{path}: a folder with no image files "
+                                f"({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
 def load_digits(paths: Iterable[str | Path], size: int = 28) -> np.ndarray:
     """Several image files as one uint8 (N, size, size) array, in order."""
     digits = [load_digit(p, size) for p in paths]
@@ -101,9 +122,21 @@ def _decode(image: Image.Image, path: Path) -> np.ndarray:
         rgba = image.convert("RGBA")
         gray = np.asarray(rgba.convert("L"), dtype=np.float64)
         return _flatten_alpha(gray, np.asarray(rgba.getchannel("A"), dtype=np.float64))
+    if image.mode == "F":  # floating-point (a TIFF, say): its own range, whatever it is
+        return _by_range(np.asarray(image, dtype=np.float64), path)
     if image.mode.startswith("I"):  # 16-bit PNG/PGM: Pillow's convert("L") would clip
-        return np.asarray(image, dtype=np.float64) / 257.0
+        pixels = np.asarray(image, dtype=np.float64)
+        return pixels / 257.0 if pixels.min() >= 0 and pixels.max() <= 65535 else (
+            _by_range(pixels, path))
     return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def _by_range(pixels: np.ndarray, path: Path) -> np.ndarray:
+    """Pixels of any range as 0..255 gray levels, the lowest black and the highest white."""
+    if not np.isfinite(pixels).all():
+        raise DataError(f"{path}: cannot read image: pixel values that are not finite numbers")
+    low, high = float(pixels.min()), float(pixels.max())
+    return (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
 
 
 def _ring(a: np.ndarray) -> np.ndarray:
