@@ -443,6 +443,49 @@ def test_bad_files_are_reported_and_the_rest_classified(
     assert nothing.exit_code == 2 and "a folder with no image files" in nothing.output
 
 
+# --- 11. 80-column terminals --------------------------------------------------------------------
+
+def rendered(thing: object, width: int) -> list[str]:
+    import io
+
+    from rich.console import Console
+
+    out = Console(file=io.StringIO(), width=width, color_system=None)
+    out.print(thing)
+    return out.file.getvalue().splitlines()
+
+
+def test_bars_epoch_lines_and_the_bench_table_fit_80_columns() -> None:
+    from rich.console import Console
+
+    from trainer.cli.bench import bench_table
+    from trainer.cli.display import TrainProgress, epoch_line
+    from trainer.run.results import EpochStats
+
+    progress = TrainProgress(Console(width=80), epochs=60, live=True)
+    progress.progress.update(progress.epoch_task, completed=59, figures="val acc 99.14%")
+    progress.progress.update(progress.batch_task, total=1875, completed=1875,
+                             description="epoch 60", rate="138k/s",
+                             figures="loss 0.0361 acc 98.84%")
+    for width in (80, 120):
+        lines = rendered(progress.progress.get_renderable(), width)
+        assert all(len(line) <= width for line in lines), lines
+        assert not any("…" in line for line in lines), lines  # nothing cut short
+        assert "1875/1875" in lines[1] and "138k/s" in lines[1] and "98.84%" in lines[1]
+    # a run shows validation accuracy where it has a split, else test accuracy
+    for held_out in ({"val_accuracy": 0.9914}, {"test_accuracy": 0.9523}):
+        widest = EpochStats(**{"epoch": 60, "loss": 0.0361, "train_accuracy": 0.9884,
+                               "test_accuracy": None, "seconds": 123.45,
+                               "learning_rate": 0.000853} | held_out)
+        assert len(epoch_line(widest, 60, show_lr=True)) <= 80
+    table = bench_table("s/epoch, median of 3 x 3 after 1 warm-up")
+    table.add_row("4096", "peer: JAX `lax.scan` epoch", "0.191", "315", "1637", "-", "1.12",
+                  "not finite")
+    lines = rendered(table, 80)
+    assert all(len(line) <= 80 for line in lines) and not any("…" in ln for ln in lines)
+    assert "loss" in lines[2] and "not finite" in lines[4]
+
+
 # --- 12. what people expect of a command-line tool --------------------------------------------
 
 def test_version_completion_and_json_listings(trained) -> None:

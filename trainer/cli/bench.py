@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from trainer.bench.run import NOT_LEARNING, available_targets, run_bench
@@ -50,10 +51,7 @@ def bench_cmd(
         sizes = _ints(batch_sizes, "--batch-sizes")
         names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None
         targets = available_targets(names, peers)  # none named: every one that loads
-        table = Table(title=f"s/epoch, median of {epochs} x {rounds} after {warmup} warm-up")
-        for col in ("batch", "target", "s/epoch", "samples/s", "RSS MB", "threads", "÷ ours",
-                    "loss"):
-            table.add_column(col, justify="right", no_wrap=True)
+        table = bench_table(f"s/epoch, median of {epochs} x {rounds} after {warmup} warm-up")
         flagged: dict[str, list[int]] = {"diverged": [], "not_learning": []}
 
         def show(row: dict[str, Any]) -> None:
@@ -69,8 +67,8 @@ def bench_cmd(
                     if row["batch_size"] not in sizes_flagged:
                         sizes_flagged.append(row["batch_size"])
             table.add_row(str(row["batch_size"]), row["target"], f"{row['seconds']:.3f}",
-                          f"{row['samples_per_s']:,.0f}", f"{row['peak_rss_mb']:.0f}",
-                          "default" if threads is None else str(threads),
+                          f"{row['samples_per_s'] / 1000:,.0f}", f"{row['peak_rss_mb']:.0f}",
+                          "-" if threads is None else str(threads),
                           f"{row['vs_ours']:.2f}" if row.get("vs_ours") else "",
                           _loss_text(loss, row.get("diverged", False), bad))
 
@@ -101,3 +99,15 @@ def _loss_text(loss: float | None, diverged: bool, flagged: bool) -> str:
     if loss is None:  # a peer reports none; a diverged run's was not finite
         return "[red]not finite[/]" if diverged else ""
     return f"[red]{loss:.3g}[/]" if flagged else f"{loss:.3g}"
+
+
+def bench_table(title: str) -> Table:
+    """The benchmark's table, laid out to fit 80 columns: short headers, the target's name
+    folded onto a second line where it is long, and more width used where there is more."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("batch", justify="right", no_wrap=True)
+    table.add_column("target", overflow="fold", min_width=12, ratio=1)
+    # k/s: thousand samples a second; MB: peak RSS; threads: the BLAS's (-: its own choice)
+    for col in ("s/epoch", "k/s", "MB", "threads", "÷ ours", "loss"):
+        table.add_column(col, justify="right", no_wrap=True)
+    return table

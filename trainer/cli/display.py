@@ -38,15 +38,24 @@ REFRESH_SECONDS = 0.25  # device reads for the display: four a second at most, n
 
 
 def epoch_line(s: EpochStats, epochs: int, show_lr: bool = False) -> str:
+    """One epoch's figures in one line of at most 80 characters: loss, then the training,
+    validation and test accuracy (each where there is one)."""
     line = f"epoch {s.epoch:>3}/{epochs}  loss {s.loss:.4f}"
-    line += f"  train accuracy {s.train_accuracy:7.2%}"
+    line += f"  train {s.train_accuracy:7.2%}"
     if s.val_accuracy is not None:
-        line += f"  validation accuracy {s.val_accuracy:7.2%}"
+        line += f"  val {s.val_accuracy:7.2%}"
     if s.test_accuracy is not None:
-        line += f"  test accuracy {s.test_accuracy:7.2%}"
+        line += f"  test {s.test_accuracy:7.2%}"
     if show_lr and s.learning_rate is not None:
         line += f"  lr {s.learning_rate:.3g}"
     return line + f"  {s.seconds:6.2f} s"
+
+
+def _rate(samples_per_second: float) -> str:
+    """A training speed in a few characters: `950/s`, `138k/s`."""
+    if samples_per_second >= 10_000:
+        return f"{samples_per_second / 1000:,.0f}k/s"
+    return f"{samples_per_second:,.0f}/s"
 
 
 def held_out(s: EpochStats) -> str:
@@ -71,11 +80,13 @@ class TrainProgress:
         self._epoch: int | None = None  # the epoch of the last step seen
         self._first = (0.0, 0)  # (time, samples) at the epoch's first step seen, for samples/s
         self._test_task: TaskID | None = None
+        # 80 columns hold every column but the bar at its narrowest (about 70 characters);
+        # the bar takes what is left, so a wider terminal gets a longer bar
         self.progress = Progress(
-            TextColumn("{task.description:>11}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[figures]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=console, transient=False, disable=not self.live)
+            TextColumn("{task.description:>9}"), BarColumn(bar_width=None),
+            MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[figures]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False, disable=not self.live, expand=True)
         self.epoch_task = self.progress.add_task("epochs", total=epochs, rate="", figures="")
         self.batch_task = self.progress.add_task("epoch 1", total=1, rate="", figures="")
 
@@ -102,7 +113,7 @@ class TrainProgress:
         self._next = now + REFRESH_SECONDS
         loss, acc = info.running()
         t0, seen0 = self._first
-        rate = f"{(info.seen - seen0) / (now - t0):,.0f} samples/s" if now > t0 else ""
+        rate = _rate((info.seen - seen0) / (now - t0)) if now > t0 else ""
         self.progress.update(self.batch_task, completed=info.step, rate=rate,
                              figures=f"loss {loss:.4f} acc {acc:6.2%}")
 
