@@ -316,6 +316,18 @@ def test_a_study_is_called_a_study(tmp_path: Path) -> None:
     assert not Path("x").exists()
 
 
+def test_a_run_dir_is_claimed_exclusively(tmp_path: Path) -> None:
+    from trainer.errors import UsageError
+    from trainer.run.rundir import CLAIM, claim_run_dir
+
+    for folder in (tmp_path / "new", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        assert claim_run_dir(folder, "x") == folder and (folder / CLAIM).is_file()
+        with pytest.raises(UsageError, match="was just claimed by another run"):
+            claim_run_dir(folder, "x")  # as a second run started at the same moment
+
+
 def test_an_empty_name_is_refused_not_ignored(tmp_path: Path) -> None:
     result = run("train", "--name", "", "--run-dir", tmp_path / "r")
     assert result.exit_code == 2 and "run name '' is not allowed" in result.output

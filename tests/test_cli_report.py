@@ -54,7 +54,8 @@ def test_run_files_and_svgs(trained: Path) -> None:
     names = {p.name for p in trained.iterdir()}
     assert names == {"config.json", "history.csv", "history.json", "metrics.json",
                      "model.safetensors", "history.svg", "confusion.svg",
-                     "checkpoint.safetensors", "checkpoint.prev.safetensors"}
+                     "checkpoint.safetensors", "checkpoint.prev.safetensors",
+                     ".trainer-run"}  # --run-dir's claim
     metrics = json.loads((trained / "metrics.json").read_text())
     assert len(metrics["confusion_matrix"]) == 10
     assert np.trace(np.array(metrics["confusion_matrix"])) / 1000 == pytest.approx(

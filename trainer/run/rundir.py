@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import platform
 import re
 import time
@@ -21,6 +22,7 @@ from trainer.run.model_io import SavedModel, save_model
 from trainer.run.plots import confusion_svg, history_svg, write_svg
 from trainer.run.results import EpochStats, TrainResult
 
+CLAIM = ".trainer-run"  # created exclusively in a --run-dir: the run that made it owns the folder
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
@@ -41,11 +43,17 @@ def claim_run_dir(run_dir: str | Path | None, name: str, root: str | Path = "run
         if path.exists() and not path.is_dir():
             raise UsageError(f"run directory {path} is a file, not a directory; choose another "
                              f"--run-dir")
-        if path.exists() and any(path.iterdir()):
-            raise UsageError(f"run directory {path} already exists and is not empty; "
-                             f"choose another --run-dir")
         try:
             path.mkdir(parents=True, exist_ok=True)
+            if any(p.name != CLAIM for p in path.iterdir()):
+                raise UsageError(f"run directory {path} already exists and is not empty; "
+                                 f"choose another --run-dir")
+            # the claim: of two runs started together on one new or empty folder, only the
+            # one that creates this file first goes on
+            os.close(os.open(path / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise UsageError(f"run directory {path} was just claimed by another run; choose "
+                             f"another --run-dir") from None
         except OSError as e:
             raise UsageError(f"cannot create run directory {path}: {e.strerror or e}") from None
         return path
