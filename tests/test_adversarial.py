@@ -26,6 +26,18 @@ def run(*args: object, input: str | None = None):
     return runner.invoke(app, [str(a) for a in args], input=input, terminal_width=200)
 
 
+# Runs the CLI in a fresh process and reports its peak RSS from /proc (VmHWM: the exec'd
+# program's own; getrusage's ru_maxrss would carry the forking pytest process's over exec).
+PEAK_RSS_CHILD = ("import sys\n"
+                  "from trainer.cli.app import app\n"
+                  "try:\n    app(sys.argv[1:])\n"
+                  "except SystemExit as e:\n    code = e.code\n"
+                  "status = open('/proc/self/status').read()\n"
+                  "peak = int(status.split('VmHWM:')[1].split()[0]) // 1024\n"
+                  "print(f'peak-rss-mb {peak}', file=sys.stderr)\n"
+                  "sys.exit(code)")
+
+
 def no_traceback(result) -> None:
     assert "Traceback" not in result.output, result.output
 
@@ -164,13 +176,7 @@ def test_a_gzip_bomb_is_refused_before_it_is_read(trained, tmp_path: Path) -> No
             f.write(zeros)
     (bomb / "train-images-idx3-ubyte").unlink(missing_ok=True)
     assert (bomb / "train-images-idx3-ubyte.gz").stat().st_size < 2_000_000
-    child = ("import resource, sys\n"
-             "from trainer.cli.app import app\n"
-             "try:\n    app(sys.argv[1:])\n"
-             "except SystemExit as e:\n    code = e.code\n"
-             "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
-             "print(f'peak-rss-mb {peak}', file=sys.stderr)\n"
-             "sys.exit(code)")
+    child = PEAK_RSS_CHILD
     result = subprocess.run([sys.executable, "-c", child, "train", "--data-dir", str(bomb),
                              "--run-dir", str(tmp_path / "r")], capture_output=True, text=True,
                             env=os.environ | {"PYTHONPATH": str(ROOT)})
@@ -364,6 +370,7 @@ def test_bench_checks_its_report_path_first(tmp_path: Path) -> None:
 # --- 7. a network that cannot fit is refused before anything is written ------------------------
 
 def test_a_billion_hidden_nodes_is_refused_up_front(trained, tmp_path: Path) -> None:
+    """In its own process, whose memory stays small: nothing is allocated for the network."""
     from trainer.core.config import default_config
 
     _, data = trained
@@ -371,45 +378,50 @@ def test_a_billion_hidden_nodes_is_refused_up_front(trained, tmp_path: Path) -> 
     huge = default_config().to_dict()
     huge["layers"][1]["nodes"] = 10**9
     config.write_text(json.dumps(huge))
-    result = run("train", config, "--data-dir", data, "--run-dir", tmp_path / "r")
-    assert result.exit_code == 2, result.output
-    flat = " ".join(result.output.split())
+    child = PEAK_RSS_CHILD
+    result = subprocess.run([sys.executable, "-c", child, "train", str(config), "--data-dir",
+                             str(data), "--run-dir", str(tmp_path / "r")], capture_output=True,
+                            text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    flat = " ".join(result.stderr.split())
     assert "this network needs about" in flat and "795,000,000,010 parameters" in flat
     assert "more than the host's available memory (" in flat and "GiB)" in flat
-    assert not (tmp_path / "r").exists()
-    no_traceback(result)
+    assert not (tmp_path / "r").exists() and "Traceback" not in result.stderr
+    assert int(flat.split("peak-rss-mb ")[1].split()[0]) < 300
 
 
 # --- 8. Ctrl-C during the final evaluation ---------------------------------------------------
 
 def test_ctrl_c_during_the_final_evaluation_exits_130_with_the_run_whole(
-        trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import signal
-
-    from trainer.cli.display import TrainProgress
-
+        trained, tmp_path: Path) -> None:
+    """A real SIGINT, in a separate `trainer train` process, as its test set is evaluated."""
     _, data = trained
-    sent: list[int] = []
-    original = TrainProgress.on_test_chunk
-
-    def interrupted(self, done: int, total: int) -> None:
-        if not sent:  # the first chunk of the test set: as a user pressing Ctrl-C there
-            sent.append(1)
-            os.kill(os.getpid(), signal.SIGINT)
-        original(self, done, total)
-
-    monkeypatch.setattr(TrainProgress, "on_test_chunk", interrupted)
     run_dir = tmp_path / "r"
-    result = run("train", "--data-dir", data, "--run-dir", run_dir, "--epochs", 1, "--quiet")
-    assert sent and result.exit_code == 130, result.output
+    child = ("import os, signal, sys\n"
+             "from trainer.cli.display import TrainProgress\n"
+             "original = TrainProgress.on_test_chunk\n"
+             "def interrupted(self, done, total):\n"
+             "    if not getattr(self, 'sent', False):\n"
+             "        self.sent = True\n"
+             "        os.kill(os.getpid(), signal.SIGINT)  # a user's Ctrl-C, right there\n"
+             "    original(self, done, total)\n"
+             "TrainProgress.on_test_chunk = interrupted\n"
+             "from trainer.cli.app import app\n"
+             "app(sys.argv[1:])")
+    result = subprocess.run([sys.executable, "-c", child, "train", "--data-dir", str(data),
+                             "--run-dir", str(run_dir), "--epochs", "1", "--quiet"],
+                            capture_output=True, text=True,
+                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 130, result.stdout + result.stderr
     assert "SIGINT came after the last training step: the run is complete" in (
-        " ".join(result.output.split()))
+        " ".join(result.stderr.split()))
+    assert "Traceback" not in result.stderr
     evaluated = run("evaluate", run_dir, "--data-dir", data, "--json")
     assert evaluated.exit_code == 0, evaluated.output
     recorded = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
     assert json.loads(evaluated.output)["accuracy"] == pytest.approx(recorded)
     resumed = run("train", "--resume", run_dir, "--data-dir", data, "--quiet")
-    assert resumed.exit_code == 0, resumed.output  # resumable: nothing left to train
+    assert resumed.exit_code == 0 and "is finished" in resumed.output  # and nothing changed
 
 
 # --- 9. predict: floating-point images, bad files among good ones, folders --------------------

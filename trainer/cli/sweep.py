@@ -83,7 +83,9 @@ class TrialTable:
     def __rich__(self) -> Table:
         table = Table(title="Trials", title_justify="left")
         for col in ("#", "state", "val acc", "epoch", "seconds", *self.names, "note"):
-            table.add_column(col, justify="right" if col not in ("state", "note") else "left")
+            # folded, never cut short with an ellipsis, in a narrow terminal
+            table.add_column(col, justify="right" if col not in ("state", "note") else "left",
+                             overflow="fold")
         done = [t for t in self.trials if t.state.name == "COMPLETE"]
         best = max(done, key=lambda t: t.value).number if done else None
         retried = reruns(self.trials)
