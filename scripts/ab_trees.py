@@ -46,11 +46,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
     parser.add_argument("--out", type=Path, default=Path("ab_trees.json"))
     args = parser.parse_args()
-    sys.path.insert(0, str(args.new))
-    from trainer.core.config import default_config
-    from trainer.fileio import atomic_write_json
-
-    config = default_config().to_dict()
+    # the default config as this checkout ships it (neither tree's code is imported here)
+    config = json.loads((Path(__file__).resolve().parent.parent / "trainer"
+                         / "default_config.json").read_text())
     results = []
     for size in (int(b) for b in args.batch_sizes.split(",")):
         times: dict[str, list[float]] = {"old": [], "new": []}
@@ -65,8 +63,10 @@ def main() -> None:
         print(f"batch {size:>5}: old {old:.4f} s/epoch, new {new:.4f} s/epoch, "
               f"new/old {new / old:.3f} (medians of {len(times['old'])} epochs each)",
               flush=True)
-    atomic_write_json(args.out, {"old": str(args.old), "new": str(args.new),
-                                 "rounds": args.rounds, "results": results})
+    partial = args.out.with_name(args.out.name + ".tmp")  # written whole, then renamed
+    partial.write_text(json.dumps({"old": str(args.old), "new": str(args.new),
+                                   "rounds": args.rounds, "results": results}, indent=2))
+    os.replace(partial, args.out)
 
 
 if __name__ == "__main__":
