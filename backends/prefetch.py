@@ -2,7 +2,7 @@
 
 At batch 32 the random-row gather of a batch is ~5% of a training step, at batch 512 ~12%, and
 it is memory-bound work that one thread does while the other core sits idle (small GEMMs run on
-one BLAS thread; see trainer/train.py) or is busy with the step's elementwise work. So a worker
+one BLAS thread; see trainer/run/train.py) or is busy with the step's elementwise work. So a worker
 thread gathers whole chunks of batches (about 1024 rows) into one of two buffers while the step
 trains on the other: np.take releases the GIL, and one handover per chunk keeps the threads'
 handshakes rare. The rows are the same bytes the step would have gathered itself, so training
