@@ -8,7 +8,6 @@ import importlib.metadata
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.markup import escape
 from rich.progress import Progress
@@ -22,7 +21,7 @@ from trainer.cli.display import load_data, print_report
 from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt
 from trainer.cli.sweep import sweep_cmd
 from trainer.cli.train import train_cmd
-from trainer.data.images import image_files, load_digit
+from trainer.data.images import image_files, load_digit, stack_digits
 from trainer.errors import DataError
 from trainer.run.inference import evaluate_model, load_run, predict_proba
 from trainer.run.train import load_backend
@@ -111,8 +110,7 @@ def predict_cmd(
                 read.append(path)
             except DataError as e:
                 failed.append((path, str(e)))
-        proba = predict_proba(model, np.stack(digits) if digits else
-                              np.zeros((0, 28, 28), np.uint8), load_backend(backend, device))
+        proba = predict_proba(model, stack_digits(digits), load_backend(backend, device))
         names = model.class_names
         rows: list[dict[str, Any]] = []
         for path, p in zip(read, proba, strict=True):

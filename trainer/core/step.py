@@ -125,9 +125,10 @@ class PlainStep(Step):
         correct = hits(logits if c.loss == "cross_entropy" else outs[-1], onehot)
         scale = self._scale(lr, n)
         grads = backward(self.params, self.acts, outs, delta * scale, masks)
-        for i in range(0, len(grads), 2):
-            optim.add_penalty(grads[i], self.params[i], c.regularization_type,
-                              c.regularization_rate, scale)
+        if self.regularized:
+            for i in range(0, len(grads), 2):
+                optim.add_penalty(grads[i], self.params[i], c.regularization_type,
+                                  c.regularization_rate, scale)
         for j, g in enumerate(grads):
             if self.adam:
                 self._adam(self.params[j], self.velocities[j], self.second[j], g, lr)

@@ -66,7 +66,11 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_digits(paths: Iterable[str | Path], size: int = 28) -> np.ndarray:
     """Several image files as one uint8 (N, size, size) array, in order."""
-    digits = [load_digit(p, size) for p in paths]
+    return stack_digits([load_digit(p, size) for p in paths], size)
+
+
+def stack_digits(digits: list[np.ndarray], size: int = 28) -> np.ndarray:
+    """Prepared digits as one uint8 (N, size, size) array; (0, size, size) for none."""
     return np.stack(digits) if digits else np.zeros((0, size, size), np.uint8)
 
 
