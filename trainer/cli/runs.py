@@ -74,13 +74,14 @@ def _group_entry(group: Path) -> dict[str, Any]:
                      "backend": summary["backend"], "epochs": row["epochs"],
                      "test_accuracy": row["test_accuracy"]["mean"],
                      "test_std": row["test_accuracy"]["std"], "seconds": row["seconds"]["mean"],
+                     "total_seconds": row["seconds"]["total"],
                      "state": _worst(states), "runs": row["runs"], "finished": row["finished"]})
     tested = [r["test_accuracy"] for r in rows if r["test_accuracy"] is not None]
     return {"kind": "group", "path": str(group), "name": name, "started": created,
             "network": "", "backend": summary["backend"],
             "epochs": max((r["epochs"] for r in rows), default=None),
             "test_accuracy": max(tested, default=None),
-            "seconds": sum(r["seconds"] * r["runs"] for r in rows if r["seconds"] is not None),
+            "seconds": sum(r["total_seconds"] for r in rows),  # all its finished runs
             "state": _worst([r["state"] for r in rows]), "configs": rows}
 
 
