@@ -276,3 +276,16 @@ def test_workers_match_one_process_and_ctrl_c_resumes(idx_dir: Path, tmp_path: P
     summary = json.loads(again.stdout)
     assert [r["finished"] for r in summary["configs"]] == [2, 2]
     assert statistics.fmean(m["epochs"] for r in summary["configs"] for m in r["members"]) == 20
+
+
+def test_markdown_table_of_a_summary() -> None:
+    from trainer.batch.summary import markdown
+
+    row = {"config": "a", "network": "784-128-10", "epochs": 30, "runs": 3, "finished": 3,
+           "test_accuracy": {"mean": 0.9801, "std": 0.0012, "min": 0.979, "max": 0.9815},
+           "seconds": {"mean": 15.2, "total": 45.6}}
+    lone = row | {"config": "b", "runs": 2, "finished": 1, "test_accuracy": {
+        "mean": 0.97, "std": None, "min": 0.97, "max": 0.97}}
+    lines = markdown({"configs": [row, lone]}).splitlines()
+    assert lines[2] == "| a | 784-128-10 | 30 | 3/3 | 98.01% ± 0.12 | 97.90% | 98.15% | 15 |"
+    assert lines[3] == "| b | 784-128-10 | 30 | 1/2 | 97.00% | 97.00% | 97.00% | 15 |"

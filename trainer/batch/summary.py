@@ -97,3 +97,21 @@ def read_group(group: Path) -> tuple[dict[str, Any], dict[str, list[RunInfo]], f
         raise UsageError(str(e)) from None
     summary, runs = summarise(batch, group)
     return summary, runs, created
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """One row per config: mean ± std (points), min and max of the test accuracy, time."""
+    rows = ["| config | network | epochs | runs | test accuracy, mean ± std | min | max | "
+            "s/run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in summary["configs"]:
+        acc, seconds = row["test_accuracy"], row["seconds"]["mean"]
+        std = "" if acc["std"] is None else f" ± {100 * acc['std']:.2f}"
+        rows.append(f"| {row['config']} | {row['network']} | {row['epochs']} | "
+                    f"{row['finished']}/{row['runs']} | {_pct(acc['mean'])}{std} | "
+                    f"{_pct(acc['min'])} | {_pct(acc['max'])} | "
+                    f"{'-' if seconds is None else f'{seconds:.0f}'} |")
+    return "\n".join(rows)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
