@@ -90,8 +90,10 @@ def test_batch_writes_runs_and_a_summary_that_recomputes(mnist, tmp_path: Path) 
         line = next(x for x in result.output.splitlines() if f" {name} " in x and "784-" in x)
         assert f"{np.mean(values):.2%} ± {100 * np.std(values, ddof=1):.2f}" in line
     assert rows["b"]["network"] == "784-32-10"
+    table = [x for x in result.output.splitlines() if x[:1] in "┏┃┡│└"]
+    assert len(table) == 6 and max(len(x) for x in table) <= 80  # borders, header, 2 rows
     svg = (group / "history.svg").read_text()
-    for gid in ("run-a-0", "run-a-1", "run-b-1", "mean-a", "mean-b"):
+    for gid in ("acc-a-0", "acc-a-1", "loss-b-1", "acc-mean-a", "loss-mean-b"):
         assert f'id="{gid}"' in svg
     assert f"Group directory: {group}" in " ".join(result.output.split())
 

@@ -173,7 +173,7 @@ def test_compare_shows_the_differences_side_by_side(runs_dir: Path) -> None:
     svg = runs_dir / "compare.svg"
     assert f"Histories overlaid: {svg}" in " ".join(out.split())
     text = svg.read_text()
-    assert 'id="run-slow-0"' in text and 'id="run-fast-0"' in text
+    assert 'id="acc-slow-0"' in text and 'id="loss-fast-0"' in text
     data = json.loads(run("runs", "compare", runs_dir / "slow", runs_dir / "grp" / "b-seed1",
                           "--out", runs_dir.parent / "x.svg", "--json").stdout)
     assert ["layers[1].nodes", [128, 32]] in data["config_differences"]

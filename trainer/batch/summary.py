@@ -12,7 +12,7 @@ from typing import Any
 from trainer.core.config import Config
 from trainer.errors import TrainerError, UsageError
 from trainer.fileio import atomic_write_json, atomic_write_text
-from trainer.run.catalog import RunInfo, network_name, read_run
+from trainer.run.catalog import RunInfo, is_run_dir, network_name, read_run
 from trainer.run.plots import overlay_svg, write_svg
 
 from .plan import Batch, Member, read_manifest
@@ -29,7 +29,7 @@ def summarise(batch: Batch, group: Path) -> tuple[dict[str, Any], dict[str, list
     for member in batch.members():
         members[member.config_name].append(member)
         path = group / member.dirname
-        if path.is_dir():
+        if is_run_dir(path):  # not one killed before it wrote its config: it never started
             runs[member.config_name].append(read_run(path))
     rows = [_config_row(name, batch, members[name], runs[name]) for name in batch.configs]
     summary = {"group": str(group), "name": batch.name, "seeds": batch.seeds,

@@ -96,7 +96,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         mean = _pct(acc["mean"]) + (f" ± {100 * acc['std']:.2f}" if acc["std"] is not None
                                     else "")
         table.add_row(escape(row["config"]), row["network"], runs, mean, _pct(acc["min"]),
-                      _pct(acc["max"]), "-" if seconds is None else f"{seconds:.1f}")
+                      _pct(acc["max"]), "-" if seconds is None else f"{seconds:.3g}")
     console.print(table)
-    console.print(f"Group directory: {escape(summary['group'])} (summary.json, summary.csv, "
-                  f"history.svg)", soft_wrap=True)
+    console.print(f"Group directory: {escape(summary['group'])}", soft_wrap=True)
+    console.print("  summary.json, summary.csv, history.svg, and a run directory per run")

@@ -89,9 +89,22 @@ def overlay_svg(groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
                 title: str = "") -> str:
     """Many runs' histories in one figure: loss (left) and held-out accuracy in % (right; the
     validation accuracy where a run has one, else the test accuracy). Each group (a config)
-    has a colour: its runs are thin lines (gid `run-<group>-<i>`), and a group of several
-    runs gets a thick mean line over the runs that reached each epoch (gid `mean-<group>`)."""
+    has a colour: its runs are thin lines (gids `loss-<group>-<i>`, `acc-<group>-<i>`), and a
+    group of several runs gets a thick mean line over the runs that reached each epoch (gids
+    `loss-mean-<group>`, `acc-mean-<group>`)."""
     return render_svg(_draw_overlay, groups, title)
+
+
+def mean_curve(series: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean at each epoch over the series that reached it and have a value there (runs
+    stopped early are shorter); NaN where none has."""
+    longest = max(len(y) for y in series)
+    padded = np.full((len(series), longest), math.nan)
+    for j, y in enumerate(series):
+        padded[j, :len(y)] = y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no run has a value for
+        return np.nanmean(padded, axis=0)
 
 
 def _held_out(history: Sequence[Mapping[str, float]]) -> np.ndarray:
@@ -108,25 +121,19 @@ def _draw_overlay(fig: Figure, groups: Mapping[str, Sequence[Sequence[Mapping[st
     positive = True
     for i, (name, runs) in enumerate(groups.items()):
         color = f"C{i % 10}"
-        for ax, values in ((loss_ax, [_column(h, "loss") for h in runs]),
-                           (acc_ax, [_held_out(h) for h in runs])):
+        for ax, panel, values in ((loss_ax, "loss", [_column(h, "loss") for h in runs]),
+                                  (acc_ax, "acc", [_held_out(h) for h in runs])):
             for j, (history, y) in enumerate(zip(runs, values, strict=True)):
-                ax.plot(_column(history, "epoch"), y, color=color, gid=f"run-{name}-{j}",
+                ax.plot(_column(history, "epoch"), y, color=color, gid=f"{panel}-{name}-{j}",
                         linewidth=0.8, alpha=0.35 if len(runs) > 1 else 1.0,
                         marker="o" if len(history) == 1 else "", markersize=3,
                         label=name if len(runs) == 1 else None)
             positive &= all(v > 0 for y in values for v in y if v == v)
             if len(runs) > 1:
-                longest = max(len(y) for y in values)
-                padded = np.full((len(values), longest), math.nan)
-                for j, y in enumerate(values):
-                    padded[j, :len(y)] = y
-                with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN epoch
-                    mean = np.nanmean(padded, axis=0)
-                ax.plot(np.arange(1, longest + 1), mean, color=color, linewidth=2.2,
-                        gid=f"mean-{name}", label=f"{name} (mean of {len(runs)})",
-                        marker="o" if longest == 1 else "", markersize=4)
+                mean = mean_curve(values)
+                ax.plot(np.arange(1, len(mean) + 1), mean, color=color, linewidth=2.2,
+                        gid=f"{panel}-mean-{name}", label=f"{name} (mean of {len(runs)})",
+                        marker="o" if len(mean) == 1 else "", markersize=4)
     if positive:
         loss_ax.set_yscale("log")
     loss_ax.set_ylabel("loss (log scale)" if positive else "loss")
