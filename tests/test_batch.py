@@ -291,3 +291,16 @@ def test_markdown_table_of_a_summary() -> None:
     lines = markdown({"configs": [row, lone]}).splitlines()
     assert lines[2] == "| a | 784-128-10 | 30 | 3/3 | 98.01% ± 0.12 | 97.90% | 98.15% | 15 |"
     assert lines[3] == "| b | 784-128-10 | 30 | 1/2 | 97.00% | 97.00% | 97.00% | 15 |"
+
+
+def test_out_of_memory_in_a_batch_is_one_message(idx_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.2 TiB")
+
+    monkeypatch.setattr(trainer.batch.run, "train", no_memory)
+    a, b = write_configs(tmp_path)
+    result = run("train", a, b, "--data-dir", idx_dir, "--run-dir", tmp_path / "g", "-q")
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "a-seed0: out of memory at batch size 16 on numpy" in out and "Traceback" not in out

@@ -105,6 +105,12 @@ def _train(member: Member, batch: Batch, place: Place, data: Dataset, backend: B
         on_event({"event": "done", "run": member.dirname, "state": "diverged",
                   "message": str(e)})
         return
+    except Exception as e:  # MemoryError, or a GPU library's own out-of-memory error
+        if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
+            raise TrainerError(f"{path}: out of memory at batch size {cfg.batch_size} on "
+                               f"{backend.name} ({type(e).__name__}: {e}); try a smaller "
+                               f"--batch-size or network, or fewer --workers") from None
+        raise
     metrics = run_metrics(result, data.class_names, backend.version, data, place.fingerprint)
     write_run(path, result, data.class_names, metrics, title=member.dirname)
     on_event({"event": "done", "run": member.dirname, "state": "finished",

@@ -155,13 +155,15 @@ def _run_name(name: str | None, config: Path | None) -> str:
 
 def train_cmd(
     configs: Annotated[list[Path] | None, typer.Argument(
-        metavar="[CONFIG]...", help="JSON config (default: built-in; -: standard input); "
+        metavar="CONFIG", help="JSON config (default: built-in; -: standard input); "
                                     "several, or --seeds: a batch")] = None,
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
-    run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>)")] = None,
-    name: Annotated[str | None, Opt(help="run name (default: the config's file name)")] = None,
+    run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>); a "
+                                             "batch's group directory")] = None,
+    name: Annotated[str | None, Opt(help="run name (default: the config's file name); a "
+                                         "batch's: the configs' names joined by +")] = None,
     seed: Annotated[int | None, Opt(min=0, help="override the config's seed")] = None,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
