@@ -119,6 +119,12 @@ def test_the_table_tells_each_state_from_the_run_directory(runs_dir: Path,
                  if r["name"] == "grp/")
     assert group["state"] == "interrupted"
     assert next(r for r in group["configs"] if r["name"] == "b")["state"] == "interrupted"
+    (copy / "fast" / "metrics.json").write_text("{not json")
+    rows = {r["name"]: r for r in json.loads(run("runs", copy, "--json").stdout)}
+    assert rows["fast"]["state"] == "damaged"  # listed, not fatal to the table
+    result = run("runs", "compare", copy / "slow", copy / "fast")
+    assert result.exit_code == 2 and "metrics.json: not valid JSON" in " ".join(
+        result.output.split())
 
 
 def test_the_table_fits_80_columns_and_narrower(runs_dir: Path, narrow_console) -> None:
@@ -201,3 +207,6 @@ def test_an_empty_folder_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "runs").mkdir()
     result = run("runs")
     assert result.exit_code == 0 and "No runs in runs" in result.output
+    (tmp_path / "runs").rmdir()  # not made yet: nothing to list, which is no error
+    assert run("runs").exit_code == 0 and run("runs", "--json").stdout.strip() == "[]"
+    assert run("runs", "runs").exit_code == 2  # but a DIR given is one that must exist

@@ -132,9 +132,8 @@ def sort_entries(entries: list[dict[str, Any]], key: str, reverse: bool) -> list
 
 @runs_app.command("list")
 def list_cmd(
-    directory: Annotated[Path, typer.Argument(metavar="[DIR]", help="a folder of runs and "
-                                              "groups, or a group (default: runs)")] = Path(
-        "runs"),
+    directory: Annotated[Path | None, typer.Argument(
+        metavar="[DIR]", help="a folder of runs and groups, or a group (default: runs)")] = None,
     sort: Annotated[str, Opt(help=f"sort by {', '.join(SORT_KEYS)} (test: best first)")] = "date",
     reverse: Annotated[bool, Opt("--reverse", help="the other way round")] = False,
     as_json: Annotated[bool, Opt("--json", help="print JSON instead")] = False,
@@ -142,7 +141,11 @@ def list_cmd(
     """The runs and groups under DIR (a group: a row per config, the mean over its seeds):
     date, name, network, backend, epochs, test accuracy, time, state. The default command."""
     with cli_errors():
-        entries = sort_entries(collect(directory), sort, reverse)
+        if directory is None and not Path("runs").exists():  # nothing trained here yet
+            entries, directory = sort_entries([], sort, reverse), Path("runs")
+        else:
+            directory = directory or Path("runs")
+            entries = sort_entries(collect(directory), sort, reverse)
         if as_json:
             print_json(entries)
         elif not entries:
