@@ -137,8 +137,8 @@ def _draw_overlay(fig: Figure, groups: Mapping[str, Sequence[Sequence[Mapping[st
     if positive:
         loss_ax.set_yscale("log")
     loss_ax.set_ylabel("loss (log scale)" if positive else "loss")
-    acc_ax.set_ylabel("held-out accuracy (%): validation, else test")
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+    acc_ax.set_ylabel("accuracy (%)")
+    for ax, name in ((loss_ax, "loss"), (acc_ax, "held-out accuracy: validation, else test")):
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
