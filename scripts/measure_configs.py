@@ -1,8 +1,11 @@
-"""Train configs one after another and print a markdown table of test accuracy and time.
+"""Train configs with several seeds (one batch: `trainer train CONFIG... --seeds N`) and print
+the summary as a markdown table, for configs/README.md.
 
-    python scripts/measure_configs.py configs/*.json [--backend numpy] [--out table.md]
+    python scripts/measure_configs.py configs/*.json [--seeds 3] [--workers 1]
+        [--backend numpy] [--out table.md] [any other `trainer train` option]
 
-Uses only the public Python API; this is how configs/README.md's figures were measured.
+A thin caller of trainer.batch.train_batch: the runs land in a group directory under runs/
+like the command's, and running it again resumes (finished runs are kept).
 """
 
 from __future__ import annotations
@@ -13,42 +16,34 @@ import sys
 import time
 from pathlib import Path
 
-from trainer import Config, load_backend, load_dataset, train
+from trainer.batch import parse_seeds, train_batch
+from trainer.batch.summary import markdown
 from trainer.errors import TrainerError
 from trainer.fileio import atomic_write_text
 
 
 def main() -> None:
-    try:
-        _main()
-    except TrainerError as e:  # a bad config path, an unavailable backend: a message, no traceback
-        sys.exit(f"error: {e}")
-
-
-def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", type=Path)
+    parser.add_argument("--seeds", default="3", help="a count (3: seeds 0-2) or a list (0,5,7)")
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--backend", default="numpy")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device")
+    parser.add_argument("--epochs", type=int, help="override every config's epochs")
+    parser.add_argument("--limit-train", type=int, help="train on the first N images only")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
-
-    data = load_dataset()
-    backend = load_backend(args.backend, args.device)
-    rows = ["| config | network | epochs | test accuracy | train accuracy | s/epoch | total s |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for path in args.configs:
-        config = Config.from_file(path)
-        result = train(config, data, backend)
-        network = config.describe()
-        rows.append(f"| {path.stem} | {network} | {config.epochs} | "
-                    f"{result.test_accuracy:.2%} | {result.train_accuracy:.2%} | "
-                    f"{result.total_seconds / config.epochs:.2f} | {result.total_seconds:.0f} |")
-        print(rows[-1], flush=True)
-    footer = (f"\nMeasured {time.strftime('%Y-%m-%d')} on {platform.machine()} "
-              f"({platform.processor() or 'cpu'}), backend {args.backend}, "
-              f"Python {platform.python_version()}.\n")
-    table = "\n".join(rows) + "\n" + footer
+    try:
+        summary = train_batch(args.configs, parse_seeds(args.seeds),
+                              overrides={"epochs": args.epochs}, limit_train=args.limit_train,
+                              backend=args.backend, device=args.device, workers=args.workers,
+                              on_event=lambda e: e["event"] == "done" and print(
+                                  f"{e['run']}: {e['state']}", file=sys.stderr, flush=True))
+    except TrainerError as e:  # a bad config path, an unavailable backend: a message
+        sys.exit(f"error: {e}")
+    table = (markdown(summary) + f"\n\nMeasured {time.strftime('%Y-%m-%d')} on "
+             f"{platform.machine()}, backend {args.backend}, seeds {args.seeds}, Python "
+             f"{platform.python_version()}; the runs are in {summary['group']}.\n")
     print(table)
     if args.out:
         atomic_write_text(args.out, table)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trainer.fileio import WriteError
-from trainer.run.plots import confusion_svg, history_svg, write_svg
+from trainer.run.plots import confusion_svg, history_svg, mean_curve, overlay_svg, write_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 NAN = math.nan
@@ -124,3 +124,27 @@ def test_write_svg_replaces_atomically(tmp_path, monkeypatch: pytest.MonkeyPatch
         write_svg(target, "<svg>newer</svg>")
     assert target.read_text() == "<svg>new</svg>"
     assert os.listdir(tmp_path) == ["history.svg"]
+
+
+def test_mean_curve_averages_the_runs_that_reached_each_epoch() -> None:
+    got = mean_curve([np.array([1.0, 2.0, 3.0]), np.array([3.0, NAN]), np.array([5.0])])
+    np.testing.assert_allclose(got, [3.0, 2.0, 3.0])
+    assert np.isnan(mean_curve([np.array([NAN]), np.array([NAN])])).all()
+
+
+def test_overlay_draws_each_run_and_a_mean_line_per_group() -> None:
+    def run(accuracies: list[float]) -> list[dict[str, float]]:
+        return [{"epoch": i + 1, "loss": 1.0 / (i + 1), "train_accuracy": a, "test_accuracy": a}
+                for i, a in enumerate(accuracies)]
+
+    svg = overlay_svg({"a": [run([0.80, 0.90, 0.94]), run([0.70, 0.86])],
+                       "b": [run([0.60, 0.65])]}, title="group")
+    (first,), (second,) = line_vertices(svg, "acc-a-0"), line_vertices(svg, "acc-a-1")
+    (mean,) = line_vertices(svg, "acc-mean-a")
+    assert len(mean) == 3
+    for i in range(2):  # the accuracy axis is linear: the mean is halfway between the runs
+        assert mean[i][1] == pytest.approx((first[i][1] + second[i][1]) / 2, abs=0.02)
+    assert mean[2] == pytest.approx(first[2], abs=0.02)  # only the first run reached epoch 3
+    assert len(line_vertices(svg, "loss-b-0")[0]) == 2
+    assert not ET.fromstring(svg).findall(".//*[@id='acc-mean-b']")  # one run: no mean line
+    assert "group" in texts(svg)

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainer.backends import Backend
+from trainer.cli.batch import batch_cli
 from trainer.cli.console import cli_errors, console, err_console, print_json
 from trainer.cli.display import TrainProgress, held_out, load_data, print_report
 from trainer.cli.options import (
@@ -34,7 +35,14 @@ from trainer.errors import TrainerError, UsageError
 from trainer.fileio import atomic_write_json
 from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Interrupted, TrainResult
-from trainer.run.rundir import check_run_name, claim_run_dir, run_metrics, write_run
+from trainer.run.rundir import (
+    check_run_name,
+    claim_run_dir,
+    diverged_metrics,
+    hold_run,
+    run_metrics,
+    write_run,
+)
 from trainer.run.train import check_data, check_memory, load_backend, train
 
 
@@ -146,12 +154,16 @@ def _run_name(name: str | None, config: Path | None) -> str:
 
 
 def train_cmd(
-    config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
+    configs: Annotated[list[Path] | None, typer.Argument(
+        metavar="CONFIG", help="JSON config (default: built-in; -: standard input); "
+                                    "several, or --seeds: a batch")] = None,
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
-    run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>)")] = None,
-    name: Annotated[str | None, Opt(help="run name (default: the config's file name)")] = None,
+    run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>); a "
+                                             "batch's group directory")] = None,
+    name: Annotated[str | None, Opt(help="run name (default: the config's file name); a "
+                                         "batch's: the configs' names joined by +")] = None,
     seed: Annotated[int | None, Opt(min=0, help="override the config's seed")] = None,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -166,14 +178,37 @@ def train_cmd(
     resume: Annotated[Path | None, Opt(help="continue the run in this directory")] = None,
     checkpoint_every: Annotated[int | None, Opt(min=1, help="also checkpoint every N steps "
                                                 "(always: every epoch)")] = None,
+    seeds: Annotated[str | None, Opt(help="a batch: every config with seeds 0 to N-1 "
+                                          "(--seeds 5) or with these (--seeds 0,1,2)")] = None,
+    workers: Annotated[int, Opt(min=1, help="a batch's worker processes, each with its share "
+                                            "of the BLAS threads")] = 1,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="plain lines, no bars or tables")] = False,
     as_json: Annotated[bool, Opt("--json", help="print a JSON summary instead")] = False,
 ) -> None:
-    """Train a network, evaluate it on the test set and write a run directory."""
+    """Train a network, evaluate it on the test set and write a run directory. Several
+    configs, or --seeds: a batch of runs in one group directory, summarised per config; the
+    same command again resumes it."""
     with cli_errors():
         overrides = {"seed": seed, "epochs": epochs, "batch_size": batch_size,
                      "learning_rate": learning_rate, "momentum": momentum, "dtype": dtype,
                      "validation_split": validation_split}
+        if len(configs or ()) > 1 or seeds is not None:
+            if resume is not None:
+                raise UsageError("--resume continues one run; a batch resumes when the same "
+                                 "command runs again")
+            if seed is not None and seeds is not None:
+                raise UsageError("give --seed (one run) or --seeds (a batch), not both")
+            options = {"backend": backend, "device": device, "data_dir": data_dir,
+                       "run_dir": run_dir, "name": name, "limit_train": limit_train,
+                       "limit_test": limit_test, "checkpoint_every": checkpoint_every}
+            with stop_on_signals() as stop_requested:
+                batch_cli(configs or [], seeds, workers, overrides, options, stop_requested,
+                          quiet, as_json)
+            return
+        if workers != 1:
+            raise UsageError("--workers runs a batch's runs side by side: give several configs "
+                             "or --seeds")
+        config = configs[0] if configs else None
         state = None
         if resume is not None:
             given = overrides | {"CONFIG": config, "--limit-train": limit_train,
@@ -201,10 +236,11 @@ def train_cmd(
         elif not quiet and not as_json:
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
         record = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
-                  "limit_test": limit_test, "data": fingerprint}
-        result, late_signal = _run(cfg, loaded, data, path, record, state, checkpoint_every,
-                                   quiet, as_json)
-        _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json)
+                  "limit_test": limit_test, "data": fingerprint, "backend": loaded.name}
+        with hold_run(path):
+            result, late_signal = _run(cfg, loaded, data, path, record, state,
+                                       checkpoint_every, quiet, as_json)
+            _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json)
         if late_signal:  # it came during the final evaluation: the run is whole, and written
             err_console.print(f"{signal.Signals(late_signal).name} came after the last "
                               f"training step: the run is complete and written to "
@@ -239,9 +275,7 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
                           f"{escape(str(path))}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except DivergedError as e:
-        atomic_write_json(path / "metrics.json", {
-            "diverged": True, "message": str(e), "epoch": e.epoch, "step": e.step,
-            "backend": backend.name, "dtype": cfg.dtype, "seed": cfg.seed})
+        atomic_write_json(path / "metrics.json", diverged_metrics(e, backend.name, cfg))
         raise
     except MemoryError as e:
         raise memory_error(e, cfg, backend) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,6 +81,69 @@ def _draw_history(fig: Figure, history: Sequence[Mapping[str, float]], title: st
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
+
+
+def overlay_svg(groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+                title: str = "") -> str:
+    """Many runs' histories in one figure: loss (left) and held-out accuracy in % (right; the
+    validation accuracy where a run has one, else the test accuracy). Each group (a config)
+    has a colour: its runs are thin lines (gids `loss-<group>-<i>`, `acc-<group>-<i>`), and a
+    group of several runs gets a thick mean line over the runs that reached each epoch (gids
+    `loss-mean-<group>`, `acc-mean-<group>`)."""
+    return render_svg(_draw_overlay, groups, title)
+
+
+def mean_curve(series: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean at each epoch over the series that reached it and have a value there (runs
+    stopped early are shorter); NaN where none has."""
+    longest = max(len(y) for y in series)
+    padded = np.full((len(series), longest), math.nan)
+    for j, y in enumerate(series):
+        padded[j, :len(y)] = y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no run has a value for
+        return np.nanmean(padded, axis=0)
+
+
+def _held_out(history: Sequence[Mapping[str, float]]) -> np.ndarray:
+    val = _column(history, "val_accuracy")
+    return 100 * (val if np.isfinite(val).any() else _column(history, "test_accuracy"))
+
+
+def _draw_overlay(fig: Figure, groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+                  title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    fig.set_size_inches(10, 4)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    positive = True
+    for i, (name, runs) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        for ax, panel, values in ((loss_ax, "loss", [_column(h, "loss") for h in runs]),
+                                  (acc_ax, "acc", [_held_out(h) for h in runs])):
+            for j, (history, y) in enumerate(zip(runs, values, strict=True)):
+                ax.plot(_column(history, "epoch"), y, color=color, gid=f"{panel}-{name}-{j}",
+                        linewidth=0.8, alpha=0.35 if len(runs) > 1 else 1.0,
+                        marker="o" if len(history) == 1 else "", markersize=3,
+                        label=name if len(runs) == 1 else None)
+            positive &= all(v > 0 for y in values for v in y if v == v)
+            if len(runs) > 1:
+                mean = mean_curve(values)
+                ax.plot(np.arange(1, len(mean) + 1), mean, color=color, linewidth=2.2,
+                        gid=f"{panel}-mean-{name}", label=f"{name} (mean of {len(runs)})",
+                        marker="o" if len(mean) == 1 else "", markersize=4)
+    if positive:
+        loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("loss (log scale)" if positive else "loss")
+    acc_ax.set_ylabel("accuracy (%)")
+    for ax, name in ((loss_ax, "loss"), (acc_ax, "held-out accuracy: validation, else test")):
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    acc_ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
 

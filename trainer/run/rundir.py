@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -10,19 +11,27 @@ import platform
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainer.core.config import Config
 from trainer.data.dataset import Dataset
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json, atomic_write_text
 from trainer.run.model_io import SavedModel, save_model
 from trainer.run.plots import confusion_svg, history_svg, write_svg
-from trainer.run.results import EpochStats, TrainResult
+from trainer.run.results import DivergedError, EpochStats, TrainResult
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a run in progress then shows as interrupted
+    fcntl = None  # type: ignore[assignment]
 
 CLAIM = ".trainer-run"  # created exclusively in a --run-dir: the run that made it owns the folder
+LOCK_ATTEMPTS = 20  # tries, 50 ms apart, to take a run's lock
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
@@ -72,6 +81,59 @@ def claim_run_dir(run_dir: str | Path | None, name: str, root: str | Path = "run
     except OSError as e:
         raise UsageError(f"cannot create a run directory under {root}: {e.strerror or e}") from None
     raise UsageError(f"too many runs named {stamp}-{name} under {root}")
+
+
+@contextlib.contextmanager
+def hold_run(path: Path) -> Iterator[None]:
+    """Hold the run's lock (an flock on its claim file, written with our pid) while training:
+    `trainer runs` sees the run as running, and a second process that would train it too is
+    refused. The kernel drops the lock when the process ends, however it ends."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(path / CLAIM, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e:
+        raise UsageError(f"cannot open {path / CLAIM}: {e.strerror or e}") from None
+    try:
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # is_held's probe holds it for an instant: try again
+                if attempt == LOCK_ATTEMPTS - 1:
+                    owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+                    raise UsageError(f"{path} is being trained by another process (pid "
+                                     f"{owner}); wait for it, or stop it first") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def is_held(path: Path) -> bool:
+    """Whether a process holds the run's lock now (is training it)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path / CLAIM, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def diverged_metrics(e: DivergedError, backend: str, config: Config) -> dict[str, Any]:
+    """What metrics.json says of a run whose loss diverged."""
+    return {"diverged": True, "message": str(e), "epoch": e.epoch, "step": e.step,
+            "backend": backend, "dtype": config.dtype, "seed": config.seed}
 
 
 def library_versions(backend: str, backend_version: str) -> dict[str, str]:

@@ -1,0 +1,63 @@
+"""Batch runs: every config with every seed, in one group directory, summarised per config.
+
+    from trainer.batch import train_batch
+    summary = train_batch(["configs/default.json", "configs/hidden-64.json"], seeds=[0, 1, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.backends import Backend
+from trainer.data.dataset import Dataset, load_dataset
+from trainer.run.train import check_data, check_memory, load_backend
+
+from .plan import Batch, Member, default_name, is_group, load_configs, open_group, parse_seeds
+from .run import Event, Place, run_members
+from .summary import summarise, write_summary
+
+__all__ = ["Batch", "Event", "Member", "Place", "is_group", "parse_seeds", "run_batch",
+           "train_batch"]
+
+
+def run_batch(batch: Batch, place: Place, data: Dataset, backend: Backend,
+              on_event: Callable[[Event], None] = lambda event: None,
+              stop_requested: Callable[[], int | None] | None = None) -> dict[str, Any]:
+    """Train (or resume, or keep) every member of `batch` in `place.group`, then write and
+    return the group's summary. Interrupted (checkpoints written) if a stop is requested."""
+    run_members(batch, place, data, backend, on_event, stop_requested)
+    summary, runs = summarise(batch, place.group)
+    write_summary(place.group, summary, runs)
+    return summary
+
+
+def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *,
+                overrides: dict[str, Any] | None = None, limit_train: int | None = None,
+                limit_test: int | None = None, backend: str = "numpy",
+                device: str | None = None, data_dir: Path | None = None,
+                data: Dataset | None = None, run_dir: Path | None = None,
+                name: str | None = None, root: Path = Path("runs"), workers: int = 1,
+                checkpoint_every: int | None = None,
+                on_event: Callable[[Event], None] = lambda event: None,
+                stop_requested: Callable[[], int | None] | None = None,
+                on_group: Callable[[Path, bool], None] = lambda path, resumed: None,
+                ) -> dict[str, Any]:
+    """The whole batch from config files: checked up front (every config against the data and
+    the memory, before any directory is made), its group found again or made (`on_group(path,
+    resumed)` is told which), run, summarised. `seeds` None: each config's own seed."""
+    paths = [Path(c) for c in configs]
+    loaded = load_configs(paths, {k: v for k, v in (overrides or {}).items() if v is not None})
+    be = load_backend(backend, device)
+    data = data if data is not None else load_dataset(data_dir)
+    for cfg in loaded.values():
+        check_data(cfg, data, limit_train, limit_test)
+        check_memory(cfg, data, be, limit_train, limit_test)
+    batch = Batch(loaded, seeds, limit_train, limit_test, be.name,
+                  name or (run_dir.name if run_dir is not None else default_name(list(loaded))))
+    fingerprint = data.fingerprint()
+    group, resumed = open_group(batch, fingerprint, run_dir, root)
+    on_group(group, resumed)
+    place = Place(group, fingerprint, data_dir, device, workers, checkpoint_every)
+    return run_batch(batch, place, data, be, on_event, stop_requested)

@@ -1,0 +1,102 @@
+"""`trainer train CONFIG... --seeds N`: a batch of runs, a line per run, a table per config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from trainer.batch import Event, parse_seeds, train_batch
+from trainer.cli.console import console, err_console, print_json
+from trainer.cli.display import epoch_line, load_data
+from trainer.run.results import EpochStats, Interrupted
+
+
+def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: dict[str, Any],
+              options: dict[str, Any], stop_requested: Any, quiet: bool, as_json: bool) -> None:
+    """Run the batch (`options`: train_batch's keywords from the command line), print its
+    progress and summary; exit 1 if a run diverged, 128 + the signal if stopped."""
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    data = load_data(options["data_dir"], show=not as_json)  # worker processes load it again
+    shown: dict[str, Any] = {}
+
+    def on_group(path: Path, resumed: bool) -> None:
+        shown["group"] = path
+        if not as_json:
+            console.print(f"{'Resuming' if resumed else 'Starting'} the batch in "
+                          f"{escape(str(path))}", soft_wrap=True)
+
+    try:
+        summary = train_batch(configs, seed_list, overrides=overrides, data=data,
+                              workers=workers, on_event=_printer(quiet, as_json),
+                              stop_requested=stop_requested, on_group=on_group, **options)
+    except Interrupted as e:
+        err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed in "
+                          f"{escape(str(shown.get('group', '')))}. Run the same command again "
+                          f"to continue.", soft_wrap=True)
+        raise typer.Exit(code=e.exit_code) from None
+    if as_json:
+        print_json(summary)
+    else:
+        print_summary(summary)
+    diverged = [m["run_dir"] for row in summary["configs"] for m in row["members"]
+                if m["state"] == "diverged"]
+    if diverged:
+        err_console.print(f"[bold red]error:[/] {len(diverged)} run(s) diverged (their "
+                          f"metrics.json says where): {escape(', '.join(diverged))}",
+                          soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+def _printer(quiet: bool, as_json: bool) -> Any:
+    """The on_event callback: a line per run started, kept or done; per epoch unless quiet."""
+    def on_event(event: Event) -> None:
+        if as_json:
+            return
+        run, kind = escape(event["run"]), event["event"]
+        if kind == "start":
+            where = event["resume_epoch"]
+            console.print(f"{run}: " + (f"resuming at epoch {where}" if where else "training"))
+        elif kind == "epoch" and not quiet:
+            stats = EpochStats(**event["stats"])
+            console.print(f"  {run}  {epoch_line(stats, event['epochs'])}", soft_wrap=True)
+        elif kind in ("done", "kept"):
+            console.print(f"{run}: {_outcome(event)}" + (" (kept)" if kind == "kept" else ""),
+                          soft_wrap=True)
+    return on_event
+
+
+def _outcome(event: Event) -> str:
+    if event["state"] == "diverged":
+        return "[red]diverged[/]" + (f": {escape(event['message'])}" if "message" in event else "")
+    accuracy, seconds = event.get("test_accuracy"), event.get("seconds")
+    text = f"test accuracy {accuracy:.2%}" if accuracy is not None else "finished"
+    return text + (f" in {seconds:.1f} s" if seconds is not None else "")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """One row per config: runs, test accuracy mean ± std, min, max, mean seconds a run."""
+    table = Table(title=f"Test accuracy by config: {escape(summary['name'])}",
+                  title_justify="left")
+    for column, justify in (("config", "left"), ("network", "left"), ("runs", "right"),
+                            ("mean ± std", "right"), ("min", "right"),
+                            ("max", "right"), ("s/run", "right")):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for row in summary["configs"]:
+        acc, seconds = row["test_accuracy"], row["seconds"]["mean"]
+        runs = f"{row['finished']}/{row['runs']}" if row["finished"] != row["runs"] else \
+            str(row["runs"])
+        mean = _pct(acc["mean"]) + (f" ± {100 * acc['std']:.2f}" if acc["std"] is not None
+                                    else "")
+        table.add_row(escape(row["config"]), row["network"], runs, mean, _pct(acc["min"]),
+                      _pct(acc["max"]), "-" if seconds is None else f"{seconds:.3g}")
+    console.print(table)
+    console.print(f"Group directory: {escape(summary['group'])}", soft_wrap=True)
+    console.print("  summary.json, summary.csv, history.svg, and a run directory per run")
