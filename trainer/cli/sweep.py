@@ -18,6 +18,7 @@ from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
     DataDirOpt,
+    DatasetOpt,
     DeviceOpt,
     DtypeOpt,
     EpochsOpt,
@@ -26,6 +27,7 @@ from trainer.cli.options import (
     Opt,
 )
 from trainer.core.config import Config
+from trainer.data.datasets import get_spec
 from trainer.run.rundir import check_run_name
 from trainer.sweep.report import note, reruns, seconds
 from trainer.sweep.run import SAMPLERS, SweepSettings, load_space, run_sweep
@@ -152,6 +154,7 @@ def sweep_cmd(
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
     validation_split: Annotated[float | None, Opt(min=0, help="share or count of training "
                                                   "images scored (default: the config's, "
                                                   "else 0.1)")] = None,
@@ -185,7 +188,8 @@ def sweep_cmd(
         settings = SweepSettings(
             cfg, load_space(space, cfg), trials, sweep_dir or Path("sweeps") / name, name,
             storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,
-            data_dir=data_dir, limit_train=limit_train, timeout=timeout, workers=workers,
+            data_dir=data_dir, dataset=get_spec(dataset or "mnist").name,
+            limit_train=limit_train, timeout=timeout, workers=workers,
             heartbeat=heartbeat)
         live = not as_json and console.is_terminal
         terminated: list[int] = []

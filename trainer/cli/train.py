@@ -20,6 +20,7 @@ from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
     DataDirOpt,
+    DatasetOpt,
     DeviceOpt,
     DtypeOpt,
     EpochsOpt,
@@ -150,6 +151,7 @@ def train_cmd(
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
     run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>)")] = None,
     name: Annotated[str | None, Opt(help="run name (default: the config's file name)")] = None,
     seed: Annotated[int | None, Opt(min=0, help="override the config's seed")] = None,
@@ -185,7 +187,8 @@ def train_cmd(
             cfg = cfg.replace(**overrides)
             run_name = _run_name(name, config)
         loaded = load_backend(backend, device)
-        data = load_data(data_dir, show=not (quiet or as_json))
+        dataset = dataset or (state.run.get("dataset") if state else None) or "mnist"
+        data = load_data(data_dir, show=not (quiet or as_json), dataset=dataset)
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
         check_memory(cfg, data, loaded, limit_train, limit_test)
         fingerprint = data.fingerprint()
@@ -201,7 +204,7 @@ def train_cmd(
         elif not quiet and not as_json:
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
         record = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
-                  "limit_test": limit_test, "data": fingerprint}
+                  "limit_test": limit_test, "data": fingerprint, "dataset": data.name}
         result, late_signal = _run(cfg, loaded, data, path, record, state, checkpoint_every,
                                    quiet, as_json)
         _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json)
