@@ -10,10 +10,9 @@ from rich import box
 from rich.table import Table
 
 from trainer.bench.run import NOT_LEARNING, available_targets, run_bench
-from trainer.cli.console import cli_errors, console
+from trainer.cli.console import cli_errors, console, load_config
 from trainer.cli.display import load_data
 from trainer.cli.options import DatasetOpt
-from trainer.core.config import Config, default_config
 from trainer.core.losses import DIVERGED_NATS, untrained_loss
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json, check_writable
@@ -52,7 +51,7 @@ def bench_cmd(
     report."""
     with cli_errors():
         check_writable(out, "--out")  # before the benchmark, not after it
-        cfg = Config.from_file(config) if config else default_config()
+        cfg = load_config(config)
         data = load_data(None, show=True, dataset=dataset or "mnist")  # fetched once, here
         check_data(cfg, data, limit_train)  # not in each worker, once per batch size
         sizes = _ints(batch_sizes, "--batch-sizes")

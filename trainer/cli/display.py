@@ -202,13 +202,16 @@ def class_table(report: Report, class_names: list[str]) -> Table:
 
 def print_report(console: Console, report: Report, class_names: list[str]) -> None:
     table = confusion_table(report, class_names, console.width)
-    if table is None:
-        n = len(class_names)
-        console.print(f"The {n} x {n} confusion matrix is wider than this terminal: its largest "
-                      f"mistakes follow; the whole matrix is in the run's metrics.json and "
-                      f"confusion.svg (or --json).", soft_wrap=True)
-        table = confusions_table(report, class_names)
-    console.print(table)
+    n = len(class_names)
+    if table is not None:
+        console.print(table)
+    elif int(report.confusion.sum()) == int(report.confusion.trace()):
+        console.print(f"The {n} x {n} confusion matrix (too wide to show here) has no mistakes.")
+    else:
+        console.print(f"The {n} x {n} confusion matrix is too wide to show here (it is in the "
+                      f"run's metrics.json and confusion.svg, and in --json): its largest "
+                      f"mistakes are", soft_wrap=True)
+        console.print(confusions_table(report, class_names))
     console.print(class_table(report, class_names))
     total = int(report.confusion.sum())
     correct = int(report.confusion.trace())

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
 from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
@@ -26,7 +26,6 @@ from trainer.cli.options import (
     MomentumOpt,
     Opt,
 )
-from trainer.core.config import Config
 from trainer.data.datasets import get_spec
 from trainer.run.rundir import check_run_name
 from trainer.sweep.report import note, reruns, seconds
@@ -176,7 +175,7 @@ def sweep_cmd(
 ) -> None:
     """Search hyper-parameters: train trials on a validation split, keep the best config."""
     with cli_errors():
-        cfg = Config.from_file(config).replace(
+        cfg = load_config(config).replace(
             seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
             momentum=momentum, dtype=dtype, validation_split=validation_split)
         if not cfg.validation_split:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainer.backends import Backend
-from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
 from trainer.cli.display import TrainProgress, held_out, load_data, print_report
 from trainer.cli.options import (
     BackendOpt,
@@ -28,7 +28,7 @@ from trainer.cli.options import (
     MomentumOpt,
     Opt,
 )
-from trainer.core.config import Config, default_config
+from trainer.core.config import Config
 from trainer.core.schedule import constant_rate
 from trainer.data.dataset import Dataset
 from trainer.errors import TrainerError, UsageError
@@ -183,7 +183,7 @@ def train_cmd(
                                  "--run-dir": run_dir}
             cfg, state, run_name, limit_train, limit_test = resumed_run(resume, given)
         else:
-            cfg = Config.from_file(config) if config else default_config()
+            cfg = load_config(config)
             cfg = cfg.replace(**overrides)
             run_name = _run_name(name, config)
         loaded = load_backend(backend, device)

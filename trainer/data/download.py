@@ -62,7 +62,6 @@ def download(url: str, target: Path, md5: str, *, partial_dir: Path, timeout: fl
     starts again from nothing if it does not. A finished file whose MD5 is wrong is deleted
     (the next call starts afresh), then DataError.
     """
-    partial_dir.mkdir(parents=True, exist_ok=True)
     part = partial_dir / f"{target.name}.part"
     have = part.stat().st_size if part.is_file() else 0
     try:
@@ -83,6 +82,7 @@ def download(url: str, target: Path, md5: str, *, partial_dir: Path, timeout: fl
         task = progress.start(target.name, total, download=True)
         progress.advance(task, have)
         received = have
+        partial_dir.mkdir(parents=True, exist_ok=True)
         with open(part, "ab" if have else "wb") as out:
             try:
                 while chunk := response.read(_CHUNK):

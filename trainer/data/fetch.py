@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -199,6 +200,9 @@ def _empty(folder: Path) -> None:
 
 
 def describe(e: BaseException) -> str:
+    """An error in one line: an HTTP status with its code and the URL that answered it."""
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason} from {e.url}"
     reason = getattr(e, "reason", None)  # URLError hides the useful part here
     return f"{type(e).__name__}: {reason if reason is not None else e}"
 
