@@ -39,6 +39,9 @@ EMNIST_CODES = {"digits": DIGITS, "mnist": DIGITS, "balanced": DIGITS + UPPER + 
                 "bymerge": DIGITS + UPPER + MERGED_LOWER, "byclass": DIGITS + UPPER + LOWER}
 
 
+BOOST = 40  # faint enough that a trained network still makes mistakes to show
+
+
 def gz_idx(array: np.ndarray) -> bytes:
     """An array as the bytes of an IDX .gz file."""
     buf = io.BytesIO()
@@ -84,7 +87,8 @@ def make_publishers(n_train: int = 1200, n_test: int = 300,
                     letters_train: int = 2600) -> Publishers:
     pub = Publishers()
     for seed, name in enumerate(("mnist", "fashion-mnist", "kmnist")):
-        data = make_dataset(n_train, n_test, shape=(28, 28), classes=10, seed=10 + seed)
+        data = make_dataset(n_train, n_test, shape=(28, 28), classes=10, seed=10 + seed,
+                            boost=BOOST)
         pub.upright[name] = data
         for file, body in four_files(data).items():
             pub.files[f"{name}/{file}"] = body
@@ -94,7 +98,7 @@ def make_publishers(n_train: int = 1200, n_test: int = 300,
             classes = 26 if split == "letters" else len(EMNIST_CODES[split])
             n = letters_train if split == "letters" else 4 * classes
             data = make_dataset(n, max(n // 4, classes), shape=(28, 28), classes=classes,
-                                seed=20 + seed)
+                                seed=20 + seed, boost=BOOST)
             pub.upright[f"emnist-{split}"] = data
             offset = 1 if split == "letters" else 0
             stored = dataclasses.replace(  # as NIST stores them: transposed, letters from 1

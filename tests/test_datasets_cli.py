@@ -85,10 +85,18 @@ def test_emnist_letters_trains_on_26_classes(publishers: str, tmp_path: Path) ->
     trained = runner.invoke(app, ["train", str(CONFIGS / "emnist-letters.json"), "--dataset",
                                   "emnist-letters", "--epochs", "2", "--run-dir", str(run_dir)])
     assert trained.exit_code == 0, trained.output
-    assert "26 x 26 confusion matrix" in trained.output and "Z/z" in trained.output
+    assert "26 x 26 confusion matrix is too wide" in trained.output and "Z/z" in trained.output
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert len(metrics["confusion_matrix"]) == 26 and metrics["test_accuracy"] > 0.9
-    assert list(metrics["per_class"])[:2] == ["A/a", "B/b"]
+    assert len(metrics["confusion_matrix"]) == 26 and metrics["test_accuracy"] > 0.5
+    names = list(metrics["per_class"])
+    assert names[:2] == ["A/a", "B/b"] and names[-1] == "Z/z"
+    # the first of the largest mistakes listed is a largest off-diagonal cell of metrics.json's
+    cm = np.array(metrics["confusion_matrix"])
+    np.fill_diagonal(cm, 0)
+    table = trained.output.split("Most frequent confusions (of 26 classes)")[1]
+    actual, predicted, count, _ = [c.strip() for c in
+                                   [r for r in table.splitlines() if "/" in r][0].split("│")[1:5]]
+    assert int(count) == cm.max() == cm[names.index(actual), names.index(predicted)] > 0
 
 
 def test_evaluate_on_another_dataset_says_so(publishers: str, tmp_path: Path) -> None:
@@ -100,6 +108,20 @@ def test_evaluate_on_another_dataset_says_so(publishers: str, tmp_path: Path) ->
     assert other.exit_code == 0, other.output
     assert "note: the model was trained on kmnist; evaluating it on fashion-mnist" in \
         other.output
+    resumed = runner.invoke(app, ["train", "--resume", str(run_dir)])  # on KMNIST again
+    assert resumed.exit_code == 0, resumed.output
+    assert "is finished" in resumed.output and "nothing changed" in resumed.output
+
+
+def test_fetch_emnist_caches_every_split(publishers: str, tmp_path: Path) -> None:
+    fetched = runner.invoke(app, ["data", "fetch", "--dataset", "emnist-balanced", "--quiet"])
+    assert fetched.exit_code == 0, fetched.output
+    assert "47 classes" in fetched.output
+    assert ("also cached: emnist-digits, emnist-letters, emnist-byclass, emnist-bymerge, "
+            "emnist-mnist") in fetched.output
+    info = runner.invoke(app, ["data", "info", "--dataset", "emnist-letters", "--json"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.output)["class_names"][:2] == ["A/a", "B/b"]
 
 
 LEGACY = {  # neural-net-rs's config.json at its commit "Add momentum and regularisation ..."
@@ -144,3 +166,20 @@ def test_legacy_config_trains_with_l2_and_says_so(idx_dir: Path, tmp_path: Path)
                      "l2": [], "none": []}
     assert np.array_equal(weights["legacy"], weights["l2"])
     assert not np.allclose(weights["legacy"], weights["none"])
+
+
+def test_confusion_table_fits_the_terminal() -> None:
+    """Digits head their own columns; Fashion's names are too long for 80 columns, so its
+    columns are numbered and each row says which name its number is; 26 classes do not fit."""
+    from trainer.cli.display import confusion_table
+    from trainer.core.metrics import report
+
+    def headers(n: int, names: list[str], width: int = 80):
+        table = confusion_table(report(np.eye(n, dtype=np.int64) * 100), names, width)
+        return None if table is None else [str(c.header) for c in table.columns][1:]
+
+    digits = [str(d) for d in range(10)]
+    assert headers(10, digits) == digits
+    assert headers(10, FASHION) == digits
+    assert headers(10, FASHION, width=200) == FASHION
+    assert headers(26, [f"{chr(65 + i)}/{chr(97 + i)}" for i in range(26)]) is None

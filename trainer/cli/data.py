@@ -21,7 +21,7 @@ from trainer.data.dataset import (
     pixel_stats,
     read_dataset,
 )
-from trainer.data.datasets import get_spec
+from trainer.data.datasets import get_spec, siblings
 from trainer.data.publishers import fetch_dataset
 
 data_app = typer.Typer(
@@ -59,6 +59,10 @@ def fetch_cmd(
             f"{data.num_classes} classes.",
             soft_wrap=True,
         )
+        others = [s.name for s in siblings(spec)[1:]]
+        if others:
+            console.print(f"From the same archive, also cached: {', '.join(others)}.",
+                          soft_wrap=True)
 
 
 @data_app.command("info")

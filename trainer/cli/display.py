@@ -149,8 +149,7 @@ def confusion_table(report: Report, class_names: list[str], width: int = 80) -> 
             break
     else:
         return None
-    title = "Confusion matrix (rows: actual, columns: predicted)"
-    table = Table(title=title if headers is names else f"{title[:-1]}, by number)")
+    table = Table(title="Confusion matrix (rows: actual, columns: predicted)")
     table.add_column("actual", justify="right", style="bold")
     for header in headers:
         table.add_column(header, justify="right")
