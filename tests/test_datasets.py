@@ -306,3 +306,14 @@ def test_mapping_of_letters_and_balanced(tmp_path) -> None:
     assert read_mapping(path) == ("0", "1", "A", "a")
     path.write_text("1 65 97\n2 66 98\n")
     assert read_mapping(path, offset=1) == ("A/a", "B/b")
+
+
+def test_trainer_data_dir_is_mnists_only(pub, tmp_path, monkeypatch) -> None:
+    """$TRAINER_DATA_DIR (MNIST's folder) is never read as another dataset."""
+    with serve(pub.files) as url:
+        fetch_dataset(pub.spec("mnist"), tmp_path / "mine", mirror=url)
+    monkeypatch.setenv("TRAINER_DATA_DIR", str(tmp_path / "mine"))
+    assert load_dataset(fetch=False).path == tmp_path / "mine"
+    with pytest.raises(DataError, match=r"no data found in .*/kmnist: run `trainer data fetch "
+                                        r"--dataset kmnist`"):
+        load_dataset(dataset="kmnist", fetch=False)

@@ -183,3 +183,33 @@ def test_confusion_table_fits_the_terminal() -> None:
     assert headers(10, FASHION) == digits
     assert headers(10, FASHION, width=200) == FASHION
     assert headers(26, [f"{chr(65 + i)}/{chr(97 + i)}" for i in range(26)]) is None
+
+
+def test_bench_and_sweep_pass_the_dataset_on(tmp_path: Path, monkeypatch) -> None:
+    from trainer.cli import bench as cli_bench
+    from trainer.cli import sweep as cli_sweep
+
+    seen = {}
+
+    def fake_run_bench(cfg, *, batch_sizes, targets, on_result, dataset, **_):
+        seen["bench"] = dataset
+        return {"results": []}
+
+    def fake_run_sweep(settings, on_update):
+        seen["sweep"] = settings.dataset
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli_bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(cli_sweep, "run_sweep", fake_run_sweep)
+    out = tmp_path / "b.json"
+    result = runner.invoke(app, ["bench", "--dataset", "KMNIST", "--backends", "numpy",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": {"log_uniform": [0.001, 0.1]}}))
+    result = runner.invoke(app, ["sweep", str(CONFIGS / "fashion.json"), "--space", str(space),
+                                 "--trials", "1", "--dataset", "fashion-mnist",
+                                 "--sweep-dir", str(tmp_path / "s")])
+    assert seen == {"bench": "kmnist", "sweep": "fashion-mnist"}, result.output
+    refused = runner.invoke(app, ["bench", "--dataset", "cifar", "--out", str(out)])
+    assert refused.exit_code == 2 and "unknown dataset 'cifar'; choose one of" in refused.output

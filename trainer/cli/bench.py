@@ -11,12 +11,11 @@ from rich.table import Table
 
 from trainer.bench.run import NOT_LEARNING, available_targets, run_bench
 from trainer.cli.console import cli_errors, console, load_config
-from trainer.cli.display import load_data
 from trainer.cli.options import DatasetOpt
 from trainer.core.losses import DIVERGED_NATS, untrained_loss
+from trainer.data.datasets import get_spec
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json, check_writable
-from trainer.run.train import check_data
 
 Opt = typer.Option
 
@@ -52,8 +51,7 @@ def bench_cmd(
     with cli_errors():
         check_writable(out, "--out")  # before the benchmark, not after it
         cfg = load_config(config)
-        data = load_data(None, show=True, dataset=dataset or "mnist")  # fetched once, here
-        check_data(cfg, data, limit_train)  # not in each worker, once per batch size
+        dataset = get_spec(dataset or "mnist").name  # each worker loads it (fetched if need be)
         sizes = _ints(batch_sizes, "--batch-sizes")
         names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None
         targets = available_targets(names, peers)  # none named: every one that loads
@@ -81,7 +79,7 @@ def bench_cmd(
         with console.status("benchmarking (each run in its own process)..."):
             report = run_bench(cfg, batch_sizes=sizes, targets=targets, epochs=epochs,
                                warmup=warmup, rounds=rounds, limit_train=limit_train,
-                               keep_blas_env=keep_blas_env, on_result=show, dataset=data.name)
+                               keep_blas_env=keep_blas_env, on_result=show, dataset=dataset)
         console.print(table)
         rate = f"learning rate ({cfg.learning_rate}, {cfg.loss_reduction} loss)"
         if flagged["diverged"]:
