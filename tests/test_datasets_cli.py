@@ -135,7 +135,7 @@ def test_legacy_regularization_rate_means_l2() -> None:
     cfg = Config.from_dict(LEGACY, source="config.json")
     assert (cfg.regularization_type, cfg.regularization_rate) == ("L2", 0.0001)
     assert cfg.notes == ("config.json: regularization_rate 0.0001 without regularization_type: "
-                         "L2, as in neural-net-rs's config format of April 2025 (see "
+                         "L2, as neural-net-rs meant it before it had regularization_type (see "
                          "configs/README.md)",)
     explicit = Config.from_dict(LEGACY | {"regularization_type": "L1"})
     assert explicit.regularization_type == "L1" and explicit.notes == ()
@@ -161,8 +161,8 @@ def test_legacy_config_trains_with_l2_and_says_so(idx_dir: Path, tmp_path: Path)
         notes[name] = [line for line in result.output.splitlines() if line.startswith("note:")]
         weights[name] = load_model(tmp_path / name / "model.safetensors").params[0]
     assert notes == {"legacy": [f"note: {tmp_path / 'legacy.json'}: regularization_rate 0.05 "
-                                f"without regularization_type: L2, as in neural-net-rs's config "
-                                f"format of April 2025 (see configs/README.md)"],
+                                f"without regularization_type: L2, as neural-net-rs meant it "
+                                f"before it had regularization_type (see configs/README.md)"],
                      "l2": [], "none": []}
     assert np.array_equal(weights["legacy"], weights["l2"])
     assert not np.allclose(weights["legacy"], weights["none"])

@@ -190,8 +190,8 @@ def _legacy(data: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple[st
         return data, ()
     rate = data["regularization_rate"]
     return data | {"regularization_type": "L2"}, (
-        f"{source}: regularization_rate {rate} without regularization_type: L2, as in "
-        f"neural-net-rs's config format of April 2025 (see configs/README.md)",)
+        f"{source}: regularization_rate {rate} without regularization_type: L2, as "
+        f"neural-net-rs meant it before it had regularization_type (see configs/README.md)",)
 
 
 def default_config() -> Config:
