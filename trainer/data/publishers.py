@@ -82,7 +82,9 @@ def _fetch_archive(spec: DatasetSpec, base: str | None, dest: Path, timeout: flo
     url = base + archive if base else spec.url
     source = f"{spec.publisher} ({url})"
     with staging_folder(dest) as tmp:
-        sha = download(url, tmp / archive, spec.md5[archive], partial_dir=partial_dir(dest),
+        # one partial download for the archive, whichever of its datasets asked for it
+        sha = download(url, tmp / archive, spec.md5[archive],
+                       partial_dir=partial_dir(dest.parent / spec.mirror_folder),
                        timeout=timeout, progress=progress)
         verified = {archive: {"url": url, "md5": spec.md5[archive], "sha256": sha}}
         with zipfile.ZipFile(tmp / archive) as zf:
