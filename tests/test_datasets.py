@@ -272,6 +272,11 @@ def test_a_cache_folder_read_as_another_dataset_is_refused(pub, tmp_path) -> Non
         load_dataset(tmp_path / "fashion-mnist")  # read as MNIST, the default
     assert load_dataset(tmp_path / "fashion-mnist", dataset="fashion-mnist").name == \
         "fashion-mnist"
+    labels = tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-1])
+    with pytest.raises(DataError, match=r"SHA-256 does not match .*run `trainer data fetch "
+                                        r"--force --dataset fashion-mnist`"):
+        load_dataset(tmp_path / "fashion-mnist", dataset="fashion-mnist")
 
 
 def test_labels_beyond_the_classes_suggest_another_dataset(pub, tmp_path) -> None:

@@ -171,6 +171,7 @@ def read_dataset(
     checking the manifest if there is one; EMNIST's images are transposed and its letters'
     labels counted from 0 here."""
     spec = get_spec(dataset)
+    read_manifest(folder, spec.name)  # another dataset's folder: say so before anything else
     paths = standard_files(folder, spec)
     mapping = folder / spec.mapping if spec.mapping else None
     manifest_source = verify_manifest(folder, [*paths, *([mapping] if mapping else [])],
@@ -254,30 +255,42 @@ def verify_manifest(folder: Path, used: Sequence[Path] = (),
 
     Returns the manifest's source, or None if there is no manifest.
     """
-    path = folder / MANIFEST
-    if not path.exists():
+    manifest = read_manifest(folder, dataset)
+    if manifest is None:
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        source, files = str(manifest["source"]), dict(manifest["files"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: unreadable manifest: {type(e).__name__}: {e}") from e
-    recorded = str(manifest.get("dataset", DEFAULT)) if isinstance(manifest, dict) else DEFAULT
-    if dataset is not None and recorded != dataset:
-        raise DataError(f"{folder} holds {recorded[:40]!r} (its manifest says so), not "
-                        f"{dataset!r}: pass --dataset {recorded[:40]}, or another folder")
+    path, files = folder / MANIFEST, manifest["files"]
     unlisted = [p.name for p in used if p.name not in files]
     if unlisted:
         raise DataError(f"{path}: does not list {', '.join(unlisted)}, which would be read")
+    again = "" if manifest["dataset"] == DEFAULT else f" --dataset {manifest['dataset']}"
     for name, expected in files.items():
         file = folder / Path(str(name)).name  # only files in the manifest's own folder
         found = sha256_file(file)
         if found != expected:
             raise DataError(
                 f"{file}: SHA-256 does not match {path}: expected {expected}, found {found}; "
-                "run `trainer data fetch --force` to download it again"
+                f"run `trainer data fetch --force{again}` to download it again"
             )
-    return source
+    return str(manifest["source"])
+
+
+def read_manifest(folder: Path, dataset: str | None = None) -> dict[str, object] | None:
+    """folder/manifest.json as {"source", "dataset", "files"}, or None if there is none;
+    DataError if it is unreadable, or if `dataset` is given and it names another dataset."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = {str(k): v for k, v in dict(manifest["files"]).items()}
+        found = {"source": str(manifest["source"]), "files": files,
+                 "dataset": str(manifest.get("dataset", DEFAULT))[:40]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise DataError(f"{path}: unreadable manifest: {type(e).__name__}: {e}") from e
+    if dataset is not None and found["dataset"] != dataset:
+        raise DataError(f"{folder} holds {found['dataset']!r} (its manifest says so), not "
+                        f"{dataset!r}: pass --dataset {found['dataset']}, or another folder")
+    return found
 
 
 def class_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
