@@ -55,8 +55,9 @@ def kernel_backend(request: pytest.FixtureRequest) -> backends.Backend:
 
 
 def make_dataset(n_train: int = 400, n_test: int = 200, shape: tuple[int, int] = (4, 5),
-                 classes: int = 4, seed: int = 0):
-    """A small learnable dataset: each class lights up its own block of pixels, plus noise."""
+                 classes: int = 4, seed: int = 0, boost: int = 150):
+    """A small learnable dataset: each class lights up its own block of pixels by `boost`
+    levels, plus noise (a smaller boost: harder to tell apart)."""
     import numpy as np
 
     from trainer.data.dataset import Dataset
@@ -69,7 +70,7 @@ def make_dataset(n_train: int = 400, n_test: int = 200, shape: tuple[int, int] =
         base = rng.integers(0, 90, (n, pixels))
         block = pixels // classes
         for c in range(classes):
-            base[labels == c, c * block:(c + 1) * block] += 150
+            base[labels == c, c * block:(c + 1) * block] += boost
         return base.clip(0, 255).astype(np.uint8).reshape(n, *shape), labels.astype(np.uint8)
 
     (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)

@@ -98,7 +98,7 @@ def test_overrides_and_limits_apply(idx_dir: Path, tmp_path: Path) -> None:
     ({"layers": [{"nodes": 100, "activation": "Softmax"}, {"nodes": 10}]},
      "layers[0].nodes is 100, but the data's images have 28x28 = 784 pixels"),
     ({"layers": [{"nodes": 784, "activation": "Softmax"}, {"nodes": 7}]},
-     "layers[1].nodes is 7, but the data has 10 classes"),
+     "layers[1].nodes is 7, but the dataset mnist has 10 classes"),
     ({"batch_size": 0}, "batch_size must be greater than 0"),
     ({"validation_split": 600}, "validation_split 600 leaves no training images out of 600"),
 ])

@@ -33,7 +33,7 @@ def isolated(tmp_path: Path, monkeypatch) -> None:
     def no_fetch(*args, **kwargs):
         raise AssertionError("tests must not fetch")
 
-    monkeypatch.setattr("trainer.data.dataset.fetch_mnist", no_fetch)
+    monkeypatch.setattr("trainer.data.dataset.fetch_dataset", no_fetch)
 
 
 SMALL = make_dataset(n_train=30, n_test=12, shape=(4, 5), classes=4)
@@ -124,12 +124,12 @@ def test_empty_cache_without_fetch(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_fetched_into_the_cache(monkeypatch) -> None:
-    def fake_fetch(dest: Path, progress: object = None) -> str:
+    def fake_fetch(dataset: object, dest: Path, progress: object = None) -> str:
         write_data_folder(dest, SMALL, gz=True)
         write_manifest(dest, "fake")
         return "fake"
 
-    monkeypatch.setattr("trainer.data.dataset.fetch_mnist", fake_fetch)
+    monkeypatch.setattr("trainer.data.dataset.fetch_dataset", fake_fetch)
     data = load_dataset()
     assert (data.source, data.path) == ("fetched: fake", mnist_cache_dir())
     assert load_dataset().source == "cache"

@@ -22,14 +22,14 @@ def isolated(tmp_path: Path, monkeypatch) -> list[Path]:
     monkeypatch.delenv("TRAINER_DATA_DIR", raising=False)
     fetched: list[Path] = []
 
-    def fake_fetch(dest: Path, progress: object = None) -> str:
+    def fake_fetch(dataset: object, dest: Path, progress: object = None) -> str:
         fetched.append(dest)
         write_data_folder(dest, SMALL, gz=True)
         write_manifest(dest, "fake source")
         return "fake source"
 
-    monkeypatch.setattr("trainer.cli.data.fetch_mnist", fake_fetch)
-    monkeypatch.setattr("trainer.data.dataset.fetch_mnist", fake_fetch)
+    monkeypatch.setattr("trainer.cli.data.fetch_dataset", fake_fetch)
+    monkeypatch.setattr("trainer.data.dataset.fetch_dataset", fake_fetch)
     return fetched
 
 

@@ -280,12 +280,22 @@ def test_mirror_md5_mismatch_is_rejected(tmp_path: Path, mirror_files) -> None:
     assert leftovers(tmp_path / "c") == []
 
 
-def test_interrupted_mirror_download_leaves_no_partial_file(tmp_path: Path, mirror_files):
-    cut_short = pytest.raises(FetchError, match="incomplete download")
+def test_cut_short_mirror_download_keeps_only_its_partial_bytes(tmp_path: Path, mirror_files):
+    """A body shorter than promised caches nothing; the bytes that came wait in the partial
+    folder, and the next fetch (from a server that ignores Range) starts afresh and cleans up."""
+    cut_short = pytest.raises(FetchError, match="incomplete download.*next fetch resumes")
     with serve(mirror_files, cut=True) as url, cut_short:
         fetch_mnist(tmp_path / "c" / "mnist", mirrors=[url], md5s=md5s(mirror_files),
                     pip_command=["false"], timeout=2)
-    assert leftovers(tmp_path / "c") == []
+    assert leftovers(tmp_path / "c") == [".mnist-partial"]
+    first = GZ_NAMES[0]
+    assert leftovers(tmp_path / "c" / ".mnist-partial") == [f"{first}.part"]
+    assert (tmp_path / "c" / ".mnist-partial" / f"{first}.part").read_bytes() == \
+        mirror_files[f"mnist/{first}"]
+    with serve(mirror_files) as url:
+        fetch_mnist(tmp_path / "c" / "mnist", mirrors=[url], md5s=md5s(mirror_files),
+                    pip_command=["false"])
+    assert leftovers(tmp_path / "c") == ["mnist"]
 
 
 @pytest.mark.network

@@ -37,6 +37,7 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
                 overrides: dict[str, Any] | None = None, limit_train: int | None = None,
                 limit_test: int | None = None, backend: str = "numpy",
                 device: str | None = None, data_dir: Path | None = None,
+                dataset: str = "mnist",
                 data: Dataset | None = None, run_dir: Path | None = None,
                 name: str | None = None, root: Path = Path("runs"), workers: int = 1,
                 checkpoint_every: int | None = None,
@@ -50,7 +51,7 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
     paths = [Path(c) for c in configs]
     loaded = load_configs(paths, {k: v for k, v in (overrides or {}).items() if v is not None})
     be = load_backend(backend, device)
-    data = data if data is not None else load_dataset(data_dir)
+    data = data if data is not None else load_dataset(data_dir, dataset=dataset)
     for cfg in loaded.values():
         check_data(cfg, data, limit_train, limit_test)
         check_memory(cfg, data, be, limit_train, limit_test)
@@ -59,5 +60,5 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
     fingerprint = data.fingerprint()
     group, resumed = open_group(batch, fingerprint, run_dir, root)
     on_group(group, resumed)
-    place = Place(group, fingerprint, data_dir, device, workers, checkpoint_every)
+    place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every)
     return run_batch(batch, place, data, be, on_event, stop_requested)

@@ -39,6 +39,7 @@ class Place:
     group: Path
     fingerprint: str
     data_dir: Path | None = None
+    dataset: str = "mnist"
     device: str | None = None
     workers: int = 1
     checkpoint_every: int | None = None  # steps; every epoch in any case
@@ -70,7 +71,7 @@ def run_member(member: Member, batch: Batch, place: Place, data: Dataset, backen
     path.mkdir(parents=True, exist_ok=True)
     record = {"config": cfg.to_dict(), "name": member.dirname, "limit_train": batch.limit_train,
               "limit_test": batch.limit_test, "data": place.fingerprint,
-              "backend": backend.name}
+              "backend": backend.name, "dataset": data.name}
     with hold_run(path):  # a second batch on this group is refused this run, not given it
         if state is None:
             atomic_write_json(path / "config.json", cfg.to_dict())
@@ -212,7 +213,7 @@ def _worker_main(batch: Batch, place: Place, tasks: Any, events: Any) -> None:
         signal.signal(s, handler)
     stop = lambda: received[0] if received else None  # noqa: E731
     try:
-        data = load_dataset(place.data_dir)
+        data = load_dataset(place.data_dir, dataset=place.dataset)
         if data.fingerprint() != place.fingerprint:
             raise UsageError(f"the data in {data.path} changed while the batch ran")
         backend = load_backend(batch.backend, place.device)

@@ -34,7 +34,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     `times` per timed epoch and `train_samples`, the samples each epoch trained on."""
     config = Config.from_dict(spec["config"]).replace(
         batch_size=spec["batch_size"], epochs=spec["warmup"] + spec["epochs"])
-    data = load_dataset().limit(spec.get("limit_train"), 0)  # no test: not timed
+    data = load_dataset(dataset=spec.get("dataset", "mnist")).limit(spec.get("limit_train"), 0)
     target = spec["target"]
     info: dict[str, Any] = {}
     if target.startswith("peer:"):
@@ -96,7 +96,8 @@ def available_targets(names: list[str] | None, peers: bool) -> list[str]:
 
 def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: list[str],
               epochs: int = 3, warmup: int = 1, rounds: int = 1, limit_train: int | None = None,
-              keep_blas_env: bool = False, on_result: Any = None) -> dict[str, Any]:
+              keep_blas_env: bool = False, on_result: Any = None,
+              dataset: str = "mnist") -> dict[str, Any]:
     config = config or default_config()
     rows = []
     for bs in batch_sizes:
@@ -104,7 +105,8 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
         for _ in range(rounds):
             for target in targets:  # interleaved: a slow spell of the machine hits every target
                 spec = {"config": config.to_dict(), "batch_size": bs, "target": target,
-                        "epochs": epochs, "warmup": warmup, "limit_train": limit_train}
+                        "epochs": epochs, "warmup": warmup, "limit_train": limit_train,
+                        "dataset": dataset}
                 samples[target].append(_run_worker(spec, keep_blas_env))
         base = None
         for target in targets:
@@ -120,7 +122,8 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
             if on_result:
                 on_result(row)
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(),
-            "config": config.to_dict(), "epochs": epochs, "warmup": warmup, "rounds": rounds,
+            "config": config.to_dict(), "dataset": dataset, "epochs": epochs, "warmup": warmup,
+            "rounds": rounds,
             "blas_env_unset": not keep_blas_env, "results": rows}
 
 

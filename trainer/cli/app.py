@@ -18,7 +18,7 @@ from trainer.cli.bench import bench_cmd
 from trainer.cli.console import cli_errors, console, err_console, print_json
 from trainer.cli.data import data_app
 from trainer.cli.display import load_data, print_report
-from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt
+from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt
 from trainer.cli.runs import runs_app
 from trainer.cli.sweep import sweep_cmd
 from trainer.cli.train import train_cmd
@@ -64,14 +64,20 @@ def evaluate_cmd(
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
     limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only "
                                           "(default: as many as the run was tested on)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Load a run's model and print its test report."""
+    """Load a run's model and print its test report (on the dataset it was trained on, unless
+    --dataset names another)."""
     with cli_errors():
         model, metrics = load_run(run_dir)
-        data = load_data(data_dir, show=not as_json)
+        if dataset and model.dataset and dataset != model.dataset:
+            err_console.print(f"note: the model was trained on {escape(model.dataset)}; "
+                              f"evaluating it on {escape(dataset)}", soft_wrap=True)
+        data = load_data(data_dir, show=not as_json,
+                         dataset=dataset or model.dataset or "mnist")
         # a sweep's trial was tested on no images (0): then the whole test set
         limit = limit_test or metrics.get("test_samples") or None
         with eval_bar(not as_json and console.is_terminal, "evaluating") as on_chunk:

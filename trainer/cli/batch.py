@@ -20,7 +20,8 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
     """Run the batch (`options`: train_batch's keywords from the command line), print its
     progress and summary; exit 1 if a run diverged, 128 + the signal if stopped."""
     seed_list = parse_seeds(seeds) if seeds is not None else None
-    data = load_data(options["data_dir"], show=not as_json)  # worker processes load it again
+    # worker processes load it again
+    data = load_data(options["data_dir"], show=not as_json, dataset=options["dataset"])
     shown: dict[str, Any] = {}
 
     def on_group(path: Path, resumed: bool) -> None:

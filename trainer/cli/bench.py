@@ -10,9 +10,10 @@ from rich import box
 from rich.table import Table
 
 from trainer.bench.run import NOT_LEARNING, available_targets, run_bench
-from trainer.cli.console import cli_errors, console
-from trainer.core.config import Config, default_config
+from trainer.cli.console import cli_errors, console, load_config
+from trainer.cli.options import DatasetOpt
 from trainer.core.losses import DIVERGED_NATS, untrained_loss
+from trainer.data.datasets import get_spec
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json, check_writable
 
@@ -43,11 +44,14 @@ def bench_cmd(
     keep_blas_env: Annotated[bool, Opt("--keep-blas-env", help="keep OPENBLAS_CORETYPE and "
                                        "OPENBLAS_L2_SIZE (unset by default)")] = False,
     out: Annotated[Path, Opt(help="JSON report")] = Path("bench.json"),
+    dataset: DatasetOpt = None,
 ) -> None:
-    """Time training epochs on real MNIST; print a table and write a JSON report."""
+    """Time training epochs on real MNIST (or --dataset); print a table and write a JSON
+    report."""
     with cli_errors():
         check_writable(out, "--out")  # before the benchmark, not after it
-        cfg = Config.from_file(config) if config else default_config()
+        cfg = load_config(config)
+        dataset = get_spec(dataset or "mnist").name  # each worker loads it (fetched if need be)
         sizes = _ints(batch_sizes, "--batch-sizes")
         names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None
         targets = available_targets(names, peers)  # none named: every one that loads
@@ -75,7 +79,7 @@ def bench_cmd(
         with console.status("benchmarking (each run in its own process)..."):
             report = run_bench(cfg, batch_sizes=sizes, targets=targets, epochs=epochs,
                                warmup=warmup, rounds=rounds, limit_train=limit_train,
-                               keep_blas_env=keep_blas_env, on_result=show)
+                               keep_blas_env=keep_blas_env, on_result=show, dataset=dataset)
         console.print(table)
         rate = f"learning rate ({cfg.learning_rate}, {cfg.loss_reduction} loss)"
         if flagged["diverged"]:

@@ -7,12 +7,14 @@ import json
 import math
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from trainer.core.config import Config, default_config
 from trainer.errors import TrainerError
 
 console = Console(highlight=False)
@@ -37,6 +39,15 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def load_config(path: Path | None) -> Config:
+    """The config file (None: the built-in default), with what reading it changed of its
+    literal meaning said on stderr, one line each (stdout may be --json's)."""
+    config = Config.from_file(path) if path is not None else default_config()
+    for note in config.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    return config
 
 
 @contextlib.contextmanager

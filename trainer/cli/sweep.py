@@ -13,11 +13,12 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
 from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
     DataDirOpt,
+    DatasetOpt,
     DeviceOpt,
     DtypeOpt,
     EpochsOpt,
@@ -25,7 +26,7 @@ from trainer.cli.options import (
     MomentumOpt,
     Opt,
 )
-from trainer.core.config import Config
+from trainer.data.datasets import get_spec
 from trainer.run.rundir import check_run_name
 from trainer.sweep.report import note, reruns, seconds
 from trainer.sweep.run import SAMPLERS, SweepSettings, load_space, run_sweep
@@ -152,6 +153,7 @@ def sweep_cmd(
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
     validation_split: Annotated[float | None, Opt(min=0, help="share or count of training "
                                                   "images scored (default: the config's, "
                                                   "else 0.1)")] = None,
@@ -173,7 +175,7 @@ def sweep_cmd(
 ) -> None:
     """Search hyper-parameters: train trials on a validation split, keep the best config."""
     with cli_errors():
-        cfg = Config.from_file(config).replace(
+        cfg = load_config(config).replace(
             seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
             momentum=momentum, dtype=dtype, validation_split=validation_split)
         if not cfg.validation_split:
@@ -185,7 +187,8 @@ def sweep_cmd(
         settings = SweepSettings(
             cfg, load_space(space, cfg), trials, sweep_dir or Path("sweeps") / name, name,
             storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,
-            data_dir=data_dir, limit_train=limit_train, timeout=timeout, workers=workers,
+            data_dir=data_dir, dataset=get_spec(dataset or "mnist").name,
+            limit_train=limit_train, timeout=timeout, workers=workers,
             heartbeat=heartbeat)
         live = not as_json and console.is_terminal
         terminated: list[int] = []

@@ -15,12 +15,13 @@ from rich.table import Table
 
 from trainer.backends import Backend
 from trainer.cli.batch import batch_cli
-from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
 from trainer.cli.display import TrainProgress, held_out, load_data, print_report
 from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
     DataDirOpt,
+    DatasetOpt,
     DeviceOpt,
     DtypeOpt,
     EpochsOpt,
@@ -28,7 +29,7 @@ from trainer.cli.options import (
     MomentumOpt,
     Opt,
 )
-from trainer.core.config import Config, default_config
+from trainer.core.config import Config
 from trainer.core.schedule import constant_rate
 from trainer.data.dataset import Dataset
 from trainer.errors import TrainerError, UsageError
@@ -160,6 +161,7 @@ def train_cmd(
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
     run_dir: Annotated[Path | None, Opt(help="run directory (default runs/<time>-<name>); a "
                                              "batch's group directory")] = None,
     name: Annotated[str | None, Opt(help="run name (default: the config's file name); a "
@@ -199,6 +201,7 @@ def train_cmd(
             if seed is not None and seeds is not None:
                 raise UsageError("give --seed (one run) or --seeds (a batch), not both")
             options = {"backend": backend, "device": device, "data_dir": data_dir,
+                       "dataset": dataset or "mnist",
                        "run_dir": run_dir, "name": name, "limit_train": limit_train,
                        "limit_test": limit_test, "checkpoint_every": checkpoint_every}
             with stop_on_signals() as stop_requested:
@@ -216,11 +219,12 @@ def train_cmd(
                                  "--run-dir": run_dir}
             cfg, state, run_name, limit_train, limit_test = resumed_run(resume, given)
         else:
-            cfg = Config.from_file(config) if config else default_config()
+            cfg = load_config(config)
             cfg = cfg.replace(**overrides)
             run_name = _run_name(name, config)
         loaded = load_backend(backend, device)
-        data = load_data(data_dir, show=not (quiet or as_json))
+        dataset = dataset or (state.run.get("dataset") if state else None) or "mnist"
+        data = load_data(data_dir, show=not (quiet or as_json), dataset=dataset)
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
         check_memory(cfg, data, loaded, limit_train, limit_test)
         fingerprint = data.fingerprint()
@@ -236,7 +240,8 @@ def train_cmd(
         elif not quiet and not as_json:
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
         record = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
-                  "limit_test": limit_test, "data": fingerprint, "backend": loaded.name}
+                  "limit_test": limit_test, "data": fingerprint, "backend": loaded.name,
+                  "dataset": data.name}
         with hold_run(path):
             result, late_signal = _run(cfg, loaded, data, path, record, state,
                                        checkpoint_every, quiet, as_json)

@@ -8,7 +8,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from trainer.core.activations import ACTIVATIONS, canonical
 from trainer.errors import ConfigError
@@ -84,6 +92,8 @@ class Config(BaseModel):
     early_stopping_patience: StrictInt | None = Field(default=None, gt=0)
     restore_best_weights: bool = True  # with a validation split: end on the best epoch's
     augment: Augment = Augment()
+    # what reading the file changed of its literal meaning (neural-net-rs's legacy format)
+    _notes: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("regularization_type", mode="before")
     @classmethod
@@ -111,6 +121,11 @@ class Config(BaseModel):
         if self.loss == "cross_entropy" and out != "softmax":
             raise ConfigError(f"loss cross_entropy needs a Softmax output (layers[{last - 1}]"
                               f".activation), got {out!r}; use \"loss\": \"mse\" for other outputs")
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Lines to show the user about how the file was read (empty for most files)."""
+        return self._notes
 
     @property
     def activations(self) -> list[str]:
@@ -145,8 +160,11 @@ class Config(BaseModel):
     def from_dict(cls, data: Any, source: str = "config") -> Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        data, notes = _legacy(data, source)
         try:
-            return cls.model_validate(data)
+            config = cls.model_validate(data)
+            config._notes = notes
+            return config
         except ValidationError as e:
             raise ConfigError(f"{source}: {_describe(e)}") from None
         except ConfigError as e:
@@ -162,6 +180,18 @@ class Config(BaseModel):
         """A copy with `changes` applied (None values ignored), validated like a file."""
         data = self.to_dict() | {k: v for k, v in changes.items() if v is not None}
         return Config.from_dict(data, source="options")
+
+
+def _legacy(data: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """neural-net-rs's second config format (its commit "Add momentum and regularisation to
+    config.json") has `regularization_rate` without `regularization_type`: there that was L2,
+    the only kind it had. Read it so, and say so."""
+    if "regularization_rate" not in data or "regularization_type" in data:
+        return data, ()
+    rate = data["regularization_rate"]
+    return data | {"regularization_type": "L2"}, (
+        f"{source}: regularization_rate {rate} without regularization_type: L2, as "
+        f"neural-net-rs meant it before it had regularization_type (see configs/README.md)",)
 
 
 def default_config() -> Config:

