@@ -213,3 +213,19 @@ def test_bench_and_sweep_pass_the_dataset_on(tmp_path: Path, monkeypatch) -> Non
     assert seen == {"bench": "kmnist", "sweep": "fashion-mnist"}, result.output
     refused = runner.invoke(app, ["bench", "--dataset", "cifar", "--out", str(out)])
     assert refused.exit_code == 2 and "unknown dataset 'cifar'; choose one of" in refused.output
+
+
+def test_a_batch_trains_on_the_dataset_named(publishers: str, tmp_path: Path) -> None:
+    """--dataset reaches every run of a batch, worker processes included, and its resume."""
+    group = tmp_path / "group"
+    args = ["train", str(CONFIGS / "fashion.json"), "--dataset", "fashion-mnist", "--seeds",
+            "2", "--epochs", "1", "--limit-train", "1000", "--run-dir", str(group), "-q"]
+    trained = runner.invoke(app, [*args, "--workers", "2"])
+    assert trained.exit_code == 0, trained.output
+    for seed in (0, 1):
+        run = group / f"fashion-seed{seed}"
+        assert list(json.loads((run / "metrics.json").read_text())["per_class"]) == FASHION
+        assert load_model(run / "model.safetensors").dataset == "fashion-mnist"
+    again = runner.invoke(app, args)  # the same batch: kept, not trained on MNIST
+    assert again.exit_code == 0, again.output
+    assert again.output.count("(kept)") == 2
