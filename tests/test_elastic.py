@@ -102,11 +102,13 @@ def test_warp_matches_the_float64_reference(options: dict) -> None:
 def test_the_backend_hash_kernel_draws_the_same_fields() -> None:
     be = backends.load("numpy")
     assert be.kernels.hash32 is not None
-    plain, fast = make_warp(be), make_warp(be, hash_kernel=be.kernels.hash32)
-    plain.use(1)
-    fast.use(1)
-    np.testing.assert_array_equal(warped(be, fast, IMAGES, [4, 5]),
-                                  warped(be, plain, IMAGES, [4, 5]))
+    for dtype in ("float32", "float64"):
+        plain, fast = make_warp(be, dtype), make_warp(be, dtype, hash_kernel=be.kernels.hash32)
+        plain.use(1)
+        fast.use(1)
+        images = IMAGES.astype(dtype)
+        np.testing.assert_array_equal(warped(be, fast, images, [4, 5]),
+                                      warped(be, plain, images, [4, 5]))
 
 
 def test_a_zero_field_is_the_identity(backend: backends.Backend) -> None:
