@@ -52,8 +52,9 @@ BAD = {
     "unknown layer key": ({"layers": [{"nodes": 784, "activation": "Softmax", "size": 3},
                                       {"nodes": 10}]},
                           "unknown key 'layers[0].size'; allowed keys: nodes, activation, dropout"),
-    "unknown augment key": ({"augment": {"rotate": 5}},
-                            "unknown key 'augment.rotate'; allowed keys: shift$"),
+    "unknown augment key": ({"augment": {"elastic": 34}},
+                            "unknown key 'augment.elastic'; allowed keys: shift, elastic_alpha, "
+                            "elastic_sigma, rotate, scale$"),
     "empty key": ({"": 1}, "unknown key ''; allowed keys: layers, "),
     "lr zero": ({"learning_rate": 0}, "learning_rate must be greater than 0, got 0"),
     "lr negative": ({"learning_rate": -0.1}, "learning_rate must be greater than 0"),

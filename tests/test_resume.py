@@ -31,6 +31,8 @@ runner = CliRunner()
 RECIPES = {
     "sgd-dropout-shift-val": {"momentum": 0.9, "augment": {"shift": 1},
                               "validation_split": 0.2},
+    "sgd-elastic-shift-val": {"momentum": 0.9, "validation_split": 0.2, "augment": {
+        "shift": 1, "elastic_alpha": 4.0, "elastic_sigma": 1.5, "rotate": 8.0, "scale": 0.1}},
     "adam": {"optimizer": "adam", "learning_rate": 0.003,
              "lr_schedule": {"type": "cosine", "warmup_epochs": 1}},
 }

@@ -7,6 +7,7 @@ the input pixel it comes from, or the background (the standardized value of a bl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,3 +57,19 @@ class Shifter:
         flat = xp.reshape(xp.concat([x, bg], axis=1), (-1,))
         return xp.reshape(xp.take(flat, xp.reshape(src + self._offsets[n], (-1,))),
                           (n, self.pixels))
+
+
+Augmentation = Callable[[Array, Array], Array]
+
+
+def chain(*augmentations: Augmentation | None) -> Augmentation | None:
+    """One augmentation (x, idx) -> x that applies the given ones in order (None: skipped)."""
+    steps = [a for a in augmentations if a is not None]
+    if len(steps) <= 1:
+        return steps[0] if steps else None
+
+    def chained(x: Array, idx: Array) -> Array:
+        for augment in steps:
+            x = augment(x, idx)
+        return x
+    return chained

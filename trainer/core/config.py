@@ -56,11 +56,23 @@ class Schedule(BaseModel):
 
 
 class Augment(BaseModel):
-    """Random per-epoch changes of the training images, drawn on the host from the seed."""
+    """Random per-epoch changes of the training images, drawn from the seed (augment.py's
+    shifts on the host, elastic.py's warps by a hash on the device)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     shift: StrictInt = Field(default=0, ge=0, le=4)  # up to this many pixels in x and in y
+    # elastic distortions: a uniform [-1, 1) field per pixel, smoothed by a Gaussian of width
+    # elastic_sigma pixels, times elastic_alpha (Simard et al. 2003: alpha 34, sigma 4)
+    elastic_alpha: float = Field(default=0.0, ge=0, le=100, allow_inf_nan=False)
+    elastic_sigma: float = Field(default=4.0, ge=1, le=10, allow_inf_nan=False)
+    rotate: float = Field(default=0.0, ge=0, le=30, allow_inf_nan=False)  # up to +-this, degrees
+    scale: float = Field(default=0.0, ge=0, le=0.3, allow_inf_nan=False)  # up to +-this share
+
+    @property
+    def warps(self) -> bool:
+        """Whether the elastic warp (elastic.py) runs: a field, a rotation or a scaling."""
+        return bool(self.elastic_alpha or self.rotate or self.scale)
 
 
 class Config(BaseModel):

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from trainer.backends import Backend
-from trainer.core.augment import Shifter
+from trainer.core.augment import Shifter, chain
 from trainer.core.config import Config
+from trainer.core.elastic import ElasticWarp
 from trainer.core.losses import diverged
 from trainer.core.metrics import evaluate
 from trainer.core.network import init_params
@@ -72,12 +73,19 @@ class Run:
         spare_core = blas_threads is not None and blas_threads < (os.cpu_count() or 1)
         self.prefetch = (backend.kernels.prefetch if engine.fast and engine.prefetch
                          and spare_core else None)
-        self.shifter = None
-        if config.augment.shift:
-            blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
-            self.shifter = self.step.augment = Shifter(
-                self.xp, backend.asarray, data.image_shape, config.augment.shift, blank,
-                self.dtype)
+        self.shifter = self.warp = None
+        aug = config.augment
+        blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
+        if aug.warps:  # warped first, then shifted
+            self.warp = ElasticWarp(
+                self.xp, backend.asarray, data.image_shape, alpha=aug.elastic_alpha,
+                sigma=aug.elastic_sigma, rotate=aug.rotate, scale=aug.scale, background=blank,
+                seed=config.seed, dtype=self.dtype,
+                hash_kernel=backend.kernels.hash32 if engine.fast else None)
+        if aug.shift:
+            self.shifter = Shifter(self.xp, backend.asarray, data.image_shape, aug.shift, blank,
+                                   self.dtype)
+        self.step.augment = chain(self.warp, self.shifter)
         self.result = TrainResult(config, backend.name, backend.device_name, scaling, host,
                                   train_samples=self.n_train, blas_threads=blas_threads,
                                   validation_samples=len(val_idx))
@@ -110,6 +118,8 @@ class Run:
         perm = backend.asarray(state.perm)
         if self.shifter is not None:
             self.shifter.use(state.shift_ids)
+        if self.warp is not None:  # its fields follow from (seed, epoch, image): nothing to save
+            self.warp.use(epoch)
         steps = -(-self.n_train // size)
         sums = RunningSums(backend, self.x_train, state.loss_sum, state.correct)
         on_step, add = callbacks.on_step, sums.add
