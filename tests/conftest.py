@@ -9,7 +9,7 @@ from hypothesis import settings
 
 from trainer import backends
 
-CPU_BACKENDS = ["numpy", "array-api-strict", "torch"]
+CPU_BACKENDS = ["numpy", "array-api-strict", "torch", "jax"]
 GPU_BACKENDS = [("cupy", None), ("torch", "cuda")]
 
 

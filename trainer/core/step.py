@@ -15,17 +15,20 @@ the reference math, and the fast steps, which rearrange the same math for speed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from array_api_compat import device
 
-from trainer.backends import Kernels
+from trainer.backends import Compiler, Kernels
 from trainer.core import optim
 from trainer.core.activations import ACTIVATIONS
+from trainer.core.augment import offsets, shift
 from trainer.core.buffers import BatchBuffers, flatten, size
 from trainer.core.config import Config
 from trainer.core.dropout import keep_mask, step_key
-from trainer.core.losses import loss_and_delta
+from trainer.core.losses import DIVERGED_NATS, loss_and_delta
 from trainer.core.metrics import hits
 from trainer.core.network import backward, forward
 
@@ -33,6 +36,20 @@ Array = Any
 # weights from this many elements up get their velocity updated inside the gradient's GEMM;
 # below it two passes over v cost less than the extra overhead of the BLAS call (measured)
 GEMM_ACC_MIN = 32768
+
+
+# a step's state: (weights, velocities or Adam's first moments, Adam's second moments)
+State = tuple[Sequence[Array], Sequence[Array], Sequence[Array]]
+
+
+@dataclass(frozen=True)
+class Rates:
+    """A step's scalars: Python floats for a step called per batch, arrays in the weights'
+    dtype inside a compiled step (one row of a table worked out on the host)."""
+
+    scale: Any  # the output delta's factor (Step._scale)
+    penalty: Any  # scale * regularization_rate: what the penalty's gradient is multiplied by
+    adam: optim.AdamRates | None  # Adam's, for Adam and AdamW
 
 
 class Step:
@@ -76,18 +93,56 @@ class Step:
             return None
         if shape not in self._counters:
             self._counters[shape] = self.xp.reshape(
-                self.xp.arange(shape[0] * shape[1], dtype=self.xp.int64, device=like.device),
+                self.xp.arange(shape[0] * shape[1], dtype=self.xp.int64, device=device(like)),
                 shape)
         key = step_key(self.config.seed, self.global_step, layer)
         if self.keep_mask_kernel is not None:
             return self.keep_mask_kernel(self._counters[shape], key, p, like.dtype)
         return keep_mask(self.xp, self._counters[shape], key, p, like.dtype, self.hash_kernel)
 
-    def _adam(self, w: Array, first: Array, second: Array, g: Array, lr: float) -> None:
+    def _adam_rates(self, lr: float, global_step: int) -> optim.AdamRates:
+        """Adam's scalars for the step after `global_step` steps."""
         c = self.config
-        optim.adam(w, first, second, g, lr=lr, t=self.global_step + 1, beta1=c.beta1,
-                   beta2=c.beta2, epsilon=c.epsilon,
-                   weight_decay=c.weight_decay if c.optimizer == "adamw" else 0.0)
+        return optim.adam_rates(lr, global_step + 1, c.beta1, c.beta2,
+                                c.weight_decay if c.optimizer == "adamw" else 0.0)
+
+    def _adam(self, w: Array, first: Array, second: Array, g: Array,
+              rates: optim.AdamRates) -> tuple[Array, Array, Array]:
+        c = self.config
+        return optim.adam(w, first, second, g, rates, beta1=c.beta1, beta2=c.beta2,
+                          epsilon=c.epsilon)
+
+    def rates(self, lr: float, n: int, global_step: int) -> Rates:
+        """A step's scalars, from its learning rate, batch size and number."""
+        scale = self._scale(lr, n)
+        return Rates(scale, scale * self.config.regularization_rate,
+                     self._adam_rates(lr, global_step) if self.adam else None)
+
+    def train_batch(self, state: State, x: Array, onehot: Array,
+                    masks: Sequence[Array | None] | None, rates: Rates
+                    ) -> tuple[State, Array, Array]:
+        """The reference math on one batch: network.forward and backward, losses.loss_and_delta,
+        optim's rules, one array at a time. Returns (new state, summed loss, correct count). On a
+        mutable backend the state is updated in place (and returned); on an immutable one it is
+        a new state, which makes this a pure function that a compiler can trace."""
+        c = self.config
+        params, velocities, second = (list(arrays) for arrays in state)
+        outs, logits = forward(params, self.acts, x, masks)
+        loss, delta = loss_and_delta(c.loss, self.acts[-1], logits, outs[-1], onehot)
+        correct = hits(logits if c.loss == "cross_entropy" else outs[-1], onehot)
+        grads = backward(params, self.acts, outs, delta * rates.scale, masks)
+        if self.regularized:
+            for i in range(0, len(grads), 2):
+                grads[i] = optim.add_penalty(grads[i], params[i], c.regularization_type, 1.0,
+                                             rates.penalty)
+        for j, g in enumerate(grads):
+            if rates.adam is not None:
+                params[j], velocities[j], second[j] = self._adam(
+                    params[j], velocities[j], second[j], g, rates.adam)
+            else:
+                params[j], velocities[j] = optim.sgd(params[j], velocities[j], g, c.momentum,
+                                                     c.nesterov)
+        return (params, velocities, second), loss, correct
 
     def export(self, to_numpy: Callable[[Array], Any]) -> tuple[list, list, list]:
         """Host copies of (weights, velocities or first moments, second moments)."""
@@ -102,13 +157,20 @@ class Step:
                              (self.second, second)):
             if len(mine) != len(theirs):
                 raise ValueError(f"expected {len(mine)} arrays, got {len(theirs)}")
-            for a, h in zip(mine, theirs, strict=True):
-                a[...] = asarray(np.ascontiguousarray(h))  # saved in the run's own dtype
+            self._write(mine, [asarray(np.array(h, order="C")) for h in theirs])
         self.global_step = global_step
+
+    def load_params(self, params: Sequence[Array]) -> None:
+        """Make `params` (arrays on this step's device) the weights."""
+        self._write(self.params, [self.xp.asarray(p, copy=True) for p in params])
+
+    def _write(self, mine: list[Array], values: Sequence[Array]) -> None:
+        """Put `values` in the place of the arrays of `mine`, a list of the step's state."""
+        mine[:] = values  # (the same list: whoever holds it sees the new arrays)
 
 
 class PlainStep(Step):
-    """The reference: network.py + losses.py + optim.py, one array at a time."""
+    """The reference: network.py + losses.py + optim.py, one array at a time (train_batch)."""
 
     def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
                  x: Array | None = None) -> tuple[Array, Array]:
@@ -120,20 +182,11 @@ class PlainStep(Step):
         n = idx.shape[0]
         masks = ([self.mask(i, (n, c.sizes[i]), x) for i in range(len(self.acts))]
                  if self.dropping else None)
-        outs, logits = forward(self.params, self.acts, x, masks)
-        loss, delta = loss_and_delta(c.loss, self.acts[-1], logits, outs[-1], onehot)
-        correct = hits(logits if c.loss == "cross_entropy" else outs[-1], onehot)
-        scale = self._scale(lr, n)
-        grads = backward(self.params, self.acts, outs, delta * scale, masks)
-        if self.regularized:
-            for i in range(0, len(grads), 2):
-                optim.add_penalty(grads[i], self.params[i], c.regularization_type,
-                                  c.regularization_rate, scale)
-        for j, g in enumerate(grads):
-            if self.adam:
-                self._adam(self.params[j], self.velocities[j], self.second[j], g, lr)
-            else:
-                optim.sgd(self.params[j], self.velocities[j], g, c.momentum, c.nesterov)
+        state, loss, correct = self.train_batch(
+            (self.params, self.velocities, self.second), x, onehot, masks,
+            self.rates(lr, n, self.global_step))
+        for mine, new in zip((self.params, self.velocities, self.second), state, strict=True):
+            mine[:] = new  # the same arrays on a mutable backend
         self.global_step += 1
         return loss, correct
 
@@ -165,6 +218,10 @@ class FlatStep(Step):
             self.flat_second, self.second = flatten(xp, self.second, order)
         self.transposed = self.fused_ce and kernels.softmax_xent_t is not None
         self._buffers: dict[int, BatchBuffers] = {}
+
+    def _write(self, mine: list[Array], values: Sequence[Array]) -> None:
+        for a, v in zip(mine, values, strict=True):
+            a[...] = v  # in place: they are views of the flat buffers
 
     def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
                  x: Array | None = None) -> tuple[Array, Array]:
@@ -274,7 +331,7 @@ class FlatStep(Step):
         c = self.config
         if self.adam:
             self._adam(self.flat_params, self.flat_velocities, self.flat_second,
-                       self.flat_grads, lr)
+                       self.flat_grads, self._adam_rates(lr, self.global_step))
         elif self.kernels.sgd_update:
             self.kernels.sgd_update(self.flat_params, self.flat_velocities, self.flat_grads,
                                     c.momentum, c.nesterov, 0)
@@ -310,9 +367,118 @@ class VelocityStep(FlatStep):
             self.flat_params += self.flat_velocities
 
 
+class CompiledStep(Step):
+    """PlainStep's math (train_batch), traced once by the backend's compiler and run as a loop
+    over consecutive batches on the device (Backend.compiler: jax): no step pays Python's
+    dispatch of its ~40 array operations, only each run of steps pays one call.
+
+    The loop calls `begin_epoch` with the epoch's batch order and learning rates, then `run`
+    for each stretch of steps. Each step's scalars (Rates) and dropout keys are worked out on
+    the host per epoch, as the other steps do per call, and handed to the device as tables.
+    Every step of a full batch runs in the same compiled loop body wherever a stretch starts,
+    so where the stretches are cut (bars, checkpoints, a resume) changes no bit.
+    """
+
+    def __init__(self, config: Config, xp: Any, params: Sequence[Array],
+                 velocities: Sequence[Array], compiler: Compiler) -> None:
+        super().__init__(config, xp, params, velocities)
+        self.compiler = compiler
+        # the state (argument 0) is donated: its buffers become the new state's
+        self._loop = compiler.jit(self._steps, static_argnums=(6,), donate_argnums=(0,))
+        self._epoch: tuple[Array, ...] = ()
+
+    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
+                 x: Array | None = None) -> tuple[Array, Array]:
+        raise TypeError("a CompiledStep trains stretches of an epoch: begin_epoch, then run")
+
+    def begin_epoch(self, x_all: Array, y_all: Array, perm: Array, lrs: Sequence[float],
+                    done: int) -> None:
+        """Get ready for an epoch whose `done` first steps are done: its training data, batch
+        order (rows of x_all and y_all) and each step's learning rate."""
+        c, n = self.config, perm.shape[0]
+        first = self.global_step - done  # the global step of the epoch's first step
+        dtype = np.dtype(c.dtype)
+        rows, keys = [], []
+        for i, lr in enumerate(lrs):
+            r = self.rates(lr, min(c.batch_size, n - i * c.batch_size), first + i)
+            a = r.adam or optim.AdamRates(0.0, 1.0, None)
+            rows.append((r.scale, r.penalty, a.step, a.bias2, 1.0 if a.decay is None
+                         else a.decay))
+            keys.append([step_key(c.seed, first + i, layer) for layer in range(len(self.acts))])
+        shifts = ((self.augment.table, self.augment.shifts) if self.augment is not None
+                  else ())
+        # Python floats rounded to the weights' dtype here, as the other steps' are where
+        # they meet an array
+        self._epoch = (x_all, y_all, perm, self.xp.asarray(np.asarray(rows, dtype=dtype)),
+                       self.xp.asarray(np.asarray(keys, dtype=np.int64)), *shifts)
+
+    def run(self, first: int, count: int, loss_sum: float, correct: float
+            ) -> tuple[float, float, int | None, float]:
+        """Train steps first .. first + count - 1 of the epoch (0-based; all on full batches,
+        or the last, partial one alone), stopping after a step whose loss says that training
+        diverged. Returns the epoch's (summed loss, correct count) so far, added to the given
+        ones, the diverged step (or None) and the last step's summed loss."""
+        size, n = self.config.batch_size, self._epoch[2].shape[0]
+        batch = min(size, n - first * size)
+        state = (self.params, self.velocities, self.second)
+        state, sums, broke, last = self._loop(state, self._epoch, first, count, loss_sum,
+                                              correct, batch)
+        for mine, new in zip((self.params, self.velocities, self.second), state, strict=True):
+            mine[:] = new
+        loss_sum, correct = (float(v) for v in np.asarray(sums))
+        broke = int(broke)
+        self.global_step += count if broke < 0 else broke - first + 1
+        return loss_sum, correct, None if broke < 0 else broke, float(last)
+
+    def _steps(self, state: State, epoch: tuple[Array, ...], first: Array, count: Array,
+               loss_sum: Array, correct: Array, batch: int) -> tuple[State, Array, Array, Array]:
+        """What `run` compiles: a loop over the steps, each one train_batch."""
+        xp, c, k = self.xp, self.config, self.compiler
+        x_all, y_all, perm, rates, keys, *shifts = epoch
+        starts = offsets(xp, batch, shifts[0].shape[1]) if shifts else None
+        counters = {width: xp.reshape(xp.arange(batch * width, dtype=xp.int64), (batch, width))
+                    for width, p in zip(c.sizes, self.dropouts, strict=False) if p}
+
+        def step(carry: tuple) -> tuple:
+            i, state, sums, _, last = carry
+            idx = k.dynamic_slice(perm, i * c.batch_size, batch)
+            x = xp.take(x_all, idx, axis=0)
+            if shifts:
+                x = shift(x, idx, *shifts, self.augment.background, starts)
+            onehot = xp.take(self._eye, xp.take(y_all, idx), axis=0)
+            masks = ([keep_mask(xp, counters[width], keys[i, layer], p, x.dtype) if p else None
+                      for layer, (width, p) in enumerate(zip(c.sizes, self.dropouts,
+                                                             strict=False))]
+                     if self.dropping else None)
+            r = rates[i]
+            adam = optim.AdamRates(r[2], r[3], r[4] if c.weight_decay and c.optimizer ==
+                                   "adamw" else None) if self.adam else None
+            state, loss, hit = self.train_batch(state, x, onehot, masks,
+                                                Rates(r[0], r[1], adam))
+            loss64 = xp.astype(loss, xp.float64)
+            sums = sums + xp.stack([loss64, xp.astype(hit, xp.float64)])
+            mean = loss64 / batch  # losses.diverged, on the device
+            broke = ~xp.isfinite(mean)
+            if c.loss == "cross_entropy":
+                broke = broke | (mean > DIVERGED_NATS)
+            return i + 1, state, sums, xp.where(broke, i, -1), loss64
+
+        def going(carry: tuple) -> Array:
+            return (carry[0] < first + count) & (carry[3] < 0)
+
+        sums = xp.stack([xp.asarray(loss_sum, dtype=xp.float64),
+                         xp.asarray(correct, dtype=xp.float64)])
+        start = (xp.asarray(first), state, sums, xp.asarray(-1), xp.asarray(0.0, dtype=xp.float64))
+        _, state, sums, broke, last = k.while_loop(going, step, start)
+        return state, sums, broke, last
+
+
 def make_step(config: Config, xp: Any, params: Sequence[Array], velocities: Sequence[Array],
-              kernels: Kernels | None = None) -> Step:
-    """The fastest step that `kernels` and the optimizer allow (None: the plain step)."""
+              kernels: Kernels | None = None, compiler: Compiler | None = None) -> Step:
+    """The fastest step that `kernels` (or a `compiler`) and the optimizer allow (neither: the
+    plain step)."""
+    if compiler is not None:
+        return CompiledStep(config, xp, params, velocities, compiler)
     k = kernels or Kernels()
     if k.matmul is None or k.sum0 is None:
         return PlainStep(config, xp, params, velocities)
