@@ -1,5 +1,6 @@
-"""JAX: the plain step compiled whole (Backend.compiler), on the CPU or, with `--device cuda`,
-a CUDA GPU (jax[cuda12])."""
+"""JAX: the plain step compiled whole (Backend.compiler), on JAX's default device (a CUDA GPU
+where its jaxlib has one: jax[cuda12] or jax[cuda13], else the CPU) or the one `--device` names
+(cpu, cuda, cuda:N)."""
 
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ def _name(device: Any) -> str:
 
 
 def _device(jax: Any, device: str | None) -> Any:
-    """`device` ("cpu", "cuda", "cuda:N", "gpu:N"; None: the CPU) as a JAX device."""
-    kind, _, number = (device or "cpu").partition(":")
+    """`device` ("cpu", "cuda", "cuda:N", "gpu:N"; None: JAX's default) as a JAX device."""
+    if device is None:
+        return jax.devices()[0]
+    kind, _, number = device.partition(":")
     if kind not in ("cpu", "cuda", "gpu") or (number and not number.isdigit()):
         raise ValueError(f"jax: --device {device!r} is not a device: use cpu, cuda or cuda:N")
     if kind == "cpu":

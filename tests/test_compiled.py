@@ -32,7 +32,7 @@ from trainer.run.train import train
 
 @pytest.fixture(scope="module")
 def jax() -> backends.Backend:
-    be = _load_or_skip("jax")
+    be = _load_or_skip("jax", "cpu")
     assert be.compiler is not None, "the jax backend must offer its compiler"
     return be
 
@@ -206,6 +206,7 @@ def test_jax_refuses_devices_it_does_not_have(jax: backends.Backend) -> None:
     if "cuda:0" not in jax.devices:
         with pytest.raises(ImportError, match="CUDA"):
             backends.load("jax", "cuda")
+        assert backends.load("jax").device_name == "cpu"  # JAX's default: here the CPU
     assert backends.status("jax").available
 
 
