@@ -22,9 +22,9 @@ from test_step import VARIANTS, reference_steps
 from test_step import config as step_config
 
 from trainer import backends
+from trainer.core.compiled import CompiledStep
 from trainer.core.config import Config
 from trainer.core.network import init_params
-from trainer.core.step import CompiledStep, make_step
 from trainer.run.checkpoint import LATEST, LoopState, load_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Interrupted, StepInfo
 from trainer.run.train import train
@@ -38,10 +38,8 @@ def jax() -> backends.Backend:
 
 
 def compiled(be: backends.Backend, cfg: Config, host: list[np.ndarray]) -> CompiledStep:
-    step = make_step(cfg, be.xp, [be.asarray(p) for p in host],
-                     [be.asarray(np.zeros_like(p)) for p in host], be.kernels, be.compiler)
-    assert isinstance(step, CompiledStep)
-    return step
+    return CompiledStep(cfg, be.xp, [be.asarray(p) for p in host],
+                        [be.asarray(np.zeros_like(p)) for p in host], be.compiler)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

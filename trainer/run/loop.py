@@ -12,12 +12,13 @@ import numpy as np
 
 from trainer.backends import Backend
 from trainer.core.augment import Shifter
+from trainer.core.compiled import CompiledStep
 from trainer.core.config import Config
 from trainer.core.losses import diverged
 from trainer.core.metrics import evaluate
 from trainer.core.network import init_params
 from trainer.core.schedule import constant_rate, learning_rate
-from trainer.core.step import CompiledStep, make_step
+from trainer.core.step import Step, make_step
 from trainer.data.dataset import Dataset, InputScaling, split
 from trainer.run.checkpoint import LoopState
 from trainer.run.results import (
@@ -68,10 +69,13 @@ class Run:
 
         host = init_params(config.sizes, config.activations, config.init, init_rng,
                            config.dtype)
-        self.step = make_step(config, self.xp, [backend.asarray(p) for p in host],
-                              [backend.asarray(np.zeros_like(p)) for p in host],
-                              backend.kernels if engine.fast else None,
-                              backend.compiler if engine.fast else None)
+        params = [backend.asarray(p) for p in host]
+        velocities = [backend.asarray(np.zeros_like(p)) for p in host]
+        if backend.compiler is not None and engine.fast:  # the backend compiles whole steps
+            self.step: Step = CompiledStep(config, self.xp, params, velocities, backend.compiler)
+        else:
+            self.step = make_step(config, self.xp, params, velocities,
+                                  backend.kernels if engine.fast else None)
         self.params = self.step.params  # the step may have moved them into a flat buffer
         # a thread gathering the next batches' rows (host arrays only: backends/prefetch.py),
         # on a core the BLAS leaves free (competing with BLAS threads it costs more than it saves)
