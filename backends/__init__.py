@@ -136,6 +136,7 @@ class BackendStatus:
     reason: str = ""  # why it does not load
     kernels: tuple[str, ...] = ()  # the fast kernels it offers
     dropped: tuple[tuple[str, str], ...] = ()  # kernels its self-tests left out, and why
+    compiles: bool = False  # it compiles the plain step whole (Backend.compiler)
 
 
 def _module(name: str) -> Any:
@@ -156,7 +157,8 @@ def status(name: str) -> BackendStatus:
     except ImportError as e:
         return BackendStatus(name, False, reason=str(e) or type(e).__name__)
     return BackendStatus(name, True, backend.version, backend.devices or (backend.device_name,),
-                         kernels=backend.kernels.offered(), dropped=backend.kernels.dropped)
+                         kernels=backend.kernels.offered(), dropped=backend.kernels.dropped,
+                         compiles=backend.compiler is not None)
 
 
 def nop() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 Opt = typer.Option
-BackendOpt = Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy")]
+BackendOpt = Annotated[str, Opt(help="numpy | array-api-strict | torch | cupy | jax")]
 DeviceOpt = Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")]
 DataDirOpt = Annotated[Path | None, Opt(help="folder with the four IDX files")]
 # train's and sweep's overrides of config keys
