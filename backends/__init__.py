@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-NAMES = ("numpy", "array-api-strict", "torch", "cupy")
+NAMES = ("numpy", "array-api-strict", "torch", "cupy", "jax")
 
 
 # The dropout hash's multiplier: trainer/core/dropout.py's hash32 and the backends' hash32
@@ -85,6 +85,21 @@ class Kernels:
 
 
 @dataclass(frozen=True)
+class Compiler:
+    """What a backend that compiles whole functions offers (jax): trainer/core/step.py's
+    CompiledStep traces the plain step once with it and runs many steps as one loop on the
+    device, so no step pays Python's dispatch of each of its ~40 array operations."""
+
+    # (fn, static_argnums, donate_argnums) -> fn traced once per static arguments and input
+    # shapes, then compiled; the donated arguments' buffers may be reused for its results
+    jit: Callable[..., Any]
+    # (cond, body, carry) -> carry: `while cond(carry): carry = body(carry)`, on the device
+    while_loop: Callable[..., Any]
+    # (x, start, size) -> x[start:start + size] where `start` is traced (size is static)
+    dynamic_slice: Callable[..., Any]
+
+
+@dataclass(frozen=True)
 class Backend:
     """What a training run needs of an array library: its namespace, where arrays live, what
     it controls. The run asks these fields, never the backend's name."""
@@ -107,6 +122,9 @@ class Backend:
     scope: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
     devices: tuple[str, ...] = ()
     kernels: Kernels = field(default_factory=Kernels)
+    # compiles whole steps (its arrays are immutable: the step's state is replaced, never
+    # written in place); None: the step runs one array operation at a time
+    compiler: Compiler | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,7 @@ class BackendStatus:
     reason: str = ""  # why it does not load
     kernels: tuple[str, ...] = ()  # the fast kernels it offers
     dropped: tuple[tuple[str, str], ...] = ()  # kernels its self-tests left out, and why
+    compiles: bool = False  # it compiles the plain step whole (Backend.compiler)
 
 
 def _module(name: str) -> Any:
@@ -138,7 +157,8 @@ def status(name: str) -> BackendStatus:
     except ImportError as e:
         return BackendStatus(name, False, reason=str(e) or type(e).__name__)
     return BackendStatus(name, True, backend.version, backend.devices or (backend.device_name,),
-                         kernels=backend.kernels.offered(), dropped=backend.kernels.dropped)
+                         kernels=backend.kernels.offered(), dropped=backend.kernels.dropped,
+                         compiles=backend.compiler is not None)
 
 
 def nop() -> None:

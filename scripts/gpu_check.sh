@@ -5,7 +5,10 @@
 #   bash scripts/gpu_check.sh           # there: GPU tests, the GPU benchmark, a default run
 #
 # Results go under $OUT (default ./gpu-out), seven files: nvidia-smi.txt, backends.txt,
-# pytest-gpu.txt, bench-gpu.json, bench-gpu.txt, train-default-cupy.txt, metrics.json.
+# pytest-gpu.txt, bench-gpu.json, bench-gpu.txt, train-default-cupy.txt, metrics.json; and
+# where the machine's JAX sees the GPU (the GPU image has jax with its CUDA plugin: nothing to
+# carry) the jax backend beside cupy: its GPU tests in pytest-gpu.txt, its rows in the
+# benchmark, and train-default-jax.txt with metrics-jax.json.
 # .whl/ and .mnist/ are ignored by git: carry them to the GPU machine with the checkout. Every
 # stage has a time limit and any failure stops the script with a non-zero exit; running it again
 # on the same machine starts afresh (a new run directory, the results replaced).
@@ -82,10 +85,27 @@ stage 120 backends.txt "$PYTHON" -m trainer backends
 stage 420 pytest-gpu.txt "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider \
     tests/test_parity.py tests/test_step.py tests/test_metrics.py tests/test_recipe.py \
     tests/test_cupy_kernels.py
-stage 420 bench-gpu.txt "$PYTHON" -m trainer bench --backends cupy,numpy \
+# the jax backend too, where JAX sees a GPU (0 where jax is missing or sees none)
+jax_gpus=$(timeout 120 "$PYTHON" -c 'import jax
+try:
+    print(len(jax.devices("gpu")))
+except RuntimeError:
+    print(0)' 2>/dev/null || echo 0)
+echo "::: jax sees ${jax_gpus} GPU(s)"
+bench_backends=cupy,numpy
+if [ "$jax_gpus" -gt 0 ]; then
+    bench_backends=cupy,jax,numpy
+fi
+stage 420 bench-gpu.txt "$PYTHON" -m trainer bench --backends "$bench_backends" \
     --batch-sizes 32,512,4096 --epochs 3 --out "$OUT/bench-gpu.json"
 run_dir=$(mktemp -d)/run  # new every time: a second run on a warm machine works too
 stage 300 train-default-cupy.txt "$PYTHON" -m trainer train configs/default.json \
     --backend cupy --run-dir "$run_dir" --quiet
 cp "$run_dir/metrics.json" "$OUT/metrics.json"
+if [ "$jax_gpus" -gt 0 ]; then
+    run_dir=$(mktemp -d)/run
+    stage 300 train-default-jax.txt "$PYTHON" -m trainer train configs/default.json \
+        --backend jax --device cuda --run-dir "$run_dir" --quiet
+    cp "$run_dir/metrics.json" "$OUT/metrics-jax.json"
+fi
 echo "::: done: $(ls "$OUT" | tr '\n' ' ')"

@@ -9,8 +9,9 @@ from hypothesis import settings
 
 from trainer import backends
 
-CPU_BACKENDS = ["numpy", "array-api-strict", "torch"]
-GPU_BACKENDS = [("cupy", None), ("torch", "cuda")]
+# jax on the CPU by name: its default device is a GPU where there is one
+CPU_BACKENDS = ["numpy", "array-api-strict", "torch", pytest.param(("jax", "cpu"), id="jax")]
+GPU_BACKENDS = [("cupy", None), ("torch", "cuda"), ("jax", "cuda")]
 
 
 def _load_or_skip(name: str, device: str | None = None) -> backends.Backend:

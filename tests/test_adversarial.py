@@ -503,8 +503,8 @@ def test_bars_epoch_lines_and_the_bench_table_fit_80_columns() -> None:
                                "learning_rate": 0.000853} | held_out)
         assert len(epoch_line(widest, 60, show_lr=True)) <= 80
     table = bench_table("s/epoch, median of 3 x 3 after 1 warm-up")
-    table.add_row("4096", "peer: JAX `lax.scan` epoch", "0.191", "315", "1637", "-", "1.12",
-                  "not finite")
+    table.add_row("4096", "peer: JAX `lax.scan` epoch", "0.191", "12.34", "315", "1637", "-",
+                  "1.12", "not finite")
     lines = rendered(table, 80)
     assert all(len(line) <= 80 for line in lines) and not any("…" in ln for ln in lines)
     assert "loss" in lines[2] and "not finite" in lines[4]

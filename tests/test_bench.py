@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).parent.parent
@@ -40,6 +41,17 @@ def test_bench_script_writes_a_table_and_json(mnist, tmp_path: Path) -> None:
                                                 rel=1e-4)
         assert row["diverged"] is False and row["not_learning"] is False
     assert "numpy" in proc.stdout and "array-api-strict" in proc.stdout
+    for bs in (32, 128):  # what to pick: the faster of the two at each batch size
+        pick = min(("numpy", "array-api-strict"), key=lambda t: rows[(bs, t)]["seconds"])
+        assert report["fastest"][str(bs)] == pick
+        assert f"{pick} at batch {bs} ({rows[(bs, pick)]['seconds']:.3f} s)" in proc.stdout
+        for row in (rows[(bs, "numpy")], rows[(bs, "array-api-strict")]):
+            assert row["first_epoch"] > 0  # --warmup 0: the first timed epoch
+    flat = " ".join(proc.stdout.split())
+    assert "Fastest of ours here: " in flat
+    cpu = report["machine"]["cpu"]
+    assert f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['simd']}" in flat
+    assert f"numpy {np.__version__}" in flat and "array_api_strict" in report["versions"]
     assert "diverged" not in proc.stdout and "does not learn" not in proc.stdout
 
 
@@ -83,14 +95,16 @@ def test_bench_table_flags_a_diverged_batch_size(tmp_path: Path,
     from trainer.cli.app import app
 
     def fake_run_bench(cfg, *, batch_sizes, targets, on_result, **_):
-        rows = [{"target": "numpy", "batch_size": bs, "seconds": 0.2, "samples_per_s": 3e5,
+        rows = [{"target": "numpy", "batch_size": bs, "seconds": 0.2, "first_epoch": 0.3,
+                 "samples_per_s": 3e5,
                  "peak_rss_mb": 300, "threads": None, "vs_ours": 1.0,
                  "loss": {512: 0.3, 1024: 57.9, 4096: None}[bs],  # None: not finite
                  "not_learning": bs >= 1024, "diverged": bs == 4096}
                 for bs in batch_sizes]
         for row in rows:
             on_result(row)
-        return {"results": rows}
+        return {"results": rows, "fastest": {512: "numpy"}, "versions": {"numpy": "2.4.6"},
+                "machine": {"cpu": {"model": "AMD EPYC 7B13", "cores": 2, "simd": "AVX2"}}}
 
     monkeypatch.setattr(cli_bench, "run_bench", fake_run_bench)
     out = tmp_path / "b.json"
@@ -103,4 +117,35 @@ def test_bench_table_flags_a_diverged_batch_size(tmp_path: Path,
     assert "At batch 4096 training diverged" in flat
     assert "At batch 1024, 4096 the network does not learn" in flat
     assert "over twice an untrained network's (4.61)" in flat
+    assert "CPU: AMD EPYC 7B13, 2 cores, AVX2" in flat and "Versions: numpy 2.4.6" in flat
+    assert "Fastest of ours here: numpy at batch 512 (0.200 s)" in flat
     assert json.loads(out.read_text())["results"][1]["loss"] == 57.9
+
+
+def test_fastest_skips_peers_and_runs_that_did_not_train() -> None:
+    from trainer.bench.run import fastest
+
+    rows = [{"target": "numpy", "batch_size": 32, "seconds": 0.40},
+            {"target": "jax", "batch_size": 32, "seconds": 0.35},
+            {"target": "peer:jax-scan", "batch_size": 32, "seconds": 0.30},
+            {"target": "numpy", "batch_size": 4096, "seconds": 0.19, "not_learning": True},
+            {"target": "jax", "batch_size": 4096, "seconds": 0.25},
+            {"target": "torch", "batch_size": 512, "seconds": 0.1, "diverged": True},
+            {"target": "torch", "batch_size": 128, "error": "failed"}]
+    assert fastest(rows) == {32: "jax", 4096: "jax"}
+
+
+@pytest.mark.parametrize(("flags", "simd"), [
+    ("flags : fpu sse2 avx avx2 fma avx512f avx512dq", "AVX-512"),
+    ("flags : fpu sse2 avx avx2 fma", "AVX2"),
+    ("Features : fp asimd evtstrm", "neither AVX2 nor AVX-512"),
+])
+def test_cpu_reads_the_model_and_vector_width(tmp_path: Path, flags: str, simd: str) -> None:
+    from trainer.bench.run import cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor : 0\nmodel name : AMD EPYC 7B13\n{flags}\n\nprocessor : 1\n"
+                    f"model name : AMD EPYC 7B13\nflags : fpu\n")
+    got = cpu(str(info))
+    assert got["model"] == ("AMD EPYC 7B13") and got["simd"] == simd
+    assert cpu(str(tmp_path / "none"))["simd"] == "unknown"

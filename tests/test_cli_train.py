@@ -159,6 +159,9 @@ def test_backends_lists_every_backend_with_status() -> None:
     assert {"matmul", "gemm_acc", "softmax_xent_t"} <= set(offered)
     assert f"numpy kernels: {', '.join(offered)}" in " ".join(result.output.split())
     assert "array-api-strict kernels: none (the plain array-API step)" in result.output
+    if backends.status("jax").available:  # installed with the test extra
+        assert ("jax kernels: none (the plain array-API step, compiled whole)"
+                in " ".join(result.output.split()))
 
 
 def test_backends_shows_a_kernel_a_self_test_left_out(monkeypatch: pytest.MonkeyPatch) -> None:

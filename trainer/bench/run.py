@@ -51,6 +51,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         result = train(config, data, backend,
                        engine=Engine(blas_threads=spec.get("blas_threads", "auto")))
         times = [h.seconds for h in result.history]
+        info["total_seconds"] = result.total_seconds  # compiling included
         info["threads"] = result.blas_threads
         info["train_samples"] = result.train_samples
         info["loss"] = result.history[-1].loss  # the last epoch's mean training loss
@@ -62,7 +63,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                         for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     except ImportError:
         pass
-    return {"times": times[spec["warmup"]:], "peak_rss_mb": _peak_rss_mb(), **info}
+    # the first epoch apart: it includes compiling (jax, our own and the peers')
+    return {"times": times[spec["warmup"]:], "first_epoch": times[0],
+            "peak_rss_mb": _peak_rss_mb(), **info}
 
 
 def _peak_rss_mb() -> float:
@@ -122,9 +125,62 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
             if on_result:
                 on_result(row)
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(),
-            "config": config.to_dict(), "dataset": dataset, "epochs": epochs, "warmup": warmup,
-            "rounds": rounds,
-            "blas_env_unset": not keep_blas_env, "results": rows}
+            "versions": versions(targets), "config": config.to_dict(), "dataset": dataset,
+            "epochs": epochs, "warmup": warmup, "rounds": rounds,
+            "blas_env_unset": not keep_blas_env,
+            "fastest": fastest(rows), "results": rows}
+
+
+def fastest(rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Our fastest backend at each batch size, among the rows that trained (not diverged, and
+    learning): what to pick on this machine."""
+    best: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if row["target"].startswith("peer:") or not row.get("seconds") or row.get(
+                "diverged") or row.get("not_learning"):
+            continue
+        if row["batch_size"] not in best or row["seconds"] < best[row["batch_size"]]["seconds"]:
+            best[row["batch_size"]] = row
+    return {bs: row["target"] for bs, row in best.items()}
+
+
+def versions(targets: list[str]) -> dict[str, str]:
+    """The installed version of each library the targets time (ours and the peers')."""
+    from importlib.metadata import packages_distributions, version
+
+    modules = {"numpy"}
+    for target in targets:
+        if target.startswith("peer:"):
+            from trainer.bench.peers import PEERS
+
+            modules.add(PEERS[target[5:]][0])
+        else:
+            modules.add(target.replace("-", "_"))
+    found = {}
+    dists = packages_distributions()
+    for module in sorted(modules):
+        for dist in dists.get(module, [])[:1]:
+            found[dist] = version(dist)
+    return found
+
+
+def cpu(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's model and widest vector instructions (AVX-512, AVX2), from /proc/cpuinfo where
+    there is one (Linux), else what the platform module says."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else (
+        "neither AVX2 nor AVX-512" if flags else "unknown")
+    return {"model": model, "cores": os.cpu_count(), "simd": simd}
 
 
 def _summarise(target: str, bs: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,6 +194,7 @@ def _summarise(target: str, bs: int, runs: list[dict[str, Any]]) -> dict[str, An
     n = timed[0]["train_samples"]  # the same data in every round
     return row | {"seconds": seconds, "train_samples": n, "samples_per_s": n / seconds,
                   "all_seconds": times,
+                  "first_epoch": statistics.median(r["first_epoch"] for r in timed),
                   "peak_rss_mb": max(r["peak_rss_mb"] for r in timed),
                   "threads": timed[0].get("threads"), "blas": timed[0].get("blas"),
                   "loss": timed[-1].get("loss")}  # every round trains the same (seeded) run
@@ -161,7 +218,7 @@ def judge(config: Config, loss: float | None) -> dict[str, bool]:
 
 def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "cpu": cpu(), "python": platform.python_version(),
             "numpy": np.__version__}
 
 

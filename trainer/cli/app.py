@@ -161,9 +161,10 @@ def backends_cmd(as_json: Annotated[bool, Opt("--json", help="print JSON instead
     console.print(table)
     for status in statuses:
         if status.available:
+            plain = (" (the plain array-API step, compiled whole)" if status.compiles
+                     else " (the plain array-API step)")
             console.print(f"{status.name} kernels: {', '.join(status.kernels) or 'none'}"
-                          + (" (the plain array-API step)" if not status.kernels else ""),
-                          soft_wrap=True)
+                          + (plain if not status.kernels else ""), soft_wrap=True)
         for name, why in status.dropped:
             console.print(f"[yellow]{status.name}: kernel {name} left out: {escape(why)}[/]",
                           soft_wrap=True)

@@ -71,6 +71,7 @@ def bench_cmd(
                     if row["batch_size"] not in sizes_flagged:
                         sizes_flagged.append(row["batch_size"])
             table.add_row(str(row["batch_size"]), row["target"], f"{row['seconds']:.3f}",
+                          f"{row['first_epoch']:.2f}",
                           f"{row['samples_per_s'] / 1000:,.0f}", f"{row['peak_rss_mb']:.0f}",
                           "-" if threads is None else str(threads),
                           f"{row['vs_ours']:.2f}" if row.get("vs_ours") else "",
@@ -81,6 +82,8 @@ def bench_cmd(
                                warmup=warmup, rounds=rounds, limit_train=limit_train,
                                keep_blas_env=keep_blas_env, on_result=show, dataset=dataset)
         console.print(table)
+        for line in summary(report):
+            console.print(line, soft_wrap=True, highlight=False)
         rate = f"learning rate ({cfg.learning_rate}, {cfg.loss_reduction} loss)"
         if flagged["diverged"]:
             console.print(f"[yellow]At batch {', '.join(map(str, flagged['diverged']))} "
@@ -99,6 +102,20 @@ def bench_cmd(
         console.print(f"JSON report: {out}", soft_wrap=True)
 
 
+def summary(report: dict[str, Any]) -> list[str]:
+    """The lines under the table: the machine, the libraries' versions, what to pick."""
+    cpu = report["machine"]["cpu"]
+    lines = [f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['simd']}",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    seconds = {(r["batch_size"], r["target"]): r["seconds"] for r in report["results"]
+               if r.get("seconds")}
+    picks = [f"{target} at batch {bs} ({seconds[bs, target]:.3f} s)"
+             for bs, target in report["fastest"].items()]
+    if picks:
+        lines.append("Fastest of ours here: " + ", ".join(picks))
+    return lines
+
+
 def _loss_text(loss: float | None, diverged: bool, flagged: bool) -> str:
     if loss is None:  # a peer reports none; a diverged run's was not finite
         return "[red]not finite[/]" if diverged else ""
@@ -111,7 +128,8 @@ def bench_table(title: str) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("batch", justify="right", no_wrap=True)
     table.add_column("target", overflow="fold", min_width=12, ratio=1)
-    # k/s: thousand samples a second; MB: peak RSS; threads: the BLAS's (-: its own choice)
-    for col in ("s/epoch", "k/s", "MB", "threads", "÷ ours", "loss"):
+    # 1st: the first (warm-up) epoch's seconds, compiling included; k/s: thousand samples a
+    # second; MB: peak RSS; thr: the BLAS's threads (-: its own choice)
+    for col in ("s/epoch", "1st", "k/s", "MB", "thr", "÷ ours", "loss"):
         table.add_column(col, justify="right", no_wrap=True)
     return table

@@ -44,7 +44,7 @@ from trainer.run.rundir import (
     run_metrics,
     write_run,
 )
-from trainer.run.train import check_data, check_memory, load_backend, train
+from trainer.run.train import check_backend, check_data, check_memory, load_backend, train
 
 
 class OutOfMemory(TrainerError):
@@ -226,6 +226,7 @@ def train_cmd(
         dataset = dataset or (state.run.get("dataset") if state else None) or "mnist"
         data = load_data(data_dir, show=not (quiet or as_json), dataset=dataset)
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
+        check_backend(cfg, loaded)
         check_memory(cfg, data, loaded, limit_train, limit_test)
         fingerprint = data.fingerprint()
         finished = _check_resume(resume, state, data, fingerprint, cfg) if state else None

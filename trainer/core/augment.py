@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace, device
 
 Array = Any
 
@@ -49,14 +50,29 @@ class Shifter:
 
     def __call__(self, x: Array, idx: Array) -> Array:
         """The batch `x` (rows `idx` of the training set), each row shifted by its own shift."""
-        xp, n, width = self.xp, x.shape[0], self.pixels + 1
-        src = xp.take(self.table, xp.take(self.shifts, idx, axis=0), axis=0)
+        n = x.shape[0]
         if n not in self._offsets:
-            self._offsets[n] = xp.reshape(xp.arange(n, device=x.device) * width, (n, 1))
-        bg = xp.full((n, 1), self.background, dtype=x.dtype, device=x.device)
-        flat = xp.reshape(xp.concat([x, bg], axis=1), (-1,))
-        return xp.reshape(xp.take(flat, xp.reshape(src + self._offsets[n], (-1,))),
-                          (n, self.pixels))
+            self._offsets[n] = offsets(self.xp, n, self.pixels, device(x))
+        return shift(x, idx, self.table, self.shifts, self.background, self._offsets[n])
+
+
+def offsets(xp: Any, n: int, pixels: int, where: Any = None) -> Array:
+    """(n, 1): where each of n rows of pixels + 1 values starts in their flattened array (on
+    device `where`; None: the default one)."""
+    return xp.reshape(xp.arange(n, device=where) * (pixels + 1), (n, 1))
+
+
+def shift(x: Array, idx: Array, table: Array, shifts: Array, background: float,
+          starts: Array) -> Array:
+    """Rows `idx` of the training set (`x`, already gathered), each shifted by its row of
+    `table` (the epoch's `shifts[idx]`); `starts` from `offsets`. A function of arrays only,
+    so that a compiled step can trace it."""
+    xp = array_namespace(x, table)
+    n, pixels = x.shape[0], table.shape[1]
+    src = xp.take(table, xp.take(shifts, idx, axis=0), axis=0)
+    bg = xp.full((n, 1), background, dtype=x.dtype, device=device(x))
+    flat = xp.reshape(xp.concat([x, bg], axis=1), (-1,))
+    return xp.reshape(xp.take(flat, xp.reshape(src + starts, (-1,))), (n, pixels))
 
 
 Augmentation = Callable[[Array, Array], Array]

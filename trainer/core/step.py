@@ -8,6 +8,8 @@ the reference math, and the fast steps, which rearrange the same math for speed.
   write into reused per-batch buffers (buffers.BatchBuffers) instead of allocating.
 - VelocityStep: FlatStep for momentum SGD, with each large weight's momentum
   (optim.momentum: v = m v + g) done inside its gradient's GEMM, through the BLAS's beta.
+- CompiledStep (compiled.py): the plain step's train_batch traced and compiled whole, for a
+  backend that compiles (jax).
 
 `make_step` picks the fastest that the backend's kernels and the optimizer allow.
 """
@@ -15,9 +17,11 @@ the reference math, and the fast steps, which rearrange the same math for speed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from array_api_compat import device
 
 from trainer.backends import Kernels
 from trainer.core import optim
@@ -33,6 +37,20 @@ Array = Any
 # weights from this many elements up get their velocity updated inside the gradient's GEMM;
 # below it two passes over v cost less than the extra overhead of the BLAS call (measured)
 GEMM_ACC_MIN = 32768
+
+
+# a step's state: (weights, velocities or Adam's first moments, Adam's second moments)
+State = tuple[Sequence[Array], Sequence[Array], Sequence[Array]]
+
+
+@dataclass(frozen=True)
+class Rates:
+    """A step's scalars: Python floats for a step called per batch, arrays in the weights'
+    dtype inside a compiled step (one row of a table worked out on the host)."""
+
+    scale: Any  # the output delta's factor (Step._scale)
+    penalty: Any  # scale * regularization_rate: what the penalty's gradient is multiplied by
+    adam: optim.AdamRates | None  # Adam's, for Adam and AdamW
 
 
 class Step:
@@ -76,18 +94,56 @@ class Step:
             return None
         if shape not in self._counters:
             self._counters[shape] = self.xp.reshape(
-                self.xp.arange(shape[0] * shape[1], dtype=self.xp.int64, device=like.device),
+                self.xp.arange(shape[0] * shape[1], dtype=self.xp.int64, device=device(like)),
                 shape)
         key = step_key(self.config.seed, self.global_step, layer)
         if self.keep_mask_kernel is not None:
             return self.keep_mask_kernel(self._counters[shape], key, p, like.dtype)
         return keep_mask(self.xp, self._counters[shape], key, p, like.dtype, self.hash_kernel)
 
-    def _adam(self, w: Array, first: Array, second: Array, g: Array, lr: float) -> None:
+    def _adam_rates(self, lr: float, global_step: int) -> optim.AdamRates:
+        """Adam's scalars for the step after `global_step` steps."""
         c = self.config
-        optim.adam(w, first, second, g, lr=lr, t=self.global_step + 1, beta1=c.beta1,
-                   beta2=c.beta2, epsilon=c.epsilon,
-                   weight_decay=c.weight_decay if c.optimizer == "adamw" else 0.0)
+        return optim.adam_rates(lr, global_step + 1, c.beta1, c.beta2,
+                                c.weight_decay if c.optimizer == "adamw" else 0.0)
+
+    def _adam(self, w: Array, first: Array, second: Array, g: Array,
+              rates: optim.AdamRates) -> tuple[Array, Array, Array]:
+        c = self.config
+        return optim.adam(w, first, second, g, rates, beta1=c.beta1, beta2=c.beta2,
+                          epsilon=c.epsilon)
+
+    def rates(self, lr: float, n: int, global_step: int) -> Rates:
+        """A step's scalars, from its learning rate, batch size and number."""
+        scale = self._scale(lr, n)
+        return Rates(scale, scale * self.config.regularization_rate,
+                     self._adam_rates(lr, global_step) if self.adam else None)
+
+    def train_batch(self, state: State, x: Array, onehot: Array,
+                    masks: Sequence[Array | None] | None, rates: Rates
+                    ) -> tuple[State, Array, Array]:
+        """The reference math on one batch: network.forward and backward, losses.loss_and_delta,
+        optim's rules, one array at a time. Returns (new state, summed loss, correct count). On a
+        mutable backend the state is updated in place (and returned); on an immutable one it is
+        a new state, which makes this a pure function that a compiler can trace."""
+        c = self.config
+        params, velocities, second = (list(arrays) for arrays in state)
+        outs, logits = forward(params, self.acts, x, masks)
+        loss, delta = loss_and_delta(c.loss, self.acts[-1], logits, outs[-1], onehot)
+        correct = hits(logits if c.loss == "cross_entropy" else outs[-1], onehot)
+        grads = backward(params, self.acts, outs, delta * rates.scale, masks)
+        if self.regularized:
+            for i in range(0, len(grads), 2):
+                grads[i] = optim.add_penalty(grads[i], params[i], c.regularization_type, 1.0,
+                                             rates.penalty)
+        for j, g in enumerate(grads):
+            if rates.adam is not None:
+                params[j], velocities[j], second[j] = self._adam(
+                    params[j], velocities[j], second[j], g, rates.adam)
+            else:
+                params[j], velocities[j] = optim.sgd(params[j], velocities[j], g, c.momentum,
+                                                     c.nesterov)
+        return (params, velocities, second), loss, correct
 
     def export(self, to_numpy: Callable[[Array], Any]) -> tuple[list, list, list]:
         """Host copies of (weights, velocities or first moments, second moments)."""
@@ -102,13 +158,24 @@ class Step:
                              (self.second, second)):
             if len(mine) != len(theirs):
                 raise ValueError(f"expected {len(mine)} arrays, got {len(theirs)}")
-            for a, h in zip(mine, theirs, strict=True):
-                a[...] = asarray(np.ascontiguousarray(h))  # saved in the run's own dtype
+            self._write(mine, [asarray(np.array(h, order="C")) for h in theirs])
         self.global_step = global_step
+
+    def load_params(self, params: Sequence[Array]) -> None:
+        """Make `params` (arrays on this step's device) the weights."""
+        self._write(self.params, [self.xp.asarray(p, copy=True) for p in params])
+
+    def _write(self, mine: list[Array], values: Sequence[Array]) -> None:
+        """Put `values` in the place of the arrays of `mine`, a list of the step's state."""
+        for a, v in zip(mine, values, strict=True):
+            if tuple(a.shape) != tuple(v.shape):
+                raise ValueError(f"expected an array of shape {tuple(a.shape)}, got "
+                                 f"{tuple(v.shape)}")
+        mine[:] = values  # (the same list: whoever holds it sees the new arrays)
 
 
 class PlainStep(Step):
-    """The reference: network.py + losses.py + optim.py, one array at a time."""
+    """The reference: network.py + losses.py + optim.py, one array at a time (train_batch)."""
 
     def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
                  x: Array | None = None) -> tuple[Array, Array]:
@@ -120,20 +187,11 @@ class PlainStep(Step):
         n = idx.shape[0]
         masks = ([self.mask(i, (n, c.sizes[i]), x) for i in range(len(self.acts))]
                  if self.dropping else None)
-        outs, logits = forward(self.params, self.acts, x, masks)
-        loss, delta = loss_and_delta(c.loss, self.acts[-1], logits, outs[-1], onehot)
-        correct = hits(logits if c.loss == "cross_entropy" else outs[-1], onehot)
-        scale = self._scale(lr, n)
-        grads = backward(self.params, self.acts, outs, delta * scale, masks)
-        if self.regularized:
-            for i in range(0, len(grads), 2):
-                optim.add_penalty(grads[i], self.params[i], c.regularization_type,
-                                  c.regularization_rate, scale)
-        for j, g in enumerate(grads):
-            if self.adam:
-                self._adam(self.params[j], self.velocities[j], self.second[j], g, lr)
-            else:
-                optim.sgd(self.params[j], self.velocities[j], g, c.momentum, c.nesterov)
+        state, loss, correct = self.train_batch(
+            (self.params, self.velocities, self.second), x, onehot, masks,
+            self.rates(lr, n, self.global_step))
+        for mine, new in zip((self.params, self.velocities, self.second), state, strict=True):
+            mine[:] = new  # the same arrays on a mutable backend
         self.global_step += 1
         return loss, correct
 
@@ -165,6 +223,10 @@ class FlatStep(Step):
             self.flat_second, self.second = flatten(xp, self.second, order)
         self.transposed = self.fused_ce and kernels.softmax_xent_t is not None
         self._buffers: dict[int, BatchBuffers] = {}
+
+    def _write(self, mine: list[Array], values: Sequence[Array]) -> None:
+        for a, v in zip(mine, values, strict=True):
+            a[...] = v  # in place: they are views of the flat buffers
 
     def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
                  x: Array | None = None) -> tuple[Array, Array]:
@@ -274,7 +336,7 @@ class FlatStep(Step):
         c = self.config
         if self.adam:
             self._adam(self.flat_params, self.flat_velocities, self.flat_second,
-                       self.flat_grads, lr)
+                       self.flat_grads, self._adam_rates(lr, self.global_step))
         elif self.kernels.sgd_update:
             self.kernels.sgd_update(self.flat_params, self.flat_velocities, self.flat_grads,
                                     c.momentum, c.nesterov, 0)

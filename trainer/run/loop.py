@@ -12,13 +12,14 @@ import numpy as np
 
 from trainer.backends import Backend
 from trainer.core.augment import Shifter, chain
+from trainer.core.compiled import CompiledStep
 from trainer.core.config import Config
 from trainer.core.elastic import ElasticWarp
 from trainer.core.losses import diverged
 from trainer.core.metrics import evaluate
 from trainer.core.network import init_params
 from trainer.core.schedule import constant_rate, learning_rate
-from trainer.core.step import make_step
+from trainer.core.step import Step, make_step
 from trainer.data.dataset import Dataset, InputScaling, split
 from trainer.run.checkpoint import LoopState
 from trainer.run.results import (
@@ -27,12 +28,17 @@ from trainer.run.results import (
     Engine,
     EpochStats,
     Interrupted,
+    ReadSums,
     RunningSums,
     StepInfo,
     TrainResult,
 )
 
 Array = Any
+# a compiled step's stretch of steps between two looks from the host: long enough that the
+# call costs nothing next to it, short enough for the bars, Ctrl-C and the loss checks
+STRETCH_SECONDS = 0.25
+FIRST_STRETCH = 16  # steps: the first stretch also compiles, and measures a step's time
 
 
 class Run:
@@ -64,9 +70,13 @@ class Run:
 
         host = init_params(config.sizes, config.activations, config.init, init_rng,
                            config.dtype)
-        self.step = make_step(config, self.xp, [backend.asarray(p) for p in host],
-                              [backend.asarray(np.zeros_like(p)) for p in host],
-                              backend.kernels if engine.fast else None)
+        params = [backend.asarray(p) for p in host]
+        velocities = [backend.asarray(np.zeros_like(p)) for p in host]
+        if backend.compiler is not None and engine.fast:  # the backend compiles whole steps
+            self.step: Step = CompiledStep(config, self.xp, params, velocities, backend.compiler)
+        else:
+            self.step = make_step(config, self.xp, params, velocities,
+                                  backend.kernels if engine.fast else None)
         self.params = self.step.params  # the step may have moved them into a flat buffer
         # a thread gathering the next batches' rows (host arrays only: backends/prefetch.py),
         # on a core the BLAS leaves free (competing with BLAS threads it costs more than it saves)
@@ -107,7 +117,7 @@ class Run:
 
     def epoch(self, epoch: int) -> EpochStats:
         """Train one epoch (or what is left of it after a resume); its figures."""
-        config, backend, state, callbacks = self.config, self.backend, self.state, self.callbacks
+        config, backend, state = self.config, self.backend, self.state
         size = config.batch_size
         if state.step == 0:  # a fresh epoch: draw its batch order and shifts
             state.perm = self.rngs["shuffle"].permutation(self.n_train)
@@ -121,7 +131,23 @@ class Run:
         if self.warp is not None:  # its fields follow from (seed, epoch, image): nothing to save
             self.warp.use(epoch)
         steps = -(-self.n_train // size)
-        sums = RunningSums(backend, self.x_train, state.loss_sum, state.correct)
+        if isinstance(self.step, CompiledStep):
+            loss_sum, correct_sum, lr = self._stretches(epoch, steps, perm, t0)
+        else:
+            loss_sum, correct_sum, lr = self._steps(epoch, steps, perm, t0)
+        backend.synchronize()  # the epoch's time includes all of its work on a device
+        seconds = time.perf_counter() - t0
+        val, test = self._held_out()
+        return EpochStats(epoch, loss_sum / self.n_train, correct_sum / self.n_train, test,
+                          seconds, val, lr)
+
+    def _steps(self, epoch: int, steps: int, perm: Array, t0: float
+               ) -> tuple[float, float, float | None]:
+        """The epoch's steps (from the one a resume starts at), one call each: its summed
+        loss, correct count and last learning rate."""
+        config, state, callbacks = self.config, self.state, self.callbacks
+        size = config.batch_size
+        sums = RunningSums(self.backend, self.x_train, state.loss_sum, state.correct)
         on_step, add = callbacks.on_step, sums.add
         mid_epoch = callbacks.stop_requested is not None or bool(callbacks.checkpoint_every)
         ahead = (self.prefetch(self.x_train, state.perm, size, state.step) if self.prefetch
@@ -145,12 +171,39 @@ class Run:
         finally:
             if ahead is not None:
                 ahead.close()
-        loss_sum, correct_sum = sums.values()
-        backend.synchronize()  # the epoch's time includes all of its work on a device
-        seconds = time.perf_counter() - t0
-        val, test = self._held_out()
-        return EpochStats(epoch, loss_sum / self.n_train, correct_sum / self.n_train, test,
-                          seconds, val, lr)
+        return (*sums.values(), lr)
+
+    def _stretches(self, epoch: int, steps: int, perm: Array, t0: float
+                   ) -> tuple[float, float, float | None]:
+        """The epoch's steps on a compiled step: stretches of consecutive steps, each one call
+        that loops on the device for about STRETCH_SECONDS, so that between them the bars move,
+        a stop request is heard, --checkpoint-every is kept to the step and the loss is looked
+        at. Returns what `_steps` does."""
+        config, state, callbacks, step = self.config, self.state, self.callbacks, self.step
+        size, every = config.batch_size, callbacks.checkpoint_every
+        lrs = [self.constant_lr or learning_rate(config, epoch, s, steps) for s in range(steps)]
+        step.begin_epoch(self.x_train, self.y_train, perm, lrs, state.step)
+        full = self.n_train // size  # steps on a full batch; the last, partial one alone
+        mid_epoch = callbacks.stop_requested is not None or bool(every)
+        sums, done, stretch = ReadSums(state.loss_sum, state.correct), state.step, FIRST_STRETCH
+        while done < steps:
+            count = min(stretch, (full if done < full else steps) - done)
+            if every:  # end on the step a checkpoint is due after
+                count = min(count, every - step.global_step % every)
+            started = time.perf_counter()
+            loss, correct, broke, last = step.run(done, count, sums.loss, sums.correct)
+            if broke is not None:
+                n = min(size, self.n_train - broke * size)
+                raise self._diverged(last, n, epoch, broke + 1, steps, lrs[broke], True)
+            done += count
+            # a stretch of the same length again lasts about as long (the first one compiles)
+            stretch = max(1, int(count * STRETCH_SECONDS / (time.perf_counter() - started)))
+            sums, seen = ReadSums(loss, correct), min(done * size, self.n_train)
+            if callbacks.on_step is not None:
+                callbacks.on_step(StepInfo(epoch, done, steps, seen, sums))
+            if mid_epoch:
+                self._maybe_stop(epoch, done, steps, sums, t0, seen, lrs[done - 1])
+        return sums.loss, sums.correct, lrs[-1]
 
     def _diverged(self, value: float, n: int, epoch: int, step: int, steps: int, lr: float,
                   every_step: bool) -> DivergedError:
@@ -161,7 +214,8 @@ class Run:
             f"{lr:g}. Try a smaller learning_rate (or batch_size, since gradients are summed "
             f"over the batch), or \"loss_reduction\": \"mean\"", epoch, step)
 
-    def _maybe_stop(self, epoch: int, done: int, steps: int, sums: RunningSums, t0: float,
+    def _maybe_stop(self, epoch: int, done: int, steps: int, sums: RunningSums | ReadSums,
+                    t0: float,
                     seen: int, lr: float) -> None:
         """Mid-epoch: checkpoint every N steps, and on a stop request checkpoint and stop."""
         callbacks = self.callbacks
@@ -232,8 +286,7 @@ class Run:
         result, acts, to_numpy = self.result, self.config.activations, self.backend.to_numpy
         result.total_seconds = time.perf_counter() - self.start
         if self.best_params is not None and self.config.restore_best_weights:
-            for p, saved in zip(self.params, self.best_params, strict=True):
-                p[...] = saved
+            self.step.load_params(self.best_params)
             result.best_epoch = self.state.best_epoch
         result.train_accuracy = evaluate(self.params, acts, self.x_train, self.y_train,
                                          self.classes, to_numpy)[0].accuracy

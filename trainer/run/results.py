@@ -132,6 +132,19 @@ class RunningSums:
 
 
 @dataclass
+class ReadSums:
+    """An epoch's running figures already read back to the host: a compiled step's, after each
+    stretch of steps (it adds them up on the device, in float64, as RunningSums would)."""
+
+    loss: float
+    correct: float
+    every_step: bool = True  # every step's loss has been looked at, on the device
+
+    def values(self) -> tuple[float, float]:
+        return self.loss, self.correct
+
+
+@dataclass
 class StepInfo:
     """What an on_step callback sees. `running()` reads the device: call it now and then."""
 
@@ -139,7 +152,7 @@ class StepInfo:
     step: int  # 1-based, within the epoch
     steps: int
     seen: int  # training samples processed this epoch
-    sums: RunningSums
+    sums: RunningSums | ReadSums
 
     def running(self) -> tuple[float, float]:
         """(mean loss, accuracy) over this epoch so far."""

@@ -1,0 +1,125 @@
+"""The compiled step: the plain step's math (Step.train_batch) traced once by a backend that
+compiles whole functions (Backend.compiler: jax), and run as loops of steps on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from trainer.backends import Compiler
+from trainer.core import optim
+from trainer.core.augment import offsets, shift
+from trainer.core.config import Config
+from trainer.core.dropout import keep_mask, step_key
+from trainer.core.losses import DIVERGED_NATS
+from trainer.core.step import Rates, State, Step
+
+Array = Any
+
+
+class CompiledStep(Step):
+    """PlainStep's math (train_batch), traced once by the backend's compiler and run as a loop
+    over consecutive batches on the device (Backend.compiler: jax): no step pays Python's
+    dispatch of its ~40 array operations, only each run of steps pays one call.
+
+    The loop calls `begin_epoch` with the epoch's batch order and learning rates, then `run`
+    for each stretch of steps. Each step's scalars (Rates) and dropout keys are worked out on
+    the host per epoch, as the other steps do per call, and handed to the device as tables.
+    Every step of a full batch runs in the same compiled loop body wherever a stretch starts,
+    so where the stretches are cut (bars, checkpoints, a resume) changes no bit.
+    """
+
+    def __init__(self, config: Config, xp: Any, params: Sequence[Array],
+                 velocities: Sequence[Array], compiler: Compiler) -> None:
+        super().__init__(config, xp, params, velocities)
+        self.compiler = compiler
+        # the state (argument 0) is donated: its buffers become the new state's
+        self._loop = compiler.jit(self._steps, static_argnums=(6,), donate_argnums=(0,))
+        self._epoch: tuple[Array, ...] = ()
+
+    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
+                 x: Array | None = None) -> tuple[Array, Array]:
+        raise TypeError("a CompiledStep trains stretches of an epoch: begin_epoch, then run")
+
+    def begin_epoch(self, x_all: Array, y_all: Array, perm: Array, lrs: Sequence[float],
+                    done: int) -> None:
+        """Get ready for an epoch whose `done` first steps are done: its training data, batch
+        order (rows of x_all and y_all) and each step's learning rate."""
+        c, n = self.config, perm.shape[0]
+        first = self.global_step - done  # the global step of the epoch's first step
+        dtype = np.dtype(c.dtype)
+        rows, keys = [], []
+        for i, lr in enumerate(lrs):
+            r = self.rates(lr, min(c.batch_size, n - i * c.batch_size), first + i)
+            a = r.adam or optim.AdamRates(0.0, 1.0, None)
+            rows.append((r.scale, r.penalty, a.step, a.bias2, 1.0 if a.decay is None
+                         else a.decay))
+            keys.append([step_key(c.seed, first + i, layer) for layer in range(len(self.acts))])
+        shifts = ((self.augment.table, self.augment.shifts) if self.augment is not None
+                  else ())
+        # Python floats rounded to the weights' dtype here, as the other steps' are where
+        # they meet an array
+        self._epoch = (x_all, y_all, perm, self.xp.asarray(np.asarray(rows, dtype=dtype)),
+                       self.xp.asarray(np.asarray(keys, dtype=np.int64)), *shifts)
+
+    def run(self, first: int, count: int, loss_sum: float, correct: float
+            ) -> tuple[float, float, int | None, float]:
+        """Train steps first .. first + count - 1 of the epoch (0-based; all on full batches,
+        or the last, partial one alone), stopping after a step whose loss says that training
+        diverged. Returns the epoch's (summed loss, correct count) so far, added to the given
+        ones, the diverged step (or None) and the last step's summed loss."""
+        size, n = self.config.batch_size, self._epoch[2].shape[0]
+        batch = min(size, n - first * size)
+        state = (self.params, self.velocities, self.second)
+        state, sums, broke, last = self._loop(state, self._epoch, first, count, loss_sum,
+                                              correct, batch)
+        for mine, new in zip((self.params, self.velocities, self.second), state, strict=True):
+            mine[:] = new
+        loss_sum, correct = (float(v) for v in np.asarray(sums))
+        broke = int(broke)
+        self.global_step += count if broke < 0 else broke - first + 1
+        return loss_sum, correct, None if broke < 0 else broke, float(last)
+
+    def _steps(self, state: State, epoch: tuple[Array, ...], first: Array, count: Array,
+               loss_sum: Array, correct: Array, batch: int) -> tuple[State, Array, Array, Array]:
+        """What `run` compiles: a loop over the steps, each one train_batch."""
+        xp, c, k = self.xp, self.config, self.compiler
+        x_all, y_all, perm, rates, keys, *shifts = epoch
+        starts = offsets(xp, batch, shifts[0].shape[1]) if shifts else None
+        counters = {width: xp.reshape(xp.arange(batch * width, dtype=xp.int64), (batch, width))
+                    for width, p in zip(c.sizes, self.dropouts, strict=False) if p}
+
+        def step(carry: tuple) -> tuple:
+            i, state, sums, _, last = carry
+            idx = k.dynamic_slice(perm, i * c.batch_size, batch)
+            x = xp.take(x_all, idx, axis=0)
+            if shifts:
+                x = shift(x, idx, *shifts, self.augment.background, starts)
+            onehot = xp.take(self._eye, xp.take(y_all, idx), axis=0)
+            masks = ([keep_mask(xp, counters[width], keys[i, layer], p, x.dtype) if p else None
+                      for layer, (width, p) in enumerate(zip(c.sizes, self.dropouts,
+                                                             strict=False))]
+                     if self.dropping else None)
+            r = rates[i]
+            adam = optim.AdamRates(r[2], r[3], r[4] if c.weight_decay and c.optimizer ==
+                                   "adamw" else None) if self.adam else None
+            state, loss, hit = self.train_batch(state, x, onehot, masks,
+                                                Rates(r[0], r[1], adam))
+            loss64 = xp.astype(loss, xp.float64)
+            sums = sums + xp.stack([loss64, xp.astype(hit, xp.float64)])
+            mean = loss64 / batch  # losses.diverged, on the device
+            broke = ~xp.isfinite(mean)
+            if c.loss == "cross_entropy":
+                broke = broke | (mean > DIVERGED_NATS)
+            return i + 1, state, sums, xp.where(broke, i, -1), loss64
+
+        def going(carry: tuple) -> Array:
+            return (carry[0] < first + count) & (carry[3] < 0)
+
+        sums = xp.stack([xp.asarray(loss_sum, dtype=xp.float64),
+                         xp.asarray(correct, dtype=xp.float64)])
+        start = (xp.asarray(first), state, sums, xp.asarray(-1), xp.asarray(0.0, dtype=xp.float64))
+        _, state, sums, broke, last = k.while_loop(going, step, start)
+        return state, sums, broke, last
