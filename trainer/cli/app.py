@@ -19,6 +19,7 @@ from trainer.cli.console import cli_errors, console, err_console, print_json
 from trainer.cli.data import data_app
 from trainer.cli.display import load_data, print_report
 from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt
+from trainer.cli.serve import export_cmd, serve_cmd
 from trainer.cli.sweep import sweep_cmd
 from trainer.cli.train import train_cmd
 from trainer.data.images import image_files, load_digit, stack_digits
@@ -165,6 +166,8 @@ def backends_cmd(as_json: Annotated[bool, Opt("--json", help="print JSON instead
 # after evaluate, predict and backends above: `trainer --help` lists them in this order
 app.command("bench")(bench_cmd)
 app.command("sweep")(sweep_cmd)
+app.command("serve")(serve_cmd)
+app.command("export")(export_cmd)
 app.add_typer(data_app, name="data")
 
 
