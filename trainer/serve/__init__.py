@@ -12,8 +12,15 @@ from trainer.errors import UsageError
 
 def require(extra: str, *modules: str) -> None:
     """UsageError naming the pip command unless every module of the extra can be imported."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not _importable(m)]
     if missing:
         raise UsageError(f"this needs {', '.join(missing)}, from the {extra!r} extra: "
                          f"python -m pip install 'trainer[{extra}]' (from a checkout: "
                          f"python -m pip install '.[{extra}]')")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install, or a module blocked in sys.modules
+        return False
