@@ -45,8 +45,8 @@ def serve_cmd(
         from trainer.serve.app import create_app
         from trainer.serve.service import Service
 
+        sock = _bind(host, port)  # first: a busy port is said before the data is read
         service = Service(run_dir, load_backend(backend, device), data_dir)
-        sock = _bind(host, port)
         url = f"http://{_url_host(host)}:{sock.getsockname()[1]}/"
         if not _loopback(host):
             err_console.print(f"[bold yellow]warning:[/] listening on {escape(host)}, not on "
