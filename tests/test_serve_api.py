@@ -5,6 +5,7 @@ JSON error after which the server still answers."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -49,6 +50,11 @@ def reference_proba(run_dir, digits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def decode(image: str) -> np.ndarray:
+    """The API's images: base64 of the bytes of a 28x28 uint8 image, row by row."""
+    return np.frombuffer(base64.b64decode(image), dtype=np.uint8).reshape(28, 28)
+
+
 def big(digit: np.ndarray, factor: int = 5) -> np.ndarray:
     """A 28x28 digit blown up to a canvas-sized drawing (140x140 for 5)."""
     return np.kron(digit, np.ones((factor, factor), dtype=np.uint8))
@@ -63,7 +69,7 @@ def test_predict_matches_a_float64_forward_pass_and_the_labels(client, mnist, mn
     digits, labels = mnist.test_images[:100], mnist.test_labels[:100]
     replies = [client.post("/api/predict", json={"pixels": d.ravel().tolist()}).json()
                for d in digits]
-    seen = np.array([r["image"] for r in replies], dtype=np.uint8).reshape(-1, 28, 28)
+    seen = np.stack([decode(r["image"]) for r in replies])
     assert np.array_equal(seen, np.stack([prepare_digit(d) for d in digits]))
     proba = np.array([r["probabilities"] for r in replies])
     assert np.allclose(proba, reference_proba(mnist_run, seen), atol=2e-6)  # rounded to 1e-6
@@ -78,7 +84,7 @@ def test_a_canvas_drawing_is_prepared_as_trainer_predict_prepares_the_same_pictu
     reply = client.post("/api/predict", json={"pixels": drawing.ravel().tolist(),
                                               "width": 140, "height": 140}).json()
     Image.fromarray(drawing).save(tmp_path / "drawing.png")
-    assert reply["image"] == load_digit(tmp_path / "drawing.png").ravel().tolist()
+    assert np.array_equal(decode(reply["image"]), load_digit(tmp_path / "drawing.png"))
     result = CliRunner().invoke(cli, ["predict", str(mnist_run), str(tmp_path / "drawing.png"),
                                       "--json", "--top", "10"])
     assert result.exit_code == 0, result.output
@@ -190,7 +196,7 @@ def test_confusion_matrix_is_the_runs_and_every_cell_holds_its_images(client, mn
             if a != b:
                 for image in cell["images"]:
                     i = image["index"]
-                    assert image["pixels"] == mnist.test_images[i].ravel().tolist()
+                    assert np.array_equal(decode(image["image"]), mnist.test_images[i])
                     assert np.allclose(image["probabilities"], proba[i], atol=2e-6)
                 shares = [image["probabilities"][b] for image in cell["images"]]
                 assert shares == sorted(shares, reverse=True)  # most confident mistakes first

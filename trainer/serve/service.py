@@ -4,6 +4,7 @@ app.py turn these answers into JSON and these errors into 4xx replies."""
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class Service:
         best = int(proba.argmax())
         return {"prediction": self.class_names[best], "index": best,
                 "probabilities": [round(float(p), 6) for p in proba],
-                "image": digit.reshape(-1).tolist()}  # what the network saw, 28x28 row by row
+                "image": image_base64(digit)}  # what the network saw
 
     # --- the run ---
 
@@ -152,7 +153,7 @@ class Service:
         found = self.cells.members(actual, predicted)
         return {"actual": actual, "predicted": predicted, "count": len(found), "offset": offset,
                 "images": [{"index": int(i),
-                            "pixels": self.cells.images[i].reshape(-1).tolist(),
+                            "image": image_base64(self.cells.images[i]),
                             "probabilities": [round(float(p), 6) for p in self.cells.proba[i]]}
                            for i in found[offset:offset + limit]]}
 
@@ -179,6 +180,12 @@ class Service:
         if differ:
             self.note = (f"{differ} of {tested} test images fall into another cell now than "
                          f"in the recorded matrix (another backend's rounding)")
+
+
+def image_base64(digit: np.ndarray) -> str:
+    """A uint8 image as base64 of its bytes, row by row: 1 KB of JSON for 28x28 where a list of
+    numbers takes 2.5 KB and, at ~0.2 ms to encode, a fifth of a prediction's server time."""
+    return base64.b64encode(np.ascontiguousarray(digit, dtype=np.uint8).tobytes()).decode()
 
 
 def pixels_image(payload: Any) -> np.ndarray:

@@ -153,10 +153,11 @@ function show(seq, reply, message) {
   renderBars(reply.probabilities);
 }
 
-function grayImage(values, w, h) {
+function grayImage(base64, w, h) { // the server sends images as base64 of their bytes
+  const values = atob(base64);
   const img = new ImageData(w, h);
   for (let i = 0; i < w * h; i++) {
-    img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = values[i];
+    img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = values.charCodeAt(i);
     img.data[4 * i + 3] = 255;
   }
   return img;
@@ -328,7 +329,7 @@ function thumb(item) {
   const box = el("figure", { class: "thumb" });
   box.style.margin = "0";
   const c = el("canvas", { width: 28, height: 28 });
-  c.getContext("2d").putImageData(grayImage(item.pixels, 28, 28), 0, 0);
+  c.getContext("2d").putImageData(grayImage(item.image, 28, 28), 0, 0);
   const p = item.probabilities;
   const order = p.map((v, i) => i).sort((i, j) => p[j] - p[i]);
   const mini = el("div", { class: "mini", title: p.map((v, i) => `${classNames[i]}: ${pct(v)}`).join("\n") });
