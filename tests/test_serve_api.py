@@ -95,6 +95,14 @@ def test_a_canvas_drawing_is_prepared_as_trainer_predict_prepares_the_same_pictu
                                                                       abs=1e-6)
 
 
+def test_a_large_drawing_is_answered_too(client, mnist):
+    drawing = big(mnist.test_images[2], 36)  # 1008x1008: 2 MB of JSON, parsed off the loop
+    body = json.dumps({"pixels": drawing.ravel().tolist(), "width": 1008, "height": 1008})
+    assert 2**20 < len(body) < MAX_BODY
+    reply = client.post("/api/predict", content=body)
+    assert reply.status_code == 200 and reply.json()["prediction"] == str(mnist.test_labels[2])
+
+
 def test_an_image_file_as_body_or_form_upload(client, mnist):
     # dark ink on white, 200x200: the preparation inverts and scales it back
     picture = Image.fromarray(255 - big(mnist.test_images[1], 7))

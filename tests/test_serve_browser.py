@@ -159,3 +159,37 @@ def test_draw_digits_and_open_a_confusion_cell(server, mnist, mnist_run, tmp_pat
     away = [u for u in requests if urlparse(u).scheme != "data"
             and urlparse(u).hostname != "127.0.0.1"]
     assert requests and away == [], away
+
+
+# the network made slow for one reply: the next request to /api/predict answers 1 s late
+SLOW_NEXT_REPLY = """
+const realFetch = window.fetch;
+window.slowNext = false;
+window.fetch = async (...args) => {
+  const slow = window.slowNext && String(args[0]).endsWith("/api/predict");
+  if (slow) window.slowNext = false;
+  const reply = await realFetch(...args);
+  if (slow) await new Promise((done) => setTimeout(done, 1000));
+  return reply;
+};
+"""
+
+
+def test_a_late_reply_to_an_older_drawing_is_dropped(server):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.add_init_script(SLOW_NEXT_REPLY)
+        page.goto(server)
+        page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        page.evaluate("window.slowNext = true")
+        page.mouse.click(*(lambda b: (b["x"] + 140, b["y"] + 140))(
+            page.locator("#pad").bounding_box()))  # a dot: its reply comes 1 s late
+        page.click("#clear")
+        assert answered(page, lambda: stroke(page, [(70, 60), (210, 60), (120, 240)])) == "7"
+        shown = page.locator("#answer").get_attribute("data-seq")
+        page.wait_for_timeout(1500)  # the dot's reply has come by now
+        assert page.locator("#prediction").text_content() == "7"
+        assert page.locator("#answer").get_attribute("data-seq") == shown
+        assert page.evaluate("window.slowNext") is False  # the slow reply did happen
+        browser.close()

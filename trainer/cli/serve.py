@@ -39,7 +39,7 @@ def serve_cmd(
     ten probabilities, the run's history and confusion matrix, with the test images behind
     each cell. Also a JSON API (/api/predict, /api/model, /api/confusion, /api/history)."""
     with cli_errors():
-        require("serve", "starlette", "uvicorn")
+        require("serve", "starlette", "uvicorn", "python_multipart")
         import uvicorn
 
         from trainer.serve.app import create_app
