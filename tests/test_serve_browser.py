@@ -145,8 +145,10 @@ def test_draw_digits_and_open_a_confusion_cell(server, mnist, mnist_run, tmp_pat
             ((r, c) for r in range(10) for c in range(10) if r != c),
             key=lambda rc: matrix[rc[0]][rc[1]])
         page.click(f"#confusion td[data-actual='{a}'][data-predicted='{b}']")
-        page.wait_for_function(f"document.querySelectorAll('#thumbs .thumb').length === "
-                               f"{min(matrix[a][b], 100)}", timeout=10_000)
+        # a function, not an expression: Playwright evals expressions, which the page's CSP
+        # (no 'unsafe-eval') refuses
+        page.wait_for_function("n => document.querySelectorAll('#thumbs .thumb').length === n",
+                               arg=min(matrix[a][b], 100), timeout=10_000)
         assert page.locator("#cell-title").text_content().startswith(
             f"{a} taken for {b}: {matrix[a][b]} test image")
 
