@@ -183,8 +183,8 @@ class Service:
 
 
 def image_base64(digit: np.ndarray) -> str:
-    """A uint8 image as base64 of its bytes, row by row: 1 KB of JSON for 28x28 where a list of
-    numbers takes 2.5 KB and, at ~0.2 ms to encode, a fifth of a prediction's server time."""
+    """A uint8 image as base64 of its bytes, row by row: 1 KB of JSON for 28x28, encoded in
+    ~6 us, where a list of 784 numbers takes 2.5 KB and ~60 us (a tenth of a prediction)."""
     return base64.b64encode(np.ascontiguousarray(digit, dtype=np.uint8).tobytes()).decode()
 
 
