@@ -116,6 +116,10 @@ def test_an_image_file_as_body_or_form_upload(client, mnist):
     bad = client.post("/api/predict/image", content=b"not an image")
     assert bad.status_code == 422 and "not an image format" in bad.json()["error"]
     assert client.post("/api/predict/image", content=b"").status_code == 400
+    huge = io.BytesIO()  # 5000x5000 black: 25 million pixels in a few KB, refused unread
+    Image.new("L", (5000, 5000)).save(huge, format="PNG")
+    refused = client.post("/api/predict/image", content=huge.getvalue())
+    assert refused.status_code == 422 and "image too large" in refused.json()["error"]
     no_file = client.post("/api/predict/image", files={"note": (None, b"a text field")})
     assert no_file.status_code == 400 and "one image file" in no_file.json()["error"]
 
