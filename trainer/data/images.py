@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,7 +42,13 @@ def load_digit(path: str | Path, size: int = 28) -> np.ndarray:
     missing, not an image, too large, or blank.
     """
     path = Path(path)
-    return prepare_digit(_read_gray(path), size, source=str(path))
+    return prepare_digit(_read_gray(path, str(path)), size, source=str(path))
+
+
+def decode_digit(data: bytes, source: str = "image", size: int = 28) -> np.ndarray:
+    """An image file's bytes (an upload) prepared as `load_digit` prepares a file; `source`
+    names it in errors."""
+    return prepare_digit(_read_gray(io.BytesIO(data), source), size, source=source)
 
 
 # what `image_files` takes from a folder (Pillow reads more, but a folder holds other files too)
@@ -97,7 +105,7 @@ def prepare_digit(gray: np.ndarray, size: int = 28, source: str = "image") -> np
     return _centre(digit, size)
 
 
-def _read_gray(path: Path) -> np.ndarray:
+def _read_gray(path: Path | BinaryIO, name: str) -> np.ndarray:
     """The image as float64 gray levels 0..255, transparency flattened onto its background."""
     try:
         with warnings.catch_warnings():
@@ -106,15 +114,15 @@ def _read_gray(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                return _decode(image, path)
+                return _decode(image, name)
     except UnidentifiedImageError as e:
-        raise DataError(f"{path}: cannot read image: not an image format Pillow knows") from e
+        raise DataError(f"{name}: cannot read image: not an image format Pillow knows") from e
     except _READ_ERRORS as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise DataError(f"{path}: cannot read image: {reason or type(e).__name__}") from e
+        raise DataError(f"{name}: cannot read image: {reason or type(e).__name__}") from e
 
 
-def _decode(image: Image.Image, path: Path) -> np.ndarray:
+def _decode(image: Image.Image, path: str) -> np.ndarray:
     width, height = image.size
     if width * height > MAX_PIXELS:  # known from the header, before the pixels are decoded
         raise DataError(
@@ -135,7 +143,7 @@ def _decode(image: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float64)
 
 
-def _by_range(pixels: np.ndarray, path: Path) -> np.ndarray:
+def _by_range(pixels: np.ndarray, path: str) -> np.ndarray:
     """Pixels of any range as 0..255 gray levels, the lowest black and the highest white."""
     if not np.isfinite(pixels).all():
         raise DataError(f"{path}: cannot read image: pixel values that are not finite numbers")

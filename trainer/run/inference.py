@@ -73,23 +73,36 @@ def evaluate_model(model: SavedModel, data: Dataset, backend: Backend | str = "n
 TINY_SUM = 1e-300
 
 
+class Predictor:
+    """A model's weights on a backend, moved there once, for repeated predictions (a server)."""
+
+    def __init__(self, model: SavedModel, backend: Backend | str = "numpy") -> None:
+        self.model = model
+        self.backend = _loaded(backend)
+        with self.backend.scope():
+            self._params = _device_params(model, self.backend)
+
+    def proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) for uint8 images (N, rows, cols) prepared like MNIST.
+
+        A softmax output is a probability already; any other output is normalised to sum to 1
+        so that the ranking and the shares stay comparable.
+        """
+        config = self.model.config
+        if int(np.prod(images.shape[1:])) != config.sizes[0]:
+            raise DataError(f"the model takes {config.sizes[0]} pixels, the images have "
+                            f"{int(np.prod(images.shape[1:]))}")
+        with self.backend.scope():
+            x = self.backend.asarray(self.model.scaling.apply(images, dtype=config.dtype))
+            outs = forward(self._params, config.activations, x)[0]
+            out = np.asarray(self.backend.to_numpy(outs[-1]), dtype=np.float64)
+        if config.activations[-1] != "softmax":
+            out = np.clip(out, 0.0, None)
+            out = out / np.maximum(out.sum(axis=1, keepdims=True), TINY_SUM)
+        return out
+
+
 def predict_proba(model: SavedModel, images: np.ndarray,
                   backend: Backend | str = "numpy") -> np.ndarray:
-    """Class probabilities (N, classes) for uint8 images (N, rows, cols) prepared like MNIST.
-
-    A softmax output is a probability already; any other output is normalised to sum to 1 so
-    that the ranking and the shares stay comparable.
-    """
-    config = model.config
-    if int(np.prod(images.shape[1:])) != config.sizes[0]:
-        raise DataError(f"the model takes {config.sizes[0]} pixels, the images have "
-                        f"{int(np.prod(images.shape[1:]))}")
-    backend = _loaded(backend)
-    with backend.scope():
-        x = backend.asarray(model.scaling.apply(images, dtype=config.dtype))
-        outs = forward(_device_params(model, backend), config.activations, x)[0]
-        out = np.asarray(backend.to_numpy(outs[-1]), dtype=np.float64)
-    if config.activations[-1] != "softmax":
-        out = np.clip(out, 0.0, None)
-        out = out / np.maximum(out.sum(axis=1, keepdims=True), TINY_SUM)
-    return out
+    """`Predictor(model, backend).proba(images)`, for one batch."""
+    return Predictor(model, backend).proba(images)

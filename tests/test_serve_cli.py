@@ -1,0 +1,92 @@
+"""`trainer serve` and `trainer export` as commands: run as a user runs them (subprocesses),
+they bind where told, warn off loopback, refuse what they cannot do with exit 2 and one line,
+and work (or say which pip command is missing) without their optional extras."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from typer.testing import CliRunner
+
+from trainer.cli.app import app
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def trainer(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+def test_a_busy_port_is_a_clear_error(mnist_run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = trainer("serve", str(mnist_run), "--port", str(port))
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--host", "no-such-host.invalid"], "not an address of this machine"),
+    (["--port", "70000"], "less than or equal to 65535"),
+])
+def test_bad_host_or_port(mnist_run, args, message):
+    result = CliRunner().invoke(app, ["serve", str(mnist_run), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_a_missing_run_is_refused_before_serving(tmp_path):
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "is not a run directory" in result.output
+
+
+def test_listening_beyond_loopback_says_so(mnist_run):
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(mnist_run),
+                             "--host", "0.0.0.0", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        warning = proc.stderr.readline()
+        served = proc.stdout.readline()
+        port = int(served.rsplit(":", 1)[1].split("/")[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=10) as r:
+            assert json.load(r)["network"].startswith("784 -> 128")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert "warning: listening on 0.0.0.0, not on 127.0.0.1" in warning
+    assert "anyone who can reach this machine" in warning
+    assert proc.returncode == 130
+
+
+
+def without(modules: list[str], code: str) -> subprocess.CompletedProcess:
+    """Python with `modules` unimportable (as if their extra were not installed)."""
+    prelude = f"import sys\nfor m in {modules!r}: sys.modules[m] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
+                          timeout=60, env=ENV)
+
+
+def test_trainer_works_without_the_serve_and_onnx_extras(mnist_run):
+    blocked = ["starlette", "uvicorn", "onnx", "onnxruntime", "multipart", "python_multipart"]
+    imports = without(blocked, "import trainer, trainer.cli.app, trainer.serve\n"
+                               "from trainer.cli.app import main\n"
+                               "sys.argv = ['trainer', '--help']\nmain()")
+    assert imports.returncode == 0, imports.stderr
+    assert "serve" in imports.stdout and "export" in imports.stdout
+    for command, extra in (("serve", "serve"), ("export", "onnx")):
+        result = without(blocked, "from trainer.cli.app import main\n"
+                                  f"sys.argv = ['trainer', {command!r}, {str(mnist_run)!r}]\n"
+                                  "main()")
+        assert result.returncode == 2, result.stderr
+        assert f"python -m pip install 'trainer[{extra}]'" in result.stderr
+        assert "Traceback" not in result.stderr
