@@ -269,3 +269,22 @@ def test_running_sums_on_a_device_add_up_as_on_the_host() -> None:
     host = sums[0].values()
     assert sums[1].values() == host and sums[2].values() == host  # float64 all: exact
     assert host == (total_loss, total_correct)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_buffers_start_on_a_cache_line(dtype: str) -> None:
+    """Flat parameter buffers and per-batch buffers start 64-byte aligned on NumPy, whatever was
+    allocated before them (NumPy alone promises 16), and hold what they were given."""
+    from trainer.core.buffers import ALIGN_BYTES, BatchBuffers, flatten
+
+    arrays = [np.arange(7 * 5, dtype=dtype).reshape(7, 5), np.arange(3, dtype=dtype)]
+    for pad in range(1, 9):  # shift where the allocator's next block starts
+        _spacer = np.empty(pad * 2, dtype=np.float32)  # noqa: F841
+        flat, views = flatten(np, arrays, [1, 0])
+        assert flat.ctypes.data % ALIGN_BYTES == 0
+        assert all(np.array_equal(v, a) and v.base is not None for v, a in zip(views, arrays))
+        assert np.array_equal(flat, np.concatenate([arrays[1], arrays[0].ravel()]))
+        bufs = BatchBuffers.empty(np, [20, 12, 4], 32, arrays[0], transposed=True)
+        for b in [bufs.x, *bufs.outs, *bufs.downs, *bufs.scratch]:
+            assert b.ctypes.data % ALIGN_BYTES == 0 and b.flags.c_contiguous
+        assert bufs.outs[-1].shape == (4, 32) and bufs.x.shape == (32, 20)
