@@ -282,7 +282,8 @@ def test_numpy_buffers_start_on_a_cache_line(dtype: str) -> None:
         _spacer = np.empty(pad * 2, dtype=np.float32)  # noqa: F841
         flat, views = flatten(np, arrays, [1, 0])
         assert flat.ctypes.data % ALIGN_BYTES == 0
-        assert all(np.array_equal(v, a) and v.base is not None for v, a in zip(views, arrays, strict=True))
+        for view, array in zip(views, arrays, strict=True):
+            assert np.array_equal(view, array) and view.base is not None
         assert np.array_equal(flat, np.concatenate([arrays[1], arrays[0].ravel()]))
         bufs = BatchBuffers.empty(np, [20, 12, 4], 32, arrays[0], transposed=True)
         for b in [bufs.x, *bufs.outs, *bufs.downs, *bufs.scratch]:
