@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,7 +54,6 @@ def history_svg(history: Sequence[Mapping[str, float]], title: str = "") -> str:
 
 
 def _draw_history(fig: Figure, history: Sequence[Mapping[str, float]], title: str) -> None:
-    from matplotlib.ticker import MaxNLocator
 
     fig.set_size_inches(10, 4)
     epochs = _column(history, "epoch")
@@ -75,12 +74,9 @@ def _draw_history(fig: Figure, history: Sequence[Mapping[str, float]], title: st
         if np.isfinite(held).any():  # runs without this evaluation get no empty legend entry
             acc_ax.plot(epochs, held, color=color, label=label, gid=key, **style)
     acc_ax.set_ylabel("accuracy (%)")
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
-        ax.legend()
+    _epoch_panels((loss_ax, "loss"), (acc_ax, "accuracy"))
+    loss_ax.legend()
+    acc_ax.legend()
     if title:
         fig.suptitle(title)
 
@@ -114,7 +110,6 @@ def _held_out(history: Sequence[Mapping[str, float]]) -> np.ndarray:
 
 def _draw_overlay(fig: Figure, groups: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
                   title: str) -> None:
-    from matplotlib.ticker import MaxNLocator
 
     fig.set_size_inches(10, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -138,11 +133,7 @@ def _draw_overlay(fig: Figure, groups: Mapping[str, Sequence[Sequence[Mapping[st
         loss_ax.set_yscale("log")
     loss_ax.set_ylabel("loss (log scale)" if positive else "loss")
     acc_ax.set_ylabel("accuracy (%)")
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "held-out accuracy: validation, else test")):
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
+    _epoch_panels((loss_ax, "loss"), (acc_ax, "held-out accuracy: validation, else test"))
     acc_ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
@@ -208,3 +199,14 @@ def _draw_confusion(fig: Figure, counts: np.ndarray, names: list[str], title: st
 def write_svg(path: str | Path, svg_text: str) -> None:
     """Write an SVG atomically: the old file stays intact on any error (WriteError on OSError)."""
     atomic_write_text(path, svg_text)
+
+
+def _epoch_panels(*panels: tuple[Any, str]) -> None:
+    """Each (axes, title): titled, epochs on x in whole numbers, a light grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, title in panels:
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
