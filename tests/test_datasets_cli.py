@@ -193,7 +193,8 @@ def test_bench_and_sweep_pass_the_dataset_on(tmp_path: Path, monkeypatch) -> Non
 
     def fake_run_bench(cfg, *, batch_sizes, targets, on_result, dataset, **_):
         seen["bench"] = dataset
-        return {"results": []}
+        return {"results": [], "versions": {}, "fastest": {},
+                "machine": {"cpu": {"model": "a CPU", "cores": 2, "simd": "AVX2"}}}
 
     def fake_run_sweep(settings, on_update):
         seen["sweep"] = settings.dataset

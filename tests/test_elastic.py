@@ -178,6 +178,9 @@ def elastic_config(**changes) -> Config:
 
 def test_training_with_elastic_is_the_same_on_every_backend(
         other_backend: backends.Backend) -> None:
+    if other_backend.compiler is not None:  # the warp runs there (above); its step refuses it
+        pytest.skip(f"{other_backend.name}'s compiled step has no elastic warp yet "
+                    f"(test_compiled.py checks the refusal)")
     data = make_dataset(n_train=200, shape=(6, 6), classes=4)
     cfg = elastic_config()
     ref, got = train(cfg, data, "numpy"), train(cfg, data, other_backend)

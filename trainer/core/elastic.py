@@ -109,9 +109,14 @@ class ElasticWarp:
         # clipped to [0, rows + 1] has its four neighbours inside (a source beyond the frame
         # sees only background either way)
         width = cols + 3
-        padded = xp.full((n, rows + 3, width), self.background, dtype=x.dtype, device=x.device)
-        padded[:, 1:rows + 1, 1:cols + 1] = xp.reshape(x, (n, rows, cols))
-        flat = xp.reshape(padded, (-1,))
+        def frame(r: int, c: int) -> Array:
+            return xp.full((n, r, c), self.background, dtype=x.dtype, device=x.device)
+
+        # built by concatenation, not assignment: arrays that cannot be written in place (JAX's)
+        # warp too
+        middle = xp.concat([frame(rows, 1), xp.reshape(x, (n, rows, cols)), frame(rows, 2)],
+                           axis=2)
+        flat = xp.reshape(xp.concat([frame(1, width), middle, frame(2, width)], axis=1), (-1,))
         src_r = xp.clip(src_r, 0.0, float(rows + 1))
         src_c = xp.clip(src_c, 0.0, float(cols + 1))
         r0, c0 = xp.astype(src_r, xp.int64), xp.astype(src_c, xp.int64)  # floor: both >= 0
