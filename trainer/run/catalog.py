@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError, safe_open
 
 from trainer.core.config import Config
 from trainer.errors import TrainerError, UsageError
@@ -17,7 +18,6 @@ from trainer.run.checkpoint import LATEST, PREVIOUS
 from trainer.run.rundir import CLAIM, is_held
 
 STATES = ("finished", "interrupted", "diverged", "running", "damaged")
-MAX_HEADER = 64 << 20  # a checkpoint's JSON header: its tensors' offsets and the loop's state
 STAMP = re.compile(r"\d{8}-\d{6}-")  # the timestamp that starts a default run directory's name
 RUN_FILES = ("metrics.json", "model.safetensors", LATEST, PREVIOUS, CLAIM)
 
@@ -118,13 +118,9 @@ def checkpoint_state(path: Path) -> dict[str, Any] | None:
     """The loop state recorded in a checkpoint's header, without reading (or checking) its
     tensors: enough for a table. None if there is no such file or it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > MAX_HEADER:
-                return None
-            header = json.loads(f.read(size))
-        state = json.loads(header["__metadata__"]["state"])
-    except (OSError, struct.error, ValueError, KeyError, TypeError, RecursionError):
+        with safe_open(str(path), framework="numpy") as f:  # reads the header only
+            state = json.loads((f.metadata() or {})["state"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return state if isinstance(state, dict) else None
 

@@ -215,8 +215,7 @@ class Run:
             f"over the batch), or \"loss_reduction\": \"mean\"", epoch, step)
 
     def _maybe_stop(self, epoch: int, done: int, steps: int, sums: RunningSums | ReadSums,
-                    t0: float,
-                    seen: int, lr: float) -> None:
+                    t0: float, seen: int, lr: float) -> None:
         """Mid-epoch: checkpoint every N steps, and on a stop request checkpoint and stop."""
         callbacks = self.callbacks
         signal = callbacks.stop_requested() if callbacks.stop_requested else None
