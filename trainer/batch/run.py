@@ -22,7 +22,7 @@ from trainer.fileio import atomic_write_json
 from trainer.run.catalog import is_run_dir, read_run
 from trainer.run.checkpoint import LATEST, PREVIOUS, load_checkpoint, save_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Engine, EpochStats, Interrupted
-from trainer.run.rundir import diverged_metrics, hold_run, run_metrics, write_run
+from trainer.run.rundir import diverged_metrics, hold_run, run_metrics, run_record, write_run
 from trainer.run.train import auto_blas_threads, load_backend, train
 
 from .plan import Batch, Member
@@ -69,9 +69,8 @@ def run_member(member: Member, batch: Batch, place: Place, data: Dataset, backen
                 raise UsageError(f"{path}: its checkpoint is of another config or other data "
                                  f"than this batch's; remove it to train it anew")
     path.mkdir(parents=True, exist_ok=True)
-    record = {"config": cfg.to_dict(), "name": member.dirname, "limit_train": batch.limit_train,
-              "limit_test": batch.limit_test, "data": place.fingerprint,
-              "backend": backend.name, "dataset": data.name}
+    record = run_record(cfg, member.dirname, batch.limit_train, batch.limit_test, data,
+                        place.fingerprint, backend.name)
     with hold_run(path):  # a second batch on this group is refused this run, not given it
         if state is None:
             atomic_write_json(path / "config.json", cfg.to_dict())

@@ -42,6 +42,7 @@ from trainer.run.rundir import (
     diverged_metrics,
     hold_run,
     run_metrics,
+    run_record,
     write_run,
 )
 from trainer.run.train import check_backend, check_data, check_memory, load_backend, train
@@ -240,9 +241,8 @@ def train_cmd(
             atomic_write_json(path / "config.json", cfg.to_dict())
         elif not quiet and not as_json:
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
-        record = {"config": cfg.to_dict(), "name": run_name, "limit_train": limit_train,
-                  "limit_test": limit_test, "data": fingerprint, "backend": loaded.name,
-                  "dataset": data.name}
+        record = run_record(cfg, run_name, limit_train, limit_test, data, fingerprint,
+                            loaded.name)
         with hold_run(path):
             result, late_signal = _run(cfg, loaded, data, path, record, state,
                                        checkpoint_every, quiet, as_json)

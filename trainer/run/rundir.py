@@ -130,6 +130,15 @@ def is_held(path: Path) -> bool:
         os.close(fd)
 
 
+def run_record(config: Config, name: str, limit_train: int | None, limit_test: int | None,
+               data: Dataset, fingerprint: str, backend: str) -> dict[str, Any]:
+    """What a run's checkpoints record of it (LoopState.run), for `--resume` and `trainer runs`:
+    its config, name, limits, the data (name and SHA-256) and the backend."""
+    return {"config": config.to_dict(), "name": name, "limit_train": limit_train,
+            "limit_test": limit_test, "data": fingerprint, "backend": backend,
+            "dataset": data.name}
+
+
 def diverged_metrics(e: DivergedError, backend: str, config: Config) -> dict[str, Any]:
     """What metrics.json says of a run whose loss diverged."""
     return {"diverged": True, "message": str(e), "epoch": e.epoch, "step": e.step,
