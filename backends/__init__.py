@@ -71,6 +71,9 @@ class Kernels:
     # (sums, loss, correct) -> sums += (loss, correct), sums a float64 pair on the device: a
     # step's running figures in one pass
     accumulate: Kernel | None = None
+    # (warp) -> a callable (x, idx, key) -> trainer/core/elastic.py's ElasticWarp(x, idx) with
+    # the fields of `key` (the same bits), made from the warp's constants
+    elastic: Kernel | None = None
     # kernels a load-time self-test left out, with the reason: (name, why)
     dropped: tuple[tuple[str, str], ...] = ()
 

@@ -8,6 +8,7 @@ import numpy as np
 from array_api_compat import numpy as xp
 
 from . import HASH32_MULTIPLIER, Backend, ndkernels, nop, numpy_blas
+from .numpy_elastic import ElasticKernel
 from .prefetch import Prefetch
 
 
@@ -15,7 +16,8 @@ def load(device: str | None = None) -> Backend:
     if device not in (None, "cpu"):
         raise ImportError(f"numpy runs on the CPU only, not on device {device!r}")
     kernels = ndkernels.make(np, take=_take, sum0=_sum0, gemm_acc=numpy_blas.load(),
-                             axpy=numpy_blas.load_axpy(), hash32=_hash32, prefetch=Prefetch)
+                             axpy=numpy_blas.load_axpy(), hash32=_hash32, prefetch=Prefetch,
+                             elastic=ElasticKernel)
     return Backend(
         name="numpy", xp=xp, device="cpu", device_name="cpu", version=np.__version__,
         asarray=np.ascontiguousarray, to_numpy=np.asarray, synchronize=nop, on_host=True,

@@ -32,7 +32,7 @@ def warp_epoch(config: Config, backend_name: str, n: int) -> float:
     warp = ElasticWarp(xp, be.asarray, (28, 28), alpha=aug.elastic_alpha,
                        sigma=aug.elastic_sigma, rotate=aug.rotate, scale=aug.scale,
                        background=-0.42, seed=0, dtype=getattr(xp, config.dtype),
-                       hash_kernel=be.kernels.hash32)
+                       hash_kernel=be.kernels.hash32, kernel=be.kernels.elastic)
     warp.use(1)
     x = be.asarray(np.random.default_rng(0).random((n, 784), dtype=config.dtype))
     perm = be.asarray(np.random.default_rng(0).permutation(n))

@@ -35,7 +35,9 @@ def reference_warp(image: np.ndarray, row: int, key: int, alpha: float, sigma: f
     """The warp of training row `row`, one pixel at a time in float64."""
     rows, cols = image.shape
     per_image = 2 * rows * cols + 2
-    u = [mueller((row * per_image + j + key) % 2**32) / 2**31 - 1 for j in range(per_image)]
+    # each hash read as a signed 32-bit integer, over 2**31
+    u = [(h - 2**32 if h >= 2**31 else h) / 2**31
+         for h in (mueller((row * per_image + j + key) % 2**32) for j in range(per_image))]
     noise = np.array(u[:2 * rows * cols]).reshape(2, rows, cols)  # dy, then dx
     radius = int(4 * sigma + 0.5)
     w = {k: math.exp(-k * k / (2 * sigma * sigma)) for k in range(-radius, radius + 1)}
@@ -67,11 +69,12 @@ def reference_warp(image: np.ndarray, row: int, key: int, alpha: float, sigma: f
     return out
 
 
-def make_warp(be: backends.Backend, dtype: str = "float64", hash_kernel=None,
+def make_warp(be: backends.Backend, dtype: str = "float64", hash_kernel=None, kernel=None,
               **options) -> ElasticWarp:
     settings = {"alpha": 6.0, "sigma": 1.5, "rotate": 0.0, "scale": 0.0} | options
     return ElasticWarp(be.xp, be.asarray, SHAPE, background=BG, seed=3,
-                       dtype=getattr(be.xp, dtype), hash_kernel=hash_kernel, **settings)
+                       dtype=getattr(be.xp, dtype), hash_kernel=hash_kernel, kernel=kernel,
+                       **settings)
 
 
 def warped(be: backends.Backend, warp: ElasticWarp, images: np.ndarray,
@@ -84,11 +87,13 @@ def warped(be: backends.Backend, warp: ElasticWarp, images: np.ndarray,
 IMAGES = np.random.default_rng(1).random((20, *SHAPE))
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["array-api", "numpy-kernel"])
 @pytest.mark.parametrize("options", [{}, {"rotate": 20.0, "scale": 0.2},
                                      {"alpha": 30.0, "sigma": 1.0}], ids=str)
-def test_warp_matches_the_float64_reference(options: dict) -> None:
+def test_warp_matches_the_float64_reference(options: dict, fast: bool) -> None:
     be = backends.load("numpy")
-    warp = make_warp(be, **options)
+    kernels = be.kernels if fast else backends.Kernels()
+    warp = make_warp(be, hash_kernel=kernels.hash32, kernel=kernels.elastic, **options)
     warp.use(epoch=2)
     rows = [7, 0, 19]
     got = warped(be, warp, IMAGES, rows)
@@ -109,6 +114,25 @@ def test_the_backend_hash_kernel_draws_the_same_fields() -> None:
         images = IMAGES.astype(dtype)
         np.testing.assert_array_equal(warped(be, fast, images, [4, 5]),
                                       warped(be, plain, images, [4, 5]))
+
+
+@pytest.mark.parametrize("options", [{}, {"rotate": 20.0, "scale": 0.2}], ids=str)
+def test_the_numpy_kernel_warps_with_the_same_bits(options: dict) -> None:
+    """backends/numpy_elastic.py runs the array-API warp's operations into buffers it keeps:
+    the same bits for every batch size and dtype, however its buffers were used before."""
+    be = backends.load("numpy")
+    assert be.kernels.elastic is not None
+    for dtype in ("float32", "float64"):
+        plain = make_warp(be, dtype, hash_kernel=be.kernels.hash32, **options)
+        fast = make_warp(be, dtype, hash_kernel=be.kernels.hash32, kernel=be.kernels.elastic,
+                         **options)
+        images = IMAGES.astype(dtype)
+        for epoch, rows in ((1, [4, 5, 11]), (1, [0]), (2, [4, 5, 11]), (2, list(range(20)))):
+            plain.use(epoch)
+            fast.use(epoch)
+            got = warped(be, fast, images, rows)
+            np.testing.assert_array_equal(got, warped(be, plain, images, rows))
+            assert not np.allclose(got, images[rows], atol=0.05)
 
 
 def test_a_zero_field_is_the_identity(backend: backends.Backend) -> None:
@@ -140,9 +164,8 @@ def test_displacements_have_the_size_simard_describes() -> None:
                        scale=0.0, background=0.0, seed=0, dtype=be.xp.float64)
     warp.use(1)
     src_r, src_c = warp.sources(np.arange(4000, dtype=np.int64), np.float64)
-    centre = 14 * 28 + 14
-    dy = src_r[:, centre] - (14 + 1)  # +1: the padded image's frame
-    dx = src_c[:, centre] - (14 + 1)
+    dy = src_r[14, :, 14] - (14 + 1)  # (rows, images, cols); +1: the padded image's frame
+    dx = src_c[14, :, 14] - (14 + 1)
     k = np.arange(-16, 17)
     w = np.exp(-k**2 / 32.0)
     w /= w.sum()

@@ -44,16 +44,31 @@ def epoch_key(seed: int, epoch: int) -> int:
     return ((seed * EPOCH_STRIDE + epoch) * GOLDEN + SALT) & MASK32
 
 
+def signed(xp: Any, h: Array) -> Array:
+    """32-bit hashes (values in [0, 2**32), of any integer type wide enough) read as
+    two's-complement int32 values, in int64."""
+    h = xp.astype(h, xp.int64)
+    return h - ((h >> 31) << 32)
+
+
 class ElasticWarp:
     """Warp each training image by its own smooth random field, new every epoch.
 
     Called as warp(x, idx): x the (n, rows*cols) batch, idx its rows in the training set (which
     pick the images' random numbers). `use(epoch)` before an epoch's first batch.
+
+    The noise of image i's field f (0: dy, 1: dx) at pixel (r, c) is hash32 of its counter
+    idx[i] * per_image + f * rows * cols + r * cols + c (plus the epoch's key), read as a signed
+    32-bit integer over 2**31: uniform in [-1, 1). The fields are laid out (rows, 2, n, cols), so
+    that both smoothings are single 2-D matmuls of the whole batch (G_rows @ F with all the
+    fields side by side, F @ G_cols with them stacked) and each of dy and dx is one contiguous
+    block per row. A backend's `elastic` kernel (backends/numpy_elastic.py) runs these very
+    operations into buffers it keeps, with the same bits.
     """
 
     def __init__(self, xp: Any, asarray: Any, shape: tuple[int, int], *, alpha: float,
                  sigma: float, rotate: float, scale: float, background: float, seed: int,
-                 dtype: Any, hash_kernel: Any = None) -> None:
+                 dtype: Any, hash_kernel: Any = None, kernel: Any = None) -> None:
         self.xp, self.shape, self.seed = xp, shape, seed
         self.rotate, self.scale = math.radians(rotate), scale
         self.background, self.hash = background, hash_kernel or hash32
@@ -61,48 +76,72 @@ class ElasticWarp:
         self.pixels = rows * cols
         # values per image: dy at each pixel, dx at each pixel, then rotation and scaling
         self.per_image = 2 * self.pixels + 2
-        # alpha folded into the row smoothing: one pass fewer over the fields
-        self.g_rows = xp.astype(asarray(alpha * gaussian_matrix(rows, sigma)), dtype)
+        # alpha and the noise's 2**-31 folded into the row smoothing (a power of two: exact)
+        self.g_rows = xp.astype(asarray(alpha * 2.0**-31 * gaussian_matrix(rows, sigma)), dtype)
         self.g_cols = xp.astype(asarray(gaussian_matrix(cols, sigma)), dtype)
-        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        # coordinates relative to the centre; +1 for the background frame of the padded image
+        # each field's counter offsets in the (rows, 2, 1, cols) layout
+        r, f, c = np.meshgrid(np.arange(rows), np.arange(2), np.arange(cols), indexing="ij")
+        self.elements = asarray((f * self.pixels + r * cols + c).reshape(rows, 2, 1, cols))
+        self.extra = asarray(np.array([2 * self.pixels, 2 * self.pixels + 1], dtype=np.int64))
+        # each output pixel's coordinates relative to the centre, (rows, 1, cols); + centre + 1
+        # (the background frame of the padded image) gives where it is in the padded image
         self.centre = ((rows - 1) / 2 + 1, (cols - 1) / 2 + 1)
-        self.grid_r = xp.astype(asarray((r - (rows - 1) / 2).reshape(-1)), dtype)
-        self.grid_c = xp.astype(asarray((c - (cols - 1) / 2).reshape(-1)), dtype)
-        self.elements = asarray(np.arange(self.per_image, dtype=np.int64))
+        grid_r = np.broadcast_to(np.arange(rows)[:, None, None] - (rows - 1) / 2, (rows, 1, cols))
+        grid_c = np.broadcast_to(np.arange(cols)[None, None, :] - (cols - 1) / 2, (rows, 1, cols))
+        self.grid_r, self.grid_c = (xp.astype(asarray(np.ascontiguousarray(g)), dtype)
+                                    for g in (grid_r, grid_c))
+        self.home_r, self.home_c = (
+            xp.astype(asarray(np.ascontiguousarray(g + centre)), dtype)
+            for g, centre in zip((grid_r, grid_c), self.centre, strict=True))
         self.key: int | None = None
+        self.kernel = kernel(self) if kernel is not None else None
 
     def use(self, epoch: int) -> None:
         """Warp with epoch `epoch`'s fields from now on."""
         self.key = epoch_key(self.seed, epoch)
 
-    def uniform(self, idx: Array, dtype: Any) -> Array:
-        """(n, per_image) numbers uniform in [-1, 1): hash32 of row * per_image + element."""
-        xp = self.xp
+    def _noise(self, counter: Array, dtype: Any) -> Array:
+        """hash32 of each counter (+ the epoch's key) as a signed 32-bit integer, in `dtype`."""
         if self.key is None:
             raise RuntimeError("ElasticWarp.use(epoch) must come before the first batch")
-        counter = xp.reshape(idx, (-1, 1)) * self.per_image + self.elements
-        h = self.hash((counter + self.key) & MASK32)
-        return xp.astype(h, dtype) * (2.0 / 2**32) - 1.0
+        xp = self.xp
+        return xp.astype(signed(xp, self.hash((counter + self.key) & MASK32)), dtype)
+
+    def fields(self, idx: Array, dtype: Any) -> Array:
+        """(rows, 2, n, cols): the images' smoothed fields, dy then dx, scaled by alpha."""
+        xp, (rows, cols), n = self.xp, self.shape, idx.shape[0]
+        noise = self._noise(xp.reshape(idx, (1, 1, -1, 1)) * self.per_image + self.elements,
+                            dtype)
+        a = xp.matmul(self.g_rows, xp.reshape(noise, (rows, 2 * n * cols)))
+        return xp.reshape(xp.matmul(xp.reshape(a, (rows * 2 * n, cols)), self.g_cols),
+                          (rows, 2, n, cols))
+
+    def homes(self, idx: Array, dtype: Any) -> tuple[Array, Array]:
+        """Where each output pixel sits before the field moves it, in the padded image: the
+        grid, turned and scaled about the centre when asked; (rows, 1 or n, cols)."""
+        if not (self.rotate or self.scale):
+            return self.home_r, self.home_c
+        xp = self.xp
+        u = self._noise(xp.reshape(idx, (-1, 1)) * self.per_image + self.extra, dtype)
+        u = u * 2.0**-31  # uniform in [-1, 1)
+        theta = xp.reshape(u[:, 0] * self.rotate, (1, -1, 1))
+        s = 1.0 + xp.reshape(u[:, 1] * self.scale, (1, -1, 1))
+        cos, sin = s * xp.cos(theta), s * xp.sin(theta)
+        gr, gc = self.grid_r, self.grid_c  # source = s R(theta) (r, c) + centre + field
+        return (cos * gr + sin * gc + self.centre[0], cos * gc - sin * gr + self.centre[1])
 
     def sources(self, idx: Array, dtype: Any) -> tuple[Array, Array]:
-        """(n, rows*cols) row and column, in the padded image, that each output pixel shows."""
-        xp, (rows, cols), n = self.xp, self.shape, idx.shape[0]
-        u = self.uniform(idx, dtype)
-        fields = xp.reshape(u[:, :2 * self.pixels], (2 * n, rows, cols))
-        smooth = xp.reshape(xp.matmul(xp.matmul(self.g_rows, fields), self.g_cols),
-                            (n, 2 * self.pixels))
-        dy, dx = smooth[:, :self.pixels], smooth[:, self.pixels:]
-        gr, gc = self.grid_r, self.grid_c
-        if self.rotate or self.scale:  # about the centre: source = s R(theta) (r, c) + field
-            theta = u[:, -2:-1] * self.rotate
-            s = 1.0 + u[:, -1:] * self.scale
-            cos, sin = s * xp.cos(theta), s * xp.sin(theta)
-            gr, gc = cos * gr + sin * gc, cos * gc - sin * gr
-        return gr + dy + self.centre[0], gc + dx + self.centre[1]
+        """(rows, n, cols) row and column, in the padded image, that each output pixel shows."""
+        smooth = self.fields(idx, dtype)
+        home_r, home_c = self.homes(idx, dtype)
+        return smooth[:, 0, ...] + home_r, smooth[:, 1, ...] + home_c
 
     def __call__(self, x: Array, idx: Array) -> Array:
         """The batch `x` (rows `idx` of the training set), each image warped by its own field."""
+        if self.kernel is not None:
+            if self.key is None:
+                raise RuntimeError("ElasticWarp.use(epoch) must come before the first batch")
+            return self.kernel(x, idx, self.key)
         xp, (rows, cols), n = self.xp, self.shape, x.shape[0]
         src_r, src_c = self.sources(idx, x.dtype)
         # pad with a frame of background: one pixel before, two after, so that every source
@@ -119,13 +158,16 @@ class ElasticWarp:
         flat = xp.reshape(xp.concat([frame(1, width), middle, frame(2, width)], axis=1), (-1,))
         src_r = xp.clip(src_r, 0.0, float(rows + 1))
         src_c = xp.clip(src_c, 0.0, float(cols + 1))
-        r0, c0 = xp.astype(src_r, xp.int64), xp.astype(src_c, xp.int64)  # floor: both >= 0
-        fr, fc = src_r - xp.astype(r0, x.dtype), src_c - xp.astype(c0, x.dtype)
+        r0, c0 = xp.floor(src_r), xp.floor(src_c)
+        fr, fc = src_r - r0, src_c - c0
+        # the top-left neighbour: its place in its image is a small whole number (exact in
+        # any float), the image's start an integer
         image = xp.reshape(xp.arange(n, dtype=xp.int64, device=x.device) * ((rows + 3) * width),
-                           (n, 1))
-        at = xp.reshape(r0 * width + c0 + image, (-1,))
-        shape = (n, self.pixels)
+                           (1, n, 1))
+        at = xp.reshape(xp.astype(r0 * width + c0, xp.int64) + image, (-1,))
+        shape = (rows, n, cols)
         a, b = (xp.reshape(xp.take(flat, at + k), shape) for k in (0, 1))
         c, d = (xp.reshape(xp.take(flat, at + k), shape) for k in (width, width + 1))
         top, bottom = a + fc * (b - a), c + fc * (d - c)
-        return top + fr * (bottom - top)
+        out = top + fr * (bottom - top)  # (rows, n, cols)
+        return xp.reshape(xp.permute_dims(out, (1, 0, 2)), (n, self.pixels))

@@ -91,7 +91,8 @@ class Run:
                 self.xp, backend.asarray, data.image_shape, alpha=aug.elastic_alpha,
                 sigma=aug.elastic_sigma, rotate=aug.rotate, scale=aug.scale, background=blank,
                 seed=config.seed, dtype=self.dtype,
-                hash_kernel=backend.kernels.hash32 if engine.fast else None)
+                hash_kernel=backend.kernels.hash32 if engine.fast else None,
+                kernel=backend.kernels.elastic if engine.fast else None)
         if aug.shift:
             self.shifter = Shifter(self.xp, backend.asarray, data.image_shape, aug.shift, blank,
                                    self.dtype)
