@@ -71,7 +71,7 @@ class ElasticKernel:
         np.matmul(b["a"].reshape(rows * 2 * n, cols), warp.g_cols, out=b["smooth"])
         smooth = b["smooth"].reshape(rows, 2, n, cols)
         # the sources and their neighbours: ElasticWarp.sources and __call__
-        home_r, home_c = warp.homes(idx, x.dtype)
+        home_r, home_c = warp.homes(idx, x.dtype, key)
         src_r, src_c, r0, c0 = (b[k] for k in ("src_r", "src_c", "r0", "c0"))
         for src, field, home, top, whole in ((src_r, 0, home_r, rows + 1, r0),
                                              (src_c, 1, home_c, cols + 1, c0)):

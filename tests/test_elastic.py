@@ -163,7 +163,7 @@ def test_displacements_have_the_size_simard_describes() -> None:
     warp = ElasticWarp(be.xp, be.asarray, (28, 28), alpha=34.0, sigma=4.0, rotate=0.0,
                        scale=0.0, background=0.0, seed=0, dtype=be.xp.float64)
     warp.use(1)
-    src_r, src_c = warp.sources(np.arange(4000, dtype=np.int64), np.float64)
+    src_r, src_c = warp.sources(np.arange(4000, dtype=np.int64), np.float64, epoch_key(0, 1))
     dy = src_r[14, :, 14] - (14 + 1)  # (rows, images, cols); +1: the padded image's frame
     dx = src_c[14, :, 14] - (14 + 1)
     k = np.arange(-16, 17)
@@ -201,9 +201,6 @@ def elastic_config(**changes) -> Config:
 
 def test_training_with_elastic_is_the_same_on_every_backend(
         other_backend: backends.Backend) -> None:
-    if other_backend.compiler is not None:  # the warp runs there (above); its step refuses it
-        pytest.skip(f"{other_backend.name}'s compiled step has no elastic warp yet "
-                    f"(test_compiled.py checks the refusal)")
     data = make_dataset(n_train=200, shape=(6, 6), classes=4)
     cfg = elastic_config()
     ref, got = train(cfg, data, "numpy"), train(cfg, data, other_backend)

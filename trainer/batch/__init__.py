@@ -12,7 +12,7 @@ from typing import Any
 
 from trainer.backends import Backend
 from trainer.data.dataset import Dataset, load_dataset
-from trainer.run.train import check_backend, check_data, check_memory, load_backend
+from trainer.run.train import check_data, check_memory, load_backend
 
 from .plan import Batch, Member, default_name, is_group, load_configs, open_group, parse_seeds
 from .run import Event, Place, run_members
@@ -54,7 +54,6 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
     data = data if data is not None else load_dataset(data_dir, dataset=dataset)
     for cfg in loaded.values():
         check_data(cfg, data, limit_train, limit_test)
-        check_backend(cfg, be)
         check_memory(cfg, data, be, limit_train, limit_test)
     batch = Batch(loaded, seeds, limit_train, limit_test, be.name,
                   name or (run_dir.name if run_dir is not None else default_name(list(loaded))))

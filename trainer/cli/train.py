@@ -45,7 +45,7 @@ from trainer.run.rundir import (
     run_record,
     write_run,
 )
-from trainer.run.train import check_backend, check_data, check_memory, load_backend, train
+from trainer.run.train import check_data, check_memory, load_backend, train
 
 
 class OutOfMemory(TrainerError):
@@ -227,7 +227,6 @@ def train_cmd(
         dataset = dataset or (state.run.get("dataset") if state else None) or "mnist"
         data = load_data(data_dir, show=not (quiet or as_json), dataset=dataset)
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
-        check_backend(cfg, loaded)
         check_memory(cfg, data, loaded, limit_train, limit_test)
         fingerprint = data.fingerprint()
         finished = _check_resume(resume, state, data, fingerprint, cfg) if state else None

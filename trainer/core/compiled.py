@@ -10,9 +10,10 @@ import numpy as np
 
 from trainer.backends import Compiler
 from trainer.core import optim
-from trainer.core.augment import offsets, shift
+from trainer.core.augment import Shifter, offsets, shift
 from trainer.core.config import Config
 from trainer.core.dropout import keep_mask, step_key
+from trainer.core.elastic import ElasticWarp
 from trainer.core.losses import DIVERGED_NATS
 from trainer.core.step import Rates, State, Step
 
@@ -38,6 +39,9 @@ class CompiledStep(Step):
         # the state (argument 0) is donated: its buffers become the new state's
         self._loop = compiler.jit(self._steps, static_argnums=(6,), donate_argnums=(0,))
         self._epoch: tuple[Array, ...] = ()
+        # the augmentations, set by the training loop: traced into the loop's body
+        self.warp: ElasticWarp | None = None
+        self.shifter: Shifter | None = None
 
     def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
                  x: Array | None = None) -> tuple[Array, Array]:
@@ -57,12 +61,15 @@ class CompiledStep(Step):
             rows.append((r.scale, r.penalty, a.step, a.bias2, 1.0 if a.decay is None
                          else a.decay))
             keys.append([step_key(c.seed, first + i, layer) for layer in range(len(self.acts))])
-        shifts = ((self.augment.table, self.augment.shifts) if self.augment is not None
+        shifts = ((self.shifter.table, self.shifter.shifts) if self.shifter is not None
                   else ())
+        # the epoch's warp key as an array: one compiled loop for every epoch
+        warp_key = (self.xp.asarray(self.warp.current_key(), dtype=self.xp.int64)
+                    if self.warp is not None else None)
         # Python floats rounded to the weights' dtype here, as the other steps' are where
         # they meet an array
         self._epoch = (x_all, y_all, perm, self.xp.asarray(np.asarray(rows, dtype=dtype)),
-                       self.xp.asarray(np.asarray(keys, dtype=np.int64)), *shifts)
+                       self.xp.asarray(np.asarray(keys, dtype=np.int64)), warp_key, *shifts)
 
     def run(self, first: int, count: int, loss_sum: float, correct: float
             ) -> tuple[float, float, int | None, float]:
@@ -86,7 +93,7 @@ class CompiledStep(Step):
                loss_sum: Array, correct: Array, batch: int) -> tuple[State, Array, Array, Array]:
         """What `run` compiles: a loop over the steps, each one train_batch."""
         xp, c, k = self.xp, self.config, self.compiler
-        x_all, y_all, perm, rates, keys, *shifts = epoch
+        x_all, y_all, perm, rates, keys, warp_key, *shifts = epoch
         starts = offsets(xp, batch, shifts[0].shape[1]) if shifts else None
         counters = {width: xp.reshape(xp.arange(batch * width, dtype=xp.int64), (batch, width))
                     for width, p in zip(c.sizes, self.dropouts, strict=False) if p}
@@ -95,8 +102,10 @@ class CompiledStep(Step):
             i, state, sums, _, last = carry
             idx = k.dynamic_slice(perm, i * c.batch_size, batch)
             x = xp.take(x_all, idx, axis=0)
+            if self.warp is not None:  # warped first, then shifted (augment.chain's order)
+                x = self.warp.warp(x, idx, warp_key)
             if shifts:
-                x = shift(x, idx, *shifts, self.augment.background, starts)
+                x = shift(x, idx, *shifts, self.shifter.background, starts)
             onehot = xp.take(self._eye, xp.take(y_all, idx), axis=0)
             masks = ([keep_mask(xp, counters[width], keys[i, layer], p, x.dtype) if p else None
                       for layer, (width, p) in enumerate(zip(c.sizes, self.dropouts,

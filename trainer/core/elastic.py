@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import numpy as np
+from array_api_compat import device
 
 from trainer.core.dropout import GOLDEN, MASK32, hash32
 
@@ -100,29 +101,33 @@ class ElasticWarp:
         """Warp with epoch `epoch`'s fields from now on."""
         self.key = epoch_key(self.seed, epoch)
 
-    def _noise(self, counter: Array, dtype: Any) -> Array:
-        """hash32 of each counter (+ the epoch's key) as a signed 32-bit integer, in `dtype`."""
+    def current_key(self) -> int:
+        """The key of the epoch `use` named."""
         if self.key is None:
             raise RuntimeError("ElasticWarp.use(epoch) must come before the first batch")
-        xp = self.xp
-        return xp.astype(signed(xp, self.hash((counter + self.key) & MASK32)), dtype)
+        return self.key
 
-    def fields(self, idx: Array, dtype: Any) -> Array:
+    def _noise(self, counter: Array, dtype: Any, key: Any) -> Array:
+        """hash32 of each counter + key as a signed 32-bit integer, in `dtype`."""
+        xp = self.xp
+        return xp.astype(signed(xp, self.hash((counter + key) & MASK32)), dtype)
+
+    def fields(self, idx: Array, dtype: Any, key: Any) -> Array:
         """(rows, 2, n, cols): the images' smoothed fields, dy then dx, scaled by alpha."""
         xp, (rows, cols), n = self.xp, self.shape, idx.shape[0]
         noise = self._noise(xp.reshape(idx, (1, 1, -1, 1)) * self.per_image + self.elements,
-                            dtype)
+                            dtype, key)
         a = xp.matmul(self.g_rows, xp.reshape(noise, (rows, 2 * n * cols)))
         return xp.reshape(xp.matmul(xp.reshape(a, (rows * 2 * n, cols)), self.g_cols),
                           (rows, 2, n, cols))
 
-    def homes(self, idx: Array, dtype: Any) -> tuple[Array, Array]:
+    def homes(self, idx: Array, dtype: Any, key: Any) -> tuple[Array, Array]:
         """Where each output pixel sits before the field moves it, in the padded image: the
         grid, turned and scaled about the centre when asked; (rows, 1 or n, cols)."""
         if not (self.rotate or self.scale):
             return self.home_r, self.home_c
         xp = self.xp
-        u = self._noise(xp.reshape(idx, (-1, 1)) * self.per_image + self.extra, dtype)
+        u = self._noise(xp.reshape(idx, (-1, 1)) * self.per_image + self.extra, dtype, key)
         u = u * 2.0**-31  # uniform in [-1, 1)
         theta = xp.reshape(u[:, 0] * self.rotate, (1, -1, 1))
         s = 1.0 + xp.reshape(u[:, 1] * self.scale, (1, -1, 1))
@@ -130,26 +135,31 @@ class ElasticWarp:
         gr, gc = self.grid_r, self.grid_c  # source = s R(theta) (r, c) + centre + field
         return (cos * gr + sin * gc + self.centre[0], cos * gc - sin * gr + self.centre[1])
 
-    def sources(self, idx: Array, dtype: Any) -> tuple[Array, Array]:
+    def sources(self, idx: Array, dtype: Any, key: Any) -> tuple[Array, Array]:
         """(rows, n, cols) row and column, in the padded image, that each output pixel shows."""
-        smooth = self.fields(idx, dtype)
-        home_r, home_c = self.homes(idx, dtype)
+        smooth = self.fields(idx, dtype, key)
+        home_r, home_c = self.homes(idx, dtype, key)
         return smooth[:, 0, ...] + home_r, smooth[:, 1, ...] + home_c
 
     def __call__(self, x: Array, idx: Array) -> Array:
-        """The batch `x` (rows `idx` of the training set), each image warped by its own field."""
-        if self.kernel is not None:
-            if self.key is None:
-                raise RuntimeError("ElasticWarp.use(epoch) must come before the first batch")
-            return self.kernel(x, idx, self.key)
+        """The batch `x` (rows `idx` of the training set), each image warped by its own field
+        of the epoch `use` named."""
+        key = self.current_key()
+        return self.kernel(x, idx, key) if self.kernel is not None else self.warp(x, idx, key)
+
+    def warp(self, x: Array, idx: Array, key: Any) -> Array:
+        """__call__ with the fields of `key` (an epoch_key; an integer array inside a compiled
+        function), in array-API operations only."""
         xp, (rows, cols), n = self.xp, self.shape, x.shape[0]
-        src_r, src_c = self.sources(idx, x.dtype)
+        src_r, src_c = self.sources(idx, x.dtype, key)
         # pad with a frame of background: one pixel before, two after, so that every source
         # clipped to [0, rows + 1] has its four neighbours inside (a source beyond the frame
         # sees only background either way)
         width = cols + 3
+        where = device(x)  # (None inside a jax trace: the default device)
+
         def frame(r: int, c: int) -> Array:
-            return xp.full((n, r, c), self.background, dtype=x.dtype, device=x.device)
+            return xp.full((n, r, c), self.background, dtype=x.dtype, device=where)
 
         # built by concatenation, not assignment: arrays that cannot be written in place (JAX's)
         # warp too
@@ -162,7 +172,7 @@ class ElasticWarp:
         fr, fc = src_r - r0, src_c - c0
         # the top-left neighbour: its place in its image is a small whole number (exact in
         # any float), the image's start an integer
-        image = xp.reshape(xp.arange(n, dtype=xp.int64, device=x.device) * ((rows + 3) * width),
+        image = xp.reshape(xp.arange(n, dtype=xp.int64, device=where) * ((rows + 3) * width),
                            (1, n, 1))
         at = xp.reshape(xp.astype(r0 * width + c0, xp.int64) + image, (-1,))
         shape = (rows, n, cols)

@@ -96,7 +96,10 @@ class Run:
         if aug.shift:
             self.shifter = Shifter(self.xp, backend.asarray, data.image_shape, aug.shift, blank,
                                    self.dtype)
-        self.step.augment = chain(self.warp, self.shifter)
+        if isinstance(self.step, CompiledStep):  # traced into its loop, one by one
+            self.step.warp, self.step.shifter = self.warp, self.shifter
+        else:
+            self.step.augment = chain(self.warp, self.shifter)
         self.result = TrainResult(config, backend.name, backend.device_name, scaling, host,
                                   train_samples=self.n_train, blas_threads=blas_threads,
                                   validation_samples=len(val_idx))

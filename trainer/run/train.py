@@ -87,14 +87,6 @@ def available_memory(backend: Backend) -> tuple[int, str] | None:
         return None
 
 
-def check_backend(config: Config, backend: Backend) -> None:
-    """Refuse (exit 2) what this backend's step cannot do, before anything is written."""
-    if backend.compiler is not None and config.augment.warps:
-        raise ConfigError(f"augment: the {backend.name} backend compiles the whole step, which "
-                          f"has no elastic distortions, rotations or scalings yet: train this "
-                          f"config with --backend numpy (or torch, cupy)")
-
-
 def check_memory(config: Config, data: Dataset, backend: Backend,
                  limit_train: int | None = None, limit_test: int | None = None) -> None:
     """Refuse (exit 2) a run that cannot fit, before anything is allocated or written."""
@@ -122,7 +114,6 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     check_data(config, data, limit_train, limit_test)
     if isinstance(backend, str):
         backend = load_backend(backend)
-    check_backend(config, backend)
     check_memory(config, data, backend, limit_train, limit_test)
     engine = engine or Engine()
     blas_threads = engine.blas_threads
