@@ -293,6 +293,34 @@ def test_markdown_table_of_a_summary() -> None:
     assert lines[3] == "| b | 784-128-10 | 30 | 1/2 | 97.00% | 97.00% | 97.00% | 15 |"
 
 
+def test_the_printed_summary_keeps_each_figure_on_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long config names and deep networks fold; the figures never do (a "98.36% ±" on one
+    line and "0.03" on the next reads as two numbers), and the table fits 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    from trainer.cli import batch as cli_batch
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli_batch, "console", Console(file=out, width=80))
+    rows = [{"config": name, "network": network, "epochs": 30, "runs": 3, "finished": 3,
+             "test_accuracy": {"mean": 0.9836, "std": 0.0003, "min": 0.9832, "max": 0.9838},
+             "seconds": {"mean": 53.9, "total": 161.7}}
+            for name, network in (("deep-256-128", "784-256-128-10"),
+                                  ("a-config-with-a-long-name", "784-800-800-800-800-10"))]
+    cli_batch.print_summary({"name": "g", "group": "/tmp/g", "configs": rows})
+    lines = out.getvalue().splitlines()
+    table = [x for x in lines if x[:1] in "┏┃┡│└"]
+    assert max(len(x) for x in table) <= 80
+    figures = [x for x in table if "%" in x]
+    assert len(figures) == 2  # one line each carries every figure
+    for line in figures:
+        for figure in ("98.36% ± 0.03", "98.32%", "98.38%", "53.9", " 3 "):
+            assert figure in line
+
+
 def test_out_of_memory_in_a_batch_is_one_message(idx_dir: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def no_memory(*args, **kwargs):
