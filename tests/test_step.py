@@ -221,6 +221,27 @@ class OnDevice(np.ndarray):
         return UnhashableDevice()
 
 
+@pytest.mark.parametrize(("nesterov", "rest"), [(False, 0), (True, 0), (True, 70_000),
+                                               (False, 65_536), (True, 131_100)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_sgd_update_is_optim_sgd_bit_for_bit(dtype: str, nesterov: bool,
+                                                   rest: int) -> None:
+    """NumPy's sgd_update works a cache-sized chunk at a time (several chunks here, `rest`
+    inside one and on a boundary): the same bits as optim.sgd's passes over whole buffers."""
+    from trainer.core import optim
+
+    kernel = backends.load("numpy").kernels.sgd_update
+    assert kernel is not None
+    rng = np.random.default_rng(5)
+    w, v, g = (rng.normal(0, 1, 150_001).astype(dtype) for _ in range(3))
+    want_w, want_v = w.copy(), v.copy()
+    optim.momentum(want_v[rest:], g[rest:], 0.9)  # below rest: the velocity as given
+    want_w += 0.9 * want_v + g if nesterov else want_v
+    kernel(w, v, g, 0.9, nesterov, rest)
+    np.testing.assert_array_equal(v, want_v)
+    np.testing.assert_array_equal(w, want_w)
+
+
 def test_softmax_xent_kernel_takes_an_unhashable_device() -> None:
     """The crash on CuPy's first step: the kernel keyed a cache by the device object. And the
     kernel's whole contract against losses.py: bias added, labels y_all[idx], bias gradient."""

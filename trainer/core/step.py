@@ -361,7 +361,8 @@ class VelocityStep(FlatStep):
                               if kernels.axpy else None)
 
     def _update(self, lr: float) -> None:
-        if self.kernels.sgd_update:  # both passes in one (a device: one launch, not two)
+        # both passes in one (a device: one launch, not two), unless the BLAS adds v to w
+        if self.kernels.sgd_update and not self._add_velocity:
             self.kernels.sgd_update(self.flat_params, self.flat_velocities, self.flat_grads,
                                     self.config.momentum, False, self.rest)
             return
