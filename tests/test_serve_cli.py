@@ -68,6 +68,37 @@ def test_listening_beyond_loopback_says_so(mnist_run):
     assert proc.returncode == 130
 
 
+def test_ctrl_c_stops_the_server_while_a_client_holds_a_request_open(mnist_run):
+    """A client that never finishes sending its request does not hold the server: Ctrl-C
+    waits GRACE_SECONDS for it, then stops, with 130."""
+    import http.client
+    import time
+
+    from trainer.cli.serve import GRACE_SECONDS
+
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(mnist_run),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1].split("/")[0])
+        stuck = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        stuck.putrequest("POST", "/api/predict")
+        stuck.putheader("Content-Length", "100000")
+        stuck.endheaders()
+        stuck.send(b'{"pixels": [')  # and nothing more
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=GRACE_SECONDS + 15)
+        waited = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert waited < GRACE_SECONDS + 5
+    assert "Traceback" not in proc.stderr.read()
+
 
 def without(modules: list[str], code: str) -> subprocess.CompletedProcess:
     """Python with `modules` unimportable (as if their extra were not installed)."""

@@ -22,6 +22,10 @@ from trainer.fileio import check_writable
 from trainer.run.train import load_backend
 from trainer.serve import require
 
+# Ctrl-C waits this long for requests in flight (a client that never finishes sending one would
+# hold the server forever), then stops them
+GRACE_SECONDS = 3
+
 RunDirArg = Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")]
 
 
@@ -58,7 +62,8 @@ def serve_cmd(
         console.print(f"Serving {escape(service.model.config.describe())} from "
                       f"{escape(str(run_dir))} at {url}  (Ctrl-C stops)", soft_wrap=True)
         server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
-                                               access_log=False, server_header=False))
+                                               access_log=False, server_header=False,
+                                               timeout_graceful_shutdown=GRACE_SECONDS))
         if open_browser:
             threading.Timer(0.5, webbrowser.open, [url]).start()
         server.run(sockets=[sock])

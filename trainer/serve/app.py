@@ -3,6 +3,7 @@ Service, on Starlette. Every error is a JSON reply {"error": message} with a 4xx
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from importlib import resources
@@ -98,6 +99,7 @@ def create_app(service: Service) -> Starlette:
                                 DataError: _request_error, Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(QuietShutdown)
     return app
 
 
@@ -127,6 +129,22 @@ async def _request_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("error answering %s %s", request.method, request.url.path)
     return _error("internal server error: see the server's log", 500)
+
+
+class QuietShutdown:
+    """A request still in flight when Ctrl-C's grace period ends (trainer serve's
+    GRACE_SECONDS) is cancelled by the server: it ends here, without a traceback on the
+    terminal of someone who only asked the server to stop."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http":
+                raise
 
 
 class BodyLimit:
