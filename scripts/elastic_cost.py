@@ -3,9 +3,10 @@
     python scripts/elastic_cost.py [configs/mnist-99.3.json] [--rounds 3] [--epochs 2]
 
 Each round trains the config for a few epochs as it is, then with the elastic warp (and any
-rotation or scaling) switched off, and times warping one epoch's images alone; it prints the
-medians of the per-epoch training seconds (evaluation excluded) and their ratio. Uses only the
-public Python API and trainer.core.elastic.
+rotation or scaling) switched off, and times warping one epoch's images alone, with the
+backend's warp kernel (backends/numpy_elastic.py on NumPy) and with the plain array-API
+operations; it prints the medians of the per-epoch training seconds (evaluation excluded) and
+their ratio. Uses only the public Python API and trainer.core.elastic.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from trainer.errors import TrainerError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def warp_epoch(config: Config, backend_name: str, n: int) -> float:
-    """Seconds to warp n standardized-looking images in the config's batches, on the device."""
+def warp_epoch(config: Config, backend_name: str, n: int, kernel: bool = True) -> float:
+    """Seconds to warp n standardized-looking images in the config's batches, on the device,
+    with the backend's warp kernel or (kernel=False) the array-API operations."""
     be = load_backend(backend_name)
     xp, aug = be.xp, config.augment
     warp = ElasticWarp(xp, be.asarray, (28, 28), alpha=aug.elastic_alpha,
                        sigma=aug.elastic_sigma, rotate=aug.rotate, scale=aug.scale,
                        background=-0.42, seed=0, dtype=getattr(xp, config.dtype),
-                       hash_kernel=be.kernels.hash32, kernel=be.kernels.elastic)
+                       hash_kernel=be.kernels.hash32,
+                       kernel=be.kernels.elastic if kernel else None)
     warp.use(1)
     x = be.asarray(np.random.default_rng(0).random((n, 784), dtype=config.dtype))
     perm = be.asarray(np.random.default_rng(0).permutation(n))
@@ -62,6 +65,7 @@ def main() -> None:
         with_warp: list[float] = []
         without: list[float] = []
         alone: list[float] = []
+        plain_ops: list[float] = []
         for _ in range(args.rounds):
             for cfg, times in ((config, with_warp), (plain, without)):
                 times += [h.seconds for h in train(cfg, data, args.backend,
@@ -69,12 +73,15 @@ def main() -> None:
             total = min(len(data.train_labels), args.limit_train or len(data.train_labels))
             n = total - config.validation_size(total)
             alone.append(warp_epoch(config, args.backend, n))
+            plain_ops.append(warp_epoch(config, args.backend, n, kernel=False))
     except TrainerError as e:
         sys.exit(f"error: {e}")
-    w, p, a = (statistics.median(t) for t in (with_warp, without, alone))
+    w, p, a, o = (statistics.median(t) for t in (with_warp, without, alone, plain_ops))
     print(f"{args.config.name}, {args.rounds} rounds of {args.epochs} epochs, median s/epoch:")
     print(f"  with the warp {w:.2f}, without {p:.2f}: +{w - p:.2f} s (x{w / p:.2f}); "
           f"warping {n} images alone {a:.2f} s")
+    print(f"  warping them with the array-API operations instead of the backend's kernel: "
+          f"{o:.2f} s")
 
 
 if __name__ == "__main__":
