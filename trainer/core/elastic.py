@@ -9,7 +9,7 @@ shows the input at (r + dy, c + dx), interpolated bilinearly, with the backgroun
 The random numbers come from dropout's counter-based hash of (seed, epoch, training row,
 element), not from a generator with state: every backend warps the same image the same way in
 the same epoch, and a run resumed mid-epoch warps exactly as the one it continues. The Gaussian
-is separable, so the smoothing is two small matmuls per field (G_rows @ F @ G_cols); the
+is separable, so the smoothing is G_rows @ F @ G_cols: two matmuls for the whole batch; the
 sampling is four `take`s on the flattened, padded batch.
 """
 
