@@ -68,6 +68,28 @@ def test_listening_beyond_loopback_says_so(mnist_run):
     assert proc.returncode == 130
 
 
+def test_ctrl_c_exits_130_even_where_sigint_was_inherited_ignored(mnist_run):
+    """A background job of a script starts with SIGINT ignored; uvicorn still stops on it, and
+    the command still says so with 130 (it used to exit 0)."""
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(mnist_run),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        served = proc.stdout.readline()
+        port = int(served.rsplit(":", 1)[1].split("/")[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=10) as r:
+            assert r.status == 200  # serving: its signal handlers are in place
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert "Traceback" not in proc.stderr.read()
+
+
 def test_ctrl_c_stops_the_server_while_a_client_holds_a_request_open(mnist_run):
     """A client that never finishes sending its request does not hold the server: Ctrl-C
     waits GRACE_SECONDS for it, then stops, with 130."""

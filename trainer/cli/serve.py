@@ -67,6 +67,10 @@ def serve_cmd(
         if open_browser:
             threading.Timer(0.5, webbrowser.open, [url]).start()
         server.run(sockets=[sock])
+        if server.should_exit:  # stopped by a signal, which uvicorn raises again on its way
+            # out; a process that inherited SIGINT ignored (a background job of a script)
+            # would ignore that: Ctrl-C ends with 130 either way
+            raise KeyboardInterrupt
 
 
 def _bind(host: str, port: int) -> socket.socket:
