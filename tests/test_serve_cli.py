@@ -71,10 +71,12 @@ def test_listening_beyond_loopback_says_so(mnist_run):
 def test_ctrl_c_exits_130_even_where_sigint_was_inherited_ignored(mnist_run):
     """A background job of a script starts with SIGINT ignored; uvicorn still stops on it, and
     the command still says so with 130 (it used to exit 0)."""
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", str(mnist_run),
+    # ignored, then exec: the disposition survives it (no preexec_fn: this process has threads)
+    ignoring = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'trainer', *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", ignoring, "serve", str(mnist_run),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                            text=True, env=ENV)
     try:
         served = proc.stdout.readline()
         port = int(served.rsplit(":", 1)[1].split("/")[0])
