@@ -42,7 +42,7 @@ def _sgd_update(w: np.ndarray, v: np.ndarray, g: np.ndarray, m: float, nesterov:
     chunk at a time: the rule's very operations, so the same bits, but each chunk comes from
     memory once instead of once per pass (scripts/sgd_update_ab.py: epochs of
     configs/mnist-99.json, 1.3 million weights, 0.93x the time)."""
-    scratch = np.empty(min(CHUNK, w.shape[0]), w.dtype)
+    scratch = _scratch(w.dtype)  # made once: nothing allocated per step
     for lo in range(0, w.shape[0], CHUNK):
         hi = min(lo + CHUNK, w.shape[0])
         wc, vc, gc = w[lo:hi], v[lo:hi], g[lo:hi]
@@ -57,6 +57,12 @@ def _sgd_update(w: np.ndarray, v: np.ndarray, g: np.ndarray, m: float, nesterov:
             np.add(wc, step, out=wc)
         else:
             np.add(wc, vc, out=wc)
+
+
+@functools.cache
+def _scratch(dtype: np.dtype) -> np.ndarray:
+    """_sgd_update's work chunk (one per dtype; a process trains one step at a time)."""
+    return np.empty(CHUNK, dtype=dtype)
 
 
 def _sum0(x: np.ndarray, out: np.ndarray) -> np.ndarray:
