@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from test_recipe import adam_reference
 from test_recipe import config as recipe_config
 from test_resume import config as resume_config
 from test_resume import data as resume_data
+from test_resume import train_until_checkpointed
 from test_step import VARIANTS, reference_steps
 from test_step import config as step_config
 
@@ -25,7 +25,7 @@ from trainer import backends
 from trainer.core.compiled import CompiledStep
 from trainer.core.config import Config
 from trainer.core.network import init_params
-from trainer.run.checkpoint import LATEST, LoopState, load_checkpoint
+from trainer.run.checkpoint import LoopState, load_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Interrupted, StepInfo
 from trainer.run.train import train
 
@@ -217,10 +217,7 @@ def test_ctrl_c_on_jax_checkpoints_and_resumes(jax: backends.Backend, idx_dir: P
     common = ["--data-dir", str(idx_dir), "--backend", "jax", "-q"]
     cmd = [sys.executable, "-m", "trainer", "train", *common, "--run-dir", str(run_dir),
            "--epochs", "40", "--batch-size", "4", "--checkpoint-every", "50"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run_dir / LATEST).exists() and time.time() < deadline:
-        time.sleep(0.05)
+    proc = train_until_checkpointed(cmd, run_dir, wait=120)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err

@@ -175,6 +175,17 @@ while True:
 """
 
 
+def train_until_checkpointed(cmd: list[str], run_dir: Path,
+                             wait: float = 60) -> subprocess.Popen:
+    """The training process `cmd`, started, once its run directory holds a checkpoint (or after
+    `wait` seconds): the moment the signal tests interrupt it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + wait
+    while not (run_dir / LATEST).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_never_breaks_the_checkpoint(tmp_path: Path) -> None:
     rng = random.Random(0)
@@ -246,10 +257,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(idx_dir: Path, tmp_path: Path
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "trainer", "train", "--data-dir", str(idx_dir),
            "--run-dir", str(run_dir), "--epochs", "60", "--batch-size", "8", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (run_dir / LATEST).exists() and time.time() < deadline:
-        time.sleep(0.05)
+    proc = train_until_checkpointed(cmd, run_dir)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, out + err
@@ -279,10 +287,7 @@ def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(idx_dir: Path, tmp_p
     cmd = [sys.executable, "-m", "trainer", "train", "--data-dir", str(idx_dir),
            "--run-dir", str(run_dir), "--epochs", "500", "--batch-size", "4",
            "--checkpoint-every", "7", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (run_dir / LATEST).exists() and time.time() < deadline:
-        time.sleep(0.05)
+    proc = train_until_checkpointed(cmd, run_dir)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
