@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-NAMES = ("numpy", "array-api-strict", "torch", "cupy", "jax")
+NAMES = ("numpy", "numba", "array-api-strict", "torch", "cupy", "jax")
 
 
 # The dropout hash's multiplier: trainer/core/dropout.py's hash32 and the backends' hash32
@@ -128,6 +128,10 @@ class Backend:
     # compiles whole steps (its arrays are immutable: the step's state is replaced, never
     # written in place); None: the step runs one array operation at a time
     compiler: Compiler | None = None
+    # (dtype name) -> a kernel that runs a stretch of whole training steps on host arrays
+    # (numba_step.py's `steps`, its arguments documented there), or None where it has none for
+    # that dtype; trainer/core/fused.py's FusedStep drives it for the configs it covers
+    fused: Callable[[str], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ class BackendStatus:
     reason: str = ""  # why it does not load
     kernels: tuple[str, ...] = ()  # the fast kernels it offers
     dropped: tuple[tuple[str, str], ...] = ()  # kernels its self-tests left out, and why
-    compiles: bool = False  # it compiles the plain step whole (Backend.compiler)
+    compiles: bool = False  # it compiles whole steps (Backend.compiler or Backend.fused)
 
 
 def _module(name: str) -> Any:
@@ -161,7 +165,7 @@ def status(name: str) -> BackendStatus:
         return BackendStatus(name, False, reason=str(e) or type(e).__name__)
     return BackendStatus(name, True, backend.version, backend.devices or (backend.device_name,),
                          kernels=backend.kernels.offered(), dropped=backend.kernels.dropped,
-                         compiles=backend.compiler is not None)
+                         compiles=backend.compiler is not None or backend.fused is not None)
 
 
 def nop() -> None:

@@ -10,7 +10,8 @@ from hypothesis import settings
 from trainer import backends
 
 # jax on the CPU by name: its default device is a GPU where there is one
-CPU_BACKENDS = ["numpy", "array-api-strict", "torch", pytest.param(("jax", "cpu"), id="jax")]
+CPU_BACKENDS = ["numpy", "numba", "array-api-strict", "torch",
+                pytest.param(("jax", "cpu"), id="jax")]
 GPU_BACKENDS = [("cupy", None), ("torch", "cuda"), ("jax", "cuda")]
 
 

@@ -164,8 +164,10 @@ def backends_cmd(as_json: Annotated[bool, Opt("--json", help="print JSON instead
         if status.available:
             plain = (" (the plain array-API step, compiled whole)" if status.compiles
                      else " (the plain array-API step)")
+            fused = (" (and whole steps compiled, for the configs README's Backends lists)"
+                     if status.compiles and status.kernels else "")
             console.print(f"{status.name} kernels: {', '.join(status.kernels) or 'none'}"
-                          + (plain if not status.kernels else ""), soft_wrap=True)
+                          + (plain if not status.kernels else fused), soft_wrap=True)
         for name, why in status.dropped:
             console.print(f"[yellow]{status.name}: kernel {name} left out: {escape(why)}[/]",
                           soft_wrap=True)

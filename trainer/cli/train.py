@@ -30,6 +30,7 @@ from trainer.cli.options import (
     Opt,
 )
 from trainer.core.config import Config
+from trainer.core.fused import unsupported
 from trainer.core.schedule import constant_rate
 from trainer.data.dataset import Dataset
 from trainer.errors import TrainerError, UsageError
@@ -52,7 +53,7 @@ class OutOfMemory(TrainerError):
     """The host or the device ran out of memory."""
 
 
-def print_config(config: Config, name: str, backend: str, device: str) -> None:
+def print_config(config: Config, name: str, backend: str, device: str, how: str = "") -> None:
     table = Table(title=f"Network configuration: {escape(name)}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -67,8 +68,17 @@ def print_config(config: Config, name: str, backend: str, device: str) -> None:
             field.default)
         if key != "layers" and (key in core or value != default):
             table.add_row(key, str(value))
-    table.add_row("backend", f"{backend} ({device})")
+    table.add_row("backend", f"{backend} ({device}{'; ' + how if how else ''})")
     console.print(table)
+
+
+def fused_note(backend: Backend, config: Config) -> str:
+    """For a backend with a fused kernel (numba): whether this config's steps run compiled,
+    or why they run NumPy's step instead."""
+    if backend.fused is None:
+        return ""
+    why = unsupported(config)
+    return "whole steps compiled" if why is None else f"NumPy's step: {why}"
 
 
 @contextlib.contextmanager
@@ -234,7 +244,7 @@ def train_cmd(
             console.print(escape(finished), soft_wrap=True)
             return
         if not (quiet or as_json):
-            print_config(cfg, run_name, loaded.name, loaded.device_name)
+            print_config(cfg, run_name, loaded.name, loaded.device_name, fused_note(loaded, cfg))
         path = resume if resume is not None else claim_run_dir(run_dir, run_name)
         if resume is None:
             atomic_write_json(path / "config.json", cfg.to_dict())

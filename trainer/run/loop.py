@@ -15,6 +15,7 @@ from trainer.core.augment import Shifter, chain
 from trainer.core.compiled import CompiledStep
 from trainer.core.config import Config
 from trainer.core.elastic import ElasticWarp
+from trainer.core.fused import FusedStep, unsupported
 from trainer.core.losses import diverged
 from trainer.core.metrics import evaluate
 from trainer.core.network import init_params
@@ -72,8 +73,12 @@ class Run:
                            config.dtype)
         params = [backend.asarray(p) for p in host]
         velocities = [backend.asarray(np.zeros_like(p)) for p in host]
+        kernel = (backend.fused(config.dtype) if backend.fused is not None and engine.fast
+                  and unsupported(config) is None else None)
         if backend.compiler is not None and engine.fast:  # the backend compiles whole steps
             self.step: Step = CompiledStep(config, self.xp, params, velocities, backend.compiler)
+        elif kernel is not None:  # the backend runs whole steps of this config compiled
+            self.step = FusedStep(config, self.xp, params, velocities, kernel)
         else:
             self.step = make_step(config, self.xp, params, velocities,
                                   backend.kernels if engine.fast else None)
@@ -82,7 +87,7 @@ class Run:
         # on a core the BLAS leaves free (competing with BLAS threads it costs more than it saves)
         spare_core = blas_threads is not None and blas_threads < (os.cpu_count() or 1)
         self.prefetch = (backend.kernels.prefetch if engine.fast and engine.prefetch
-                         and spare_core else None)
+                         and spare_core and not isinstance(self.step, FusedStep) else None)
         self.shifter = self.warp = None
         aug = config.augment
         blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
@@ -135,7 +140,7 @@ class Run:
         if self.warp is not None:  # its fields follow from (seed, epoch, image): nothing to save
             self.warp.use(epoch)
         steps = -(-self.n_train // size)
-        if isinstance(self.step, CompiledStep):
+        if isinstance(self.step, CompiledStep | FusedStep):
             loss_sum, correct_sum, lr = self._stretches(epoch, steps, perm, t0)
         else:
             loss_sum, correct_sum, lr = self._steps(epoch, steps, perm, t0)

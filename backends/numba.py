@@ -1,0 +1,36 @@
+"""numba: NumPy arrays on the CPU, with each stretch of training steps compiled whole by numba
+(numba_step.py) where the config is one that kernel covers; any other config trains exactly as
+on the numpy backend (its kernels and steps)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import Backend
+from . import numpy as numpy_backend
+
+
+def load(device: str | None = None) -> Backend:
+    try:
+        import numba
+    except ImportError as e:
+        raise ImportError(f"numba is not installed ({e}); pip install 'trainer[numba]'") from e
+    base = numpy_backend.load(device)
+    from . import numba_step
+
+    if numba_step.make_kernel(np.dtype(np.float32)) is None:
+        raise ImportError("numpy's BLAS offers no 64-bit-integer CBLAS GEMM for numba to call")
+    return Backend(**{**base.__dict__, "name": "numba", "version": numba.__version__,
+                      "fused": _kernel})
+
+
+@functools.cache
+def _kernel(dtype: str) -> Callable[..., Any] | None:
+    """The stretch kernel for `dtype`, made once per process (compiled on its first call)."""
+    from . import numba_step
+
+    return numba_step.make_kernel(np.dtype(dtype))

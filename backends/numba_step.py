@@ -1,0 +1,342 @@
+"""A whole training step compiled by numba, for NumPy arrays: the `numba` backend's kernel.
+
+NumPy pays Python's dispatch for each of a step's ~40 array operations; at neural-net-rs's
+batch of 32 that is as much time as the GEMMs themselves. Here the steps of a stretch run as
+one compiled loop: the GEMMs through the OpenBLAS that NumPy ships (its 64-bit CBLAS entry
+points, as numpy_blas.py), everything else as loops that the compiler vectorizes. Those loops
+need exp and tanh as plain arithmetic (numba's math functions are scalar library calls, 20x
+slower): Cephes' polynomials below, accurate to a few units in the last place.
+
+What the kernel computes is trainer/core's step for a multilayer perceptron with sigmoid, tanh,
+ReLU or identity hidden layers, a softmax output with summed or mean cross-entropy, and SGD
+with (plain) momentum: the same math as network.forward/backward, losses.loss_and_delta and
+optim.sgd, tested against them (tests/test_numba_step.py). Values whose exp is below
+EXP_FLOOR are taken as zero, so that no denormal number reaches a GEMM (OpenBLAS slows down
+tenfold on them).
+
+This module imports numba, which the `numba` extra installs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from . import numpy_blas
+
+ACTIVATION_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
+ROW_MAJOR, NO_TRANS, TRANS = numpy_blas.ROW_MAJOR, numpy_blas.NO_TRANS, numpy_blas.TRANS
+# exp(x) for x below these is taken as 0 (float32: e^-60 ~ 1e-26; float64: e^-700 ~ 1e-304,
+# both far from the denormals even after a learning rate multiplies them)
+EXP_FLOOR32, EXP_FLOOR64 = -60.0, -700.0
+
+
+@intrinsic
+def _f32_from_bits(typingctx: Any, i: Any) -> Any:
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        v = args[0]
+        if i.bitwidth != 32:
+            v = builder.trunc(v, context.get_value_type(types.int32))
+        return builder.bitcast(v, context.get_value_type(types.float32))
+    return types.float32(i), codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx: Any, i: Any) -> Any:
+    if not isinstance(i, types.Integer) or i.bitwidth != 64:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    return types.float64(i), codegen
+
+
+def vexp(x: float) -> float:
+    """exp(x), vectorizable (typed by `overload` below)."""
+    raise NotImplementedError  # pragma: no cover - only numba calls it
+
+
+def vtanh(x: float) -> float:
+    """tanh(x), vectorizable (typed by `overload` below)."""
+    raise NotImplementedError  # pragma: no cover - only numba calls it
+
+
+@njit(inline="always", error_model="numpy")
+def _exp32(x: float) -> float:
+    # Cephes expf: exp(x) = 2^k exp(r), r = x - k ln 2 in [-ln 2 / 2, ln 2 / 2]
+    small = x < np.float32(EXP_FLOOR32)
+    x = min(x, np.float32(88.0))
+    x = x if not small else np.float32(0.0)
+    k = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    e = p * _f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+    return e if not small else np.float32(0.0)
+
+
+@njit(inline="always", error_model="numpy")
+def _exp64(x: float) -> float:
+    # Cephes exp: a Pade form in r = x - k ln 2
+    small = x < EXP_FLOOR64
+    x = min(x, 709.0)
+    x = x if not small else 0.0
+    k = np.floor(x * 1.4426950408889634073599 + 0.5)
+    r = x - k * 6.93145751953125e-1 - k * 1.42860682030941723212e-6
+    rr = r * r
+    px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
+              + 9.99999999999999999910e-1)
+    q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
+         + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0
+    e = (1.0 + 2.0 * (px / (q - px))) * _f64_from_bits((np.int64(k) + np.int64(1023))
+                                                       << np.int64(52))
+    return e if not small else 0.0
+
+
+@njit(inline="always", error_model="numpy")
+def _tanh32(x: float) -> float:
+    # Cephes tanhf: an odd polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above
+    ax = abs(x)
+    z = x * x
+    p = ((((np.float32(-5.70498872745e-3) * z + np.float32(2.06390887954e-2)) * z
+           - np.float32(5.37397155531e-2)) * z + np.float32(1.33314422036e-1)) * z
+         - np.float32(3.33332819422e-1)) * z * x + x
+    e = _exp32(min(np.float32(2.0) * ax, np.float32(88.0)))
+    big = np.float32(1.0) - np.float32(2.0) / (e + np.float32(1.0))
+    big = big if x >= np.float32(0.0) else -big
+    return p if ax < np.float32(0.625) else big
+
+
+@njit(inline="always", error_model="numpy")
+def _tanh64(x: float) -> float:
+    # Cephes tanh: x + x^3 P(x^2) / Q(x^2) below 0.625, 1 - 2 / (exp(2|x|) + 1) above
+    ax = abs(x)
+    z = x * x
+    p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z \
+        - 1.61468768441708447952e3
+    q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z \
+        + 4.84406305325125486048e3
+    small = x + x * z * (p / q)
+    e = _exp64(min(2.0 * ax, 709.0))
+    big = 1.0 - 2.0 / (e + 1.0)
+    big = big if x >= 0.0 else -big
+    return small if ax < 0.625 else big
+
+
+@overload(vexp)
+def _vexp(x):  # noqa: ANN001, ANN202 - numba compares these signatures
+    if isinstance(x, types.Float):
+        return (lambda x: _exp32(x)) if x.bitwidth == 32 else (lambda x: _exp64(x))
+    return None
+
+
+@overload(vtanh)
+def _vtanh(x):  # noqa: ANN001, ANN202 - numba compares these signatures
+    if isinstance(x, types.Float):
+        return (lambda x: _tanh32(x)) if x.bitwidth == 32 else (lambda x: _tanh64(x))
+    return None
+
+
+@njit(inline="always", error_model="numpy")
+def _bias_activate(z: np.ndarray, b: np.ndarray, act: int) -> None:
+    """z = activation(z + b) in place, row by row (network.forward's layer)."""
+    n, h = z.shape
+    half = z.dtype.type(0.5)
+    zero = z.dtype.type(0.0)
+    for r in range(n):
+        row = z[r]
+        for j in range(h):
+            row[j] += b[j]
+        if act == 1:  # sigmoid as activations.sigmoid: 0.5 (tanh(z / 2) + 1)
+            for j in range(h):
+                row[j] = half * vtanh(half * row[j]) + half
+        elif act == 2:
+            for j in range(h):
+                row[j] = vtanh(row[j])
+        elif act == 3:
+            for j in range(h):
+                row[j] = max(row[j], zero)
+
+
+@njit(inline="always", error_model="numpy")
+def _activate_grad(g: np.ndarray, a: np.ndarray, act: int) -> None:
+    """g times the activation's derivative, from its output a (activations.*_backward)."""
+    n, h = g.shape
+    one = g.dtype.type(1.0)
+    zero = g.dtype.type(0.0)
+    for r in range(n):
+        gr, ar = g[r], a[r]
+        if act == 1:
+            for j in range(h):
+                gr[j] *= ar[j] * (one - ar[j])
+        elif act == 2:
+            for j in range(h):
+                gr[j] *= one - ar[j] * ar[j]
+        elif act == 3:
+            for j in range(h):
+                gr[j] = gr[j] if ar[j] > zero else zero
+
+
+@njit(inline="always", error_model="numpy")
+def _softmax_xent(z: np.ndarray, labels: np.ndarray, scale: float) -> tuple[float, int]:
+    """losses.loss_and_delta's cross-entropy on logits z (n, k), and metrics.hits: returns the
+    summed loss (float64) and the correct count, and leaves scale * (softmax - onehot) in z."""
+    n, k = z.shape
+    loss = 0.0
+    correct = 0
+    for r in range(n):  # shift each row by its largest logit
+        row = z[r]
+        mx = row[0]
+        for j in range(1, k):
+            mx = max(mx, row[j])
+        for j in range(k):
+            row[j] -= mx
+        shifted = row[labels[r]]
+        loss -= np.float64(shifted)
+        correct += shifted == 0  # the true class has the largest output, as metrics.hits
+    flat = z.reshape(n * k)
+    for i in range(n * k):  # (one long loop: it vectorizes, rows of ten do not)
+        flat[i] = vexp(flat[i])
+    for r in range(n):
+        row = z[r]
+        s = row[0]
+        for j in range(1, k):
+            s += row[j]
+        loss += np.log(np.float64(s))
+        factor = scale / s
+        for j in range(k):
+            row[j] *= factor
+        row[labels[r]] -= scale
+    return loss, correct
+
+
+@njit(inline="always", error_model="numpy")
+def _gather(x_all: np.ndarray, labels_all: np.ndarray, rows: np.ndarray, x: np.ndarray,
+            labels: np.ndarray) -> None:
+    """The batch's rows of x_all into x, and their labels."""
+    d = x.shape[1]
+    for r in range(rows.shape[0]):
+        src, dst = x_all[rows[r]], x[r]
+        for c in range(d):
+            dst[c] = src[c]
+        labels[r] = labels_all[rows[r]]
+
+
+@njit(inline="always", error_model="numpy")
+def _bias_momentum(vb: np.ndarray, delta: np.ndarray, m: float) -> None:
+    """vb = m vb + delta summed over the batch: optim.momentum for a bias."""
+    for j in range(vb.shape[0]):
+        vb[j] *= m
+    for r in range(delta.shape[0]):
+        dr = delta[r]
+        for j in range(vb.shape[0]):
+            vb[j] += dr[j]
+
+
+@njit(inline="always", error_model="numpy")
+def _add(w: np.ndarray, v: np.ndarray) -> None:
+    for j in range(w.shape[0]):
+        w[j] += v[j]
+
+
+def make_kernel(dtype: np.dtype) -> Callable[..., Any] | None:
+    """The stretch kernel for `dtype` (float32 or float64) calling NumPy's own BLAS, or None
+    where NumPy's BLAS does not offer the GEMM it needs."""
+    lib = numpy_blas._library()
+    if lib is None:
+        return None
+    kind, real = ("s", ctypes.c_float) if dtype == np.float32 else ("d", ctypes.c_double)
+    i64 = ctypes.c_int64
+    gemm = None
+    for template in numpy_blas.SYMBOLS:
+        address = getattr(lib, template.format(kind + "gemm"), None)
+        if address is not None:
+            gemm = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64,
+                                    i64, real, i64, i64, i64, i64, real, i64, i64)(
+                ctypes.cast(address, ctypes.c_void_p).value)
+            break
+    if gemm is None:
+        return None
+    return _build(gemm)
+
+
+def _build(gemm: Any) -> Callable[..., Any]:
+    @njit(boundscheck=False, nogil=True, error_model="numpy")
+    def steps(x_all: np.ndarray, labels_all: np.ndarray, perm: np.ndarray, scales: np.ndarray,
+              first: int, count: int, batch: int, batch_size: int, sizes: np.ndarray,
+              acts: np.ndarray, w: np.ndarray, v: np.ndarray, offsets: np.ndarray,
+              momentum: float, xbuf: np.ndarray, hbuf: np.ndarray, dbuf: np.ndarray,
+              labels: np.ndarray, sums: np.ndarray, diverged_nats: float,
+              check_nats: bool) -> tuple[int, float]:
+        """Steps first .. first + count - 1 of an epoch, each on rows perm[s * batch_size:]
+        [:batch]: sums[0] += summed loss, sums[1] += correct; stops after a step whose mean
+        loss is not finite or (check_nats) above diverged_nats. Returns (that step or -1, the
+        last step's summed loss)."""
+        layers = acts.shape[0]
+        d = sizes[0]
+        m = w.dtype.type(momentum)
+        one = w.dtype.type(1.0)
+        zero = w.dtype.type(0.0)
+        n = batch
+        width = dbuf.shape[0] // 2
+        last = 0.0
+        for s in range(first, first + count):
+            lo = s * batch_size
+            x = xbuf[:n * d].reshape((n, d))
+            _gather(x_all, labels_all, perm[lo:lo + n], x, labels)
+            # forward: each layer's output in hbuf, one after the other
+            a_in = x
+            h0 = 0
+            for i in range(layers):
+                fi, fo = sizes[i], sizes[i + 1]
+                z = hbuf[h0:h0 + n * fo].reshape((n, fo))
+                wi = w[offsets[2 * i]:offsets[2 * i] + fi * fo]
+                gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, fo, fi, one, a_in.ctypes.data, fi,
+                     wi.ctypes.data, fo, zero, z.ctypes.data, fo)
+                _bias_activate(z, w[offsets[2 * i + 1]:offsets[2 * i + 1] + fo],
+                               acts[i] if i < layers - 1 else 0)
+                a_in = z
+                h0 += n * fo
+            loss, correct = _softmax_xent(a_in, labels[:n], scales[s])
+            last = loss
+            sums[0] += loss
+            sums[1] += correct
+            # backward: delta in place of the logits, then in dbuf's two halves in turn
+            delta = a_in
+            for i in range(layers - 1, -1, -1):
+                fi, fo = sizes[i], sizes[i + 1]
+                h0 -= n * fo
+                prev = hbuf[h0 - n * fi:h0].reshape((n, fi)) if i > 0 else x
+                wi = w[offsets[2 * i]:offsets[2 * i] + fi * fo]
+                vi = v[offsets[2 * i]:offsets[2 * i] + fi * fo]
+                down = dbuf[(i % 2) * width:(i % 2) * width + n * fi].reshape((n, fi))
+                if i > 0:  # delta @ w^T, with w before its update
+                    gemm(ROW_MAJOR, NO_TRANS, TRANS, n, fi, fo, one, delta.ctypes.data, fo,
+                         wi.ctypes.data, fo, zero, down.ctypes.data, fi)
+                # v = m v + a^T delta (optim.momentum, the gradient's -lr in delta)
+                gemm(ROW_MAJOR, TRANS, NO_TRANS, fi, fo, n, one, prev.ctypes.data, fi,
+                     delta.ctypes.data, fo, m, vi.ctypes.data, fo)
+                _bias_momentum(v[offsets[2 * i + 1]:offsets[2 * i + 1] + fo], delta, m)
+                if i > 0:
+                    _activate_grad(down, prev, acts[i - 1])
+                    delta = down
+            _add(w, v)  # optim.sgd's w += v
+            mean = loss / n
+            if not np.isfinite(mean) or (check_nats and mean > diverged_nats):
+                return s, last
+        return -1, last
+
+    return steps

@@ -1,0 +1,230 @@
+"""The numba backend's fused step (backends/numba_step.py, trainer/core/fused.py): its exp and
+tanh against NumPy's in float64, its steps against the plain float64 reference of test_step,
+NumPy's runs, and itself (seeds, resumes, where its stretches of steps are cut)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import _load_or_skip, make_dataset
+from test_step import config as step_config
+from test_step import reference_steps
+
+from trainer import backends
+from trainer.core.config import Config
+from trainer.core.fused import FusedStep, unsupported
+from trainer.core.network import init_params
+from trainer.core.step import FlatStep
+from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from trainer.run.loop import Run
+from trainer.run.results import Callbacks, DivergedError, Engine, Interrupted
+from trainer.run.train import train
+
+# the kinds of network the kernel covers (test_step's layers are sigmoid, tanh, softmax)
+COVERED = {
+    "sgd": {},
+    "relu-identity-mean": {"loss_reduction": "mean",
+                           "layers": [{"nodes": 6, "activation": "relu"},
+                                      {"nodes": 5, "activation": "identity"},
+                                      {"nodes": 3, "activation": "softmax"}, {"nodes": 4}]},
+    "one-layer": {"layers": [{"nodes": 6, "activation": "softmax"}, {"nodes": 4}]},
+}
+
+
+@pytest.fixture(scope="module")
+def numba() -> backends.Backend:
+    be = _load_or_skip("numba")
+    assert be.fused is not None, "the numba backend must offer its fused kernel"
+    return be
+
+
+def fused(be: backends.Backend, cfg: Config, host: list[np.ndarray]) -> FusedStep:
+    return FusedStep(cfg, be.xp, [p.copy() for p in host], [np.zeros_like(p) for p in host],
+                     be.fused(cfg.dtype))
+
+
+def config(**changes) -> Config:
+    """A network the kernel covers, on make_dataset's 4x5 images."""
+    return Config.from_dict({
+        "layers": [{"nodes": 20, "activation": "tanh"}, {"nodes": 16, "activation": "relu"},
+                   {"nodes": 12, "activation": "sigmoid"}, {"nodes": 8, "activation": "softmax"},
+                   {"nodes": 4}],
+        "learning_rate": 0.01, "momentum": 0.9, "batch_size": 16, "epochs": 2,
+        "dtype": "float64"} | changes)
+
+
+def test_exp_and_tanh_match_numpy(numba: backends.Backend) -> None:
+    """The kernel's own exp and tanh (Cephes' polynomials) against NumPy's: a few ulps."""
+    from numba import njit
+
+    from trainer.backends.numba_step import vexp, vtanh
+
+    @njit(error_model="numpy")
+    def apply(x: np.ndarray, out_exp: np.ndarray, out_tanh: np.ndarray) -> None:
+        for i in range(x.shape[0]):
+            out_exp[i] = vexp(x[i])
+            out_tanh[i] = vtanh(x[i])
+
+    rng = np.random.default_rng(0)
+    for dtype, floor, ulps in ((np.float64, -700.0, 4), (np.float32, -60.0, 4)):
+        x = np.concatenate([rng.uniform(-30, 30, 20000), rng.uniform(-1, 1, 20000),
+                            rng.uniform(-1e-3, 1e-3, 1000), [0.0, 0.625, -0.625, 40.0]])
+        x = np.concatenate([x, rng.uniform(floor, 80, 5000)]).astype(dtype)
+        e, t = np.empty_like(x), np.empty_like(x)
+        apply(x, e, t)
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(e, np.exp(x.astype(np.float64)), rtol=ulps * eps, atol=0)
+        np.testing.assert_allclose(t, np.tanh(x.astype(np.float64)), rtol=ulps * eps, atol=0)
+        below = np.asarray([floor - 1, floor - 300], dtype=dtype)
+        apply(below, e[:2], t[:2])
+        assert list(e[:2]) == [0.0, 0.0]  # no denormals for the GEMMs
+
+
+@pytest.mark.parametrize("variant", COVERED)
+def test_fused_step_matches_the_reference(numba: backends.Backend, variant: str) -> None:
+    """Two full batches in one stretch, then the partial last one alone."""
+    cfg = step_config(**COVERED[variant])
+    assert unsupported(cfg) is None
+    rng = np.random.default_rng(3)
+    x, labels = rng.normal(0, 1, (10, 6)), rng.integers(0, 4, 10)
+    perm = np.array([0, 3, 5, 7, 1, 2, 9, 4, 8, 6])  # batches of 4, the last of 2
+    batches = [perm[:4], perm[4:8], perm[8:]]
+    host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
+    want_params, want_losses = reference_steps(cfg, host, x, np.eye(4)[labels], batches,
+                                               cfg.learning_rate)
+    step = fused(numba, cfg, host)
+    step.begin_epoch(x, labels, perm, [cfg.learning_rate] * 3, 0)
+    loss, correct, broke, last = step.run(0, 2, 0.0, 0.0)
+    assert broke is None and step.global_step == 2
+    assert loss == pytest.approx(sum(want_losses[:2]), rel=1e-12)
+    assert last == pytest.approx(want_losses[1], rel=1e-12)
+    loss, correct, broke, last = step.run(2, 1, loss, correct)
+    assert loss == pytest.approx(sum(want_losses), rel=1e-12) and step.global_step == 3
+    for got, want in zip(step.params, want_params, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+def test_correct_counts_the_rows_whose_true_class_is_largest(numba: backends.Backend) -> None:
+    cfg = step_config(**COVERED["one-layer"])
+    rng = np.random.default_rng(4)
+    x, labels = rng.normal(0, 1, (12, 6)), rng.integers(0, 4, 12)
+    host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
+    want = int(np.sum(np.argmax(x @ host[0] + host[1], axis=1) == labels))
+    step = fused(numba, cfg, host)
+    step.begin_epoch(x, labels, np.arange(12), [0.0] * 3, 0)  # rate 0: the weights stay
+    assert step.run(0, 3, 0.0, 0.0)[1] == want
+
+
+def test_float64_weights_match_numpy_after_50_steps(numba: backends.Backend) -> None:
+    """A learning-rate schedule too (a rate per step), and the best epoch's weights put back."""
+    data = make_dataset(n_train=400)  # 25 steps per epoch, 2 epochs
+    cfg = config(validation_split=0.2, restore_best_weights=True, epochs=3,
+                 lr_schedule={"type": "cosine", "warmup_epochs": 1})
+    ref, got = train(cfg, data, "numpy"), train(cfg, data, numba)
+    assert isinstance(_run(cfg, data, numba).step, FusedStep)
+    for r, g in zip(ref.params, got.params, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+    assert got.history[-1].loss == pytest.approx(ref.history[-1].loss, rel=1e-10)
+    assert [h.train_accuracy for h in got.history] == [h.train_accuracy for h in ref.history]
+    assert got.best_epoch == ref.best_epoch is not None
+
+
+def test_float32_weights_match_numpy_within_dtype_tolerance(numba: backends.Backend) -> None:
+    data = make_dataset(n_train=400)
+    cfg = config(dtype="float32")
+    ref, got = train(cfg, data, "numpy"), train(cfg, data, numba)
+    tol = 100 * np.finfo(np.float32).eps  # test_parity's bound
+    for r, g in zip(ref.params, got.params, strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol * np.max(np.abs(r)))
+
+
+def _run(cfg: Config, data, be: backends.Backend) -> Run:
+    return Run(cfg, data, be, Engine(), None, Callbacks(), None)
+
+
+@pytest.mark.parametrize("change", [
+    {"nesterov": True}, {"optimizer": "adam"}, {"regularization_type": "L2",
+                                                "regularization_rate": 0.01},
+    {"augment": {"shift": 1}}, {"loss": "mse"},
+    {"layers": [{"nodes": 20, "activation": "leaky_relu", "dropout": 0.0},
+                {"nodes": 8, "activation": "softmax"}, {"nodes": 4}]},
+    {"layers": [{"nodes": 20, "activation": "relu", "dropout": 0.2},
+                {"nodes": 8, "activation": "softmax"}, {"nodes": 4}]},
+])
+def test_other_configs_train_as_on_numpy(numba: backends.Backend, change: dict) -> None:
+    """What the kernel does not cover runs NumPy's own step: the same bits as numpy."""
+    data = make_dataset(n_train=160)
+    cfg = config(dtype="float32", **change)
+    assert unsupported(cfg) is not None
+    assert isinstance(_run(cfg, data, numba).step, FlatStep)
+    ref, got = train(cfg, data, "numpy"), train(cfg, data, numba)
+    for r, g in zip(ref.params, got.params, strict=True):
+        assert np.array_equal(r, g)
+
+
+def test_same_seed_same_bits_and_another_seed_other_bits(numba: backends.Backend) -> None:
+    cfg = config(dtype="float32", validation_split=0.2)
+    a, b = train(cfg, make_dataset(), numba), train(cfg, make_dataset(), numba)
+    c = train(cfg.replace(seed=1), make_dataset(), numba)
+    assert all(np.array_equal(x, y) for x, y in zip(a.params, b.params, strict=True))
+    assert [h.loss for h in a.history] == [h.loss for h in b.history]
+    assert not np.array_equal(a.params[0], c.params[0])
+
+
+def test_where_the_stretches_end_changes_no_bit(numba: backends.Backend) -> None:
+    """Checkpoints every 3 steps cut every epoch into stretches of 3: the same bits as whole
+    epochs, and the checkpoints fall on those steps."""
+    cfg = config(dtype="float32")
+    straight = train(cfg, make_dataset(), numba)
+    states: list[LoopState] = []
+    cut = train(cfg, make_dataset(), numba,
+                callbacks=Callbacks(checkpoint=states.append, checkpoint_every=3))
+    for a, b in zip(straight.params, cut.params, strict=True):
+        assert np.array_equal(a, b)
+    assert [h.loss for h in straight.history] == [h.loss for h in cut.history]
+    steps = -(-straight.train_samples // cfg.batch_size)
+    want = [(e, s) for e in (1, 2) for s in range(1, steps) if (s + (e - 1) * steps) % 3 == 0]
+    assert sorted((s.epoch, s.step) for s in states) == sorted(want + [(2, 0), (3, 0)])
+
+
+def test_resume_mid_epoch_is_bitwise_equal(numba: backends.Backend, tmp_path: Path) -> None:
+    cfg = config(dtype="float32", epochs=3)
+    straight = train(cfg, make_dataset(), numba)
+    saved: list[tuple[int, int]] = []
+
+    def checkpoint(state: LoopState) -> None:
+        saved.append((state.epoch, state.step))
+        save_checkpoint(tmp_path, state)
+
+    def stop_requested() -> int | None:  # asked after every stretch and at every epoch's end
+        return signal.SIGINT if any(e == 2 and s > 0 for e, s in saved) else None
+
+    with pytest.raises(Interrupted) as caught:
+        train(cfg, make_dataset(), numba, callbacks=Callbacks(
+            checkpoint=checkpoint, stop_requested=stop_requested, checkpoint_every=2))
+    state = load_checkpoint(tmp_path)
+    assert (state.epoch, state.step) == (caught.value.epoch, caught.value.step)
+    assert state.epoch == 2 and state.step > 0
+    resumed = train(cfg, make_dataset(), numba, resume=state)
+    for a, b in zip(straight.params, resumed.params, strict=True):
+        assert np.array_equal(a, b)
+    assert [h.loss for h in straight.history] == [h.loss for h in resumed.history]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_divergence_stops_at_the_same_step_as_numpy(numba: backends.Backend, dtype: str) -> None:
+    cfg = Config.from_dict({
+        "layers": [{"nodes": 20, "activation": "relu"}, {"nodes": 8, "activation": "softmax"},
+                   {"nodes": 4}], "learning_rate": 1e6, "batch_size": 10, "epochs": 3,
+        "dtype": dtype})
+    caught = []
+    for be in ("numpy", numba):
+        with pytest.raises(DivergedError) as e:
+            train(cfg, make_dataset(n_train=200), be)
+        caught.append(e.value)
+    assert (caught[1].epoch, caught[1].step) == (caught[0].epoch, caught[0].step)
+    assert str(caught[1]) == str(caught[0])
