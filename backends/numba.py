@@ -4,6 +4,7 @@ on the numpy backend (its kernels and steps)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -19,13 +20,10 @@ def load(device: str | None = None) -> Backend:
         import numba
     except ImportError as e:
         raise ImportError(f"numba is not installed ({e}); pip install 'trainer[numba]'") from e
-    base = numpy_backend.load(device)
-    from . import numba_step
-
-    if numba_step.make_kernel(np.dtype(np.float32)) is None:
+    if _kernel("float32") is None:
         raise ImportError("numpy's BLAS offers no 64-bit-integer CBLAS GEMM for numba to call")
-    return Backend(**{**base.__dict__, "name": "numba", "version": numba.__version__,
-                      "fused": _kernel})
+    return dataclasses.replace(numpy_backend.load(device), name="numba",
+                               version=numba.__version__, fused=_kernel)
 
 
 @functools.cache

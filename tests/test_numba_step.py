@@ -228,3 +228,20 @@ def test_divergence_stops_at_the_same_step_as_numpy(numba: backends.Backend, dty
         caught.append(e.value)
     assert (caught[1].epoch, caught[1].step) == (caught[0].epoch, caught[0].step)
     assert str(caught[1]) == str(caught[0])
+
+
+def test_train_says_which_step_a_numba_run_uses(numba: backends.Backend, idx_dir: Path,
+                                                tmp_path: Path) -> None:
+    from test_cli_train import run, write_config
+
+    compiled = run("train", write_config(tmp_path, epochs=1), "--data-dir", idx_dir,
+                   "--run-dir", tmp_path / "a", "--backend", "numba")
+    assert compiled.exit_code == 0, compiled.output
+    assert "numba (cpu; whole steps compiled)" in compiled.output
+    dropout = write_config(tmp_path, "drop", epochs=1, layers=[
+        {"nodes": 784, "activation": "sigmoid", "dropout": 0.2},
+        {"nodes": 32, "activation": "softmax"}, {"nodes": 10}])
+    numpy_step = run("train", dropout, "--data-dir", idx_dir, "--run-dir", tmp_path / "b",
+                     "--backend", "numba")
+    assert numpy_step.exit_code == 0, numpy_step.output
+    assert "numba (cpu; NumPy's step: it has dropout)" in " ".join(numpy_step.output.split())
