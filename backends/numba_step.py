@@ -4,15 +4,16 @@ NumPy pays Python's dispatch for each of a step's ~40 array operations; at neura
 batch of 32 that is as much time as the GEMMs themselves. Here the steps of a stretch run as
 one compiled loop: the GEMMs through the OpenBLAS that NumPy ships (its 64-bit CBLAS entry
 points, as numpy_blas.py), everything else as loops that the compiler vectorizes. Those loops
-need exp and tanh as plain arithmetic (numba's math functions are scalar library calls, 20x
-slower): Cephes' polynomials below, accurate to a few units in the last place.
+need exp and tanh as plain arithmetic (numba's math functions are scalar library calls, about
+ten times slower): Cephes' polynomials below, accurate to a few units in the last place.
 
 What the kernel computes is trainer/core's step for a multilayer perceptron with sigmoid, tanh,
 ReLU or identity hidden layers, a softmax output with summed or mean cross-entropy, and SGD
 with (plain) momentum: the same math as network.forward/backward, losses.loss_and_delta and
-optim.sgd, tested against them (tests/test_numba_step.py). Values whose exp is below
-EXP_FLOOR are taken as zero, so that no denormal number reaches a GEMM (OpenBLAS slows down
-tenfold on them).
+optim.sgd, tested against them (tests/test_numba_step.py). exp of a value below EXP_FLOOR32
+or EXP_FLOOR64 is taken as zero, so that no denormal number reaches a GEMM, where they are
+many times slower than normal numbers (BENCHMARKS.md: a prototype without it took 2-8 s per
+epoch at batch 512).
 
 This module imports numba, which the `numba` extra installs.
 """
@@ -29,11 +30,10 @@ from numba.extending import intrinsic, overload
 
 from . import numpy_blas
 
-ACTIVATION_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 ROW_MAJOR, NO_TRANS, TRANS = numpy_blas.ROW_MAJOR, numpy_blas.NO_TRANS, numpy_blas.TRANS
-# exp(x) for x below these is taken as 0 (float32: e^-60 ~ 1e-26; float64: e^-700 ~ 1e-304,
-# both far from the denormals even after a learning rate multiplies them)
-EXP_FLOOR32, EXP_FLOOR64 = -60.0, -700.0
+# exp(x) for x below these is taken as 0 (float32: e^-60 ~ 1e-26; float64: e^-600 ~ 1e-261,
+# both far from the denormals, 1e-38 and 1e-308, even after a learning rate multiplies them)
+EXP_FLOOR32, EXP_FLOOR64 = -60.0, -600.0
 
 
 @intrinsic
@@ -281,10 +281,19 @@ def _build(gemm: Any) -> Callable[..., Any]:
               momentum: float, xbuf: np.ndarray, hbuf: np.ndarray, dbuf: np.ndarray,
               labels: np.ndarray, sums: np.ndarray, diverged_nats: float,
               check_nats: bool) -> tuple[int, float]:
-        """Steps first .. first + count - 1 of an epoch, each on rows perm[s * batch_size:]
-        [:batch]: sums[0] += summed loss, sums[1] += correct; stops after a step whose mean
-        loss is not finite or (check_nats) above diverged_nats. Returns (that step or -1, the
-        last step's summed loss)."""
+        """Steps first .. first + count - 1 of an epoch, step s on the `batch` rows
+        perm[s * batch_size:] of x_all (inputs) and labels_all (integer classes), its delta
+        factor scales[s] (trainer/core/step.py's Step._scale: -lr, or -lr / n for a mean loss).
+
+        The network: layer sizes `sizes`, hidden activations `acts` (one code per layer, the
+        last ignored: 0 identity, 1 sigmoid, 2 tanh, 3 relu; trainer/core/fused.py's HIDDEN),
+        weights and biases in the flat buffer w ([W0, b0, W1, b1, ...], W_i of shape (fan_in,
+        fan_out) row-major, starting at offsets[2 i] and b_i at offsets[2 i + 1]), their
+        velocities laid out alike in v, momentum `momentum`. Work buffers: xbuf (batch_size x
+        sizes[0]), hbuf (batch_size x sum(sizes[1:])), dbuf (2 x batch_size x the widest hidden
+        layer), labels (batch_size). sums[0] += each step's summed loss, sums[1] += its correct
+        count (float64). Stops after a step whose mean loss is not finite or (check_nats) above
+        diverged_nats. Returns (that step or -1, the last step's summed loss)."""
         layers = acts.shape[0]
         d = sizes[0]
         m = w.dtype.type(momentum)
@@ -322,8 +331,8 @@ def _build(gemm: Any) -> Callable[..., Any]:
                 prev = hbuf[h0 - n * fi:h0].reshape((n, fi)) if i > 0 else x
                 wi = w[offsets[2 * i]:offsets[2 * i] + fi * fo]
                 vi = v[offsets[2 * i]:offsets[2 * i] + fi * fo]
-                down = dbuf[(i % 2) * width:(i % 2) * width + n * fi].reshape((n, fi))
                 if i > 0:  # delta @ w^T, with w before its update
+                    down = dbuf[(i % 2) * width:(i % 2) * width + n * fi].reshape((n, fi))
                     gemm(ROW_MAJOR, NO_TRANS, TRANS, n, fi, fo, one, delta.ctypes.data, fo,
                          wi.ctypes.data, fo, zero, down.ctypes.data, fi)
                 # v = m v + a^T delta (optim.momentum, the gradient's -lr in delta)

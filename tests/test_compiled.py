@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from trainer import backends
 from trainer.core.compiled import CompiledStep
 from trainer.core.config import Config
 from trainer.core.network import init_params
+from trainer.data.dataset import Dataset
 from trainer.run.checkpoint import LoopState, load_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Interrupted, StepInfo
 from trainer.run.train import train
@@ -85,24 +87,22 @@ def test_compiled_adam_matches_hand_computation(jax: backends.Backend, optimizer
         np.testing.assert_allclose(jax.to_numpy(got), w, rtol=1e-10, atol=1e-12)
 
 
-def test_same_seed_same_bits_and_another_seed_other_bits(jax: backends.Backend) -> None:
-    cfg = resume_config("sgd-dropout-shift-val", epochs=2).replace(dtype="float32")
-    a, b = train(cfg, resume_data(), jax), train(cfg, resume_data(), jax)
-    c = train(cfg.replace(seed=1), resume_data(), jax)
+def check_seeds(be: backends.Backend, cfg: Config, data: Callable[[], Dataset]) -> None:
+    """The same seed gives the same bits, another seed other bits."""
+    a, b = train(cfg, data(), be), train(cfg, data(), be)
+    c = train(cfg.replace(seed=1), data(), be)
     assert all(np.array_equal(x, y) for x, y in zip(a.params, b.params, strict=True))
     assert [h.loss for h in a.history] == [h.loss for h in b.history]
     assert not np.array_equal(a.params[0], c.params[0])
 
 
-@pytest.mark.parametrize("recipe", ["sgd-dropout-shift-val", "adam", "sgd-elastic-shift-val"])
-def test_where_the_stretches_end_changes_no_bit(jax: backends.Backend, recipe: str) -> None:
-    """Checkpoints every 3 steps cut every epoch into stretches of 3: the same bits as whole
-    epochs, and the checkpoints fall on those steps."""
-    cfg = resume_config(recipe, epochs=2).replace(dtype="float32")
-    straight = train(cfg, resume_data(), jax)
+def check_stretches(be: backends.Backend, cfg: Config, data: Callable[[], Dataset]) -> None:
+    """Checkpoints every 3 steps cut every epoch of a 2-epoch run into stretches of 3: the same
+    bits as whole epochs, and the checkpoints fall on those steps."""
+    straight = train(cfg, data(), be)
     states: list[LoopState] = []
-    cut = train(cfg, resume_data(), jax,
-                callbacks=Callbacks(checkpoint=states.append, checkpoint_every=3))
+    cut = train(cfg, data(), be, callbacks=Callbacks(checkpoint=states.append,
+                                                     checkpoint_every=3))
     for a, b in zip(straight.params, cut.params, strict=True):
         assert np.array_equal(a, b)
     assert [h.loss for h in straight.history] == [h.loss for h in cut.history]
@@ -112,33 +112,63 @@ def test_where_the_stretches_end_changes_no_bit(jax: backends.Backend, recipe: s
     assert sorted((s.epoch, s.step) for s in states) == want
 
 
-@pytest.mark.parametrize("recipe", ["sgd-dropout-shift-val", "adam", "sgd-elastic-shift-val"])
-def test_resume_mid_epoch_is_bitwise_equal(jax: backends.Backend, recipe: str,
-                                           tmp_path: Path) -> None:
+def check_resume(be: backends.Backend, cfg: Config, data: Callable[[], Dataset],
+                 folder: Path) -> None:
+    """Stopped mid-epoch 2 (checkpoints every 2 steps) and resumed: bitwise the straight run."""
     from trainer.run.checkpoint import save_checkpoint
 
-    cfg = resume_config(recipe).replace(dtype="float32")
-    straight = train(cfg, resume_data(), jax)
+    straight = train(cfg, data(), be)
     saved: list[tuple[int, int]] = []
 
     def checkpoint(state: LoopState) -> None:
         saved.append((state.epoch, state.step))
-        save_checkpoint(tmp_path, state)
+        save_checkpoint(folder, state)
 
     def stop_requested() -> int | None:  # asked after every stretch and at every epoch's end
         return signal.SIGINT if any(e == 2 and s > 0 for e, s in saved) else None
 
     with pytest.raises(Interrupted) as caught:  # after epoch 2's second stretch
-        train(cfg, resume_data(), jax, callbacks=Callbacks(
+        train(cfg, data(), be, callbacks=Callbacks(
             checkpoint=checkpoint, stop_requested=stop_requested, checkpoint_every=2))
-    state = load_checkpoint(tmp_path)
+    state = load_checkpoint(folder)
     assert (state.epoch, state.step) == (caught.value.epoch, caught.value.step)
     assert state.epoch == 2 and state.step > saved[-2][1] > 0  # the stretch after a checkpoint
-    resumed = train(cfg, resume_data(), jax, resume=state)
+    resumed = train(cfg, data(), be, resume=state)
     for a, b in zip(straight.params, resumed.params, strict=True):
         assert np.array_equal(a, b)
     assert [h.loss for h in straight.history] == [h.loss for h in resumed.history]
     assert straight.test_accuracy == resumed.test_accuracy
+
+
+def check_divergence(be: backends.Backend, dtype: str) -> None:
+    """A learning rate that blows up stops at NumPy's step, with NumPy's message."""
+    cfg = Config.from_dict({
+        "layers": [{"nodes": 20, "activation": "relu"}, {"nodes": 8, "activation": "softmax"},
+                   {"nodes": 4}], "learning_rate": 1e6, "batch_size": 10, "epochs": 3,
+        "dtype": dtype})
+    caught = []
+    for backend in ("numpy", be):
+        with pytest.raises(DivergedError) as e:
+            train(cfg, make_dataset(n_train=200), backend)
+        caught.append(e.value)
+    assert (caught[1].epoch, caught[1].step) == (caught[0].epoch, caught[0].step)
+    assert str(caught[1]) == str(caught[0])
+
+
+def test_same_seed_same_bits_and_another_seed_other_bits(jax: backends.Backend) -> None:
+    check_seeds(jax, resume_config("sgd-dropout-shift-val", epochs=2).replace(dtype="float32"),
+                resume_data)
+
+
+@pytest.mark.parametrize("recipe", ["sgd-dropout-shift-val", "adam", "sgd-elastic-shift-val"])
+def test_where_the_stretches_end_changes_no_bit(jax: backends.Backend, recipe: str) -> None:
+    check_stretches(jax, resume_config(recipe, epochs=2).replace(dtype="float32"), resume_data)
+
+
+@pytest.mark.parametrize("recipe", ["sgd-dropout-shift-val", "adam", "sgd-elastic-shift-val"])
+def test_resume_mid_epoch_is_bitwise_equal(jax: backends.Backend, recipe: str,
+                                           tmp_path: Path) -> None:
+    check_resume(jax, resume_config(recipe).replace(dtype="float32"), resume_data, tmp_path)
 
 
 def test_parity_with_adam_schedule_and_best_weights(jax: backends.Backend) -> None:
@@ -177,17 +207,7 @@ def test_the_bars_see_every_stretch_and_the_epochs_figures(jax: backends.Backend
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_divergence_stops_at_the_same_step_as_numpy(jax: backends.Backend, dtype: str) -> None:
-    cfg = Config.from_dict({
-        "layers": [{"nodes": 20, "activation": "relu"}, {"nodes": 8, "activation": "softmax"},
-                   {"nodes": 4}], "learning_rate": 1e6, "batch_size": 10, "epochs": 3,
-        "dtype": dtype})
-    caught = []
-    for be in ("numpy", jax):
-        with pytest.raises(DivergedError) as e:
-            train(cfg, make_dataset(n_train=200), be)
-        caught.append(e.value)
-    assert (caught[1].epoch, caught[1].step) == (caught[0].epoch, caught[0].step)
-    assert str(caught[1]) == str(caught[0])
+    check_divergence(jax, dtype)
 
 
 def test_compile_time_is_in_the_first_epoch_and_the_total(jax: backends.Backend) -> None:

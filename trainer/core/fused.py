@@ -62,7 +62,7 @@ class FusedStep(Step):
         # per layer in turn) and the labels
         self.buffers = (aligned_empty(xp, (bs * sizes[0],), like),
                         aligned_empty(xp, (bs * sum(sizes[1:]),), like),
-                        aligned_empty(xp, (2 * bs * max(sizes[:-1]),), like),
+                        aligned_empty(xp, (2 * bs * max(sizes[1:-1], default=1),), like),
                         np.empty(bs, dtype=np.int64))
         self._epoch: tuple[Array, Array, Array, np.ndarray] | None = None
 
