@@ -4,6 +4,7 @@ NumPy's runs, and itself (seeds, resumes, where its stretches of steps are cut).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,37 @@ def test_train_says_which_step_a_numba_run_uses(numba: backends.Backend, idx_dir
                      "--backend", "numba")
     assert numpy_step.exit_code == 0, numpy_step.output
     assert "numba (cpu; NumPy's step: it has dropout)" in " ".join(numpy_step.output.split())
+
+
+def test_bench_does_not_time_numba_on_configs_its_kernel_does_not_cover(
+        numba: backends.Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """There numba trains with NumPy's step: its row would be NumPy's time under another name
+    (and could be named the fastest of ours)."""
+    from typer.testing import CliRunner
+
+    from trainer.cli import bench as cli_bench
+    from trainer.cli.app import app
+
+    timed: list[list[str]] = []
+
+    def fake_run_bench(cfg, *, targets, **_):  # noqa: ANN001, ANN202 - run_bench's stand-in
+        timed.append(list(targets))
+        return {"results": [], "fastest": {}, "versions": {}, "machine": {"cpu": {
+            "model": "x", "cores": 2, "simd": "AVX2"}}}
+
+    monkeypatch.setattr(cli_bench, "run_bench", fake_run_bench)
+    dropout = tmp_path / "dropout.json"
+    dropout.write_text(json.dumps(config(layers=[
+        {"nodes": 784, "activation": "relu", "dropout": 0.2},
+        {"nodes": 16, "activation": "softmax"}, {"nodes": 10}]).to_dict()))
+    args = ["bench", "--backends", "numpy,numba", "--batch-sizes", "32", "--out",
+            str(tmp_path / "b.json")]
+    result = CliRunner().invoke(app, [*args[:1], str(dropout), *args[1:]], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "numba: not timed: it trains this config with NumPy's step (it has dropout)" in (
+        result.output)
+    covered = CliRunner().invoke(app, args, terminal_width=200)  # the default config
+    assert covered.exit_code == 0, covered.output
+    assert timed == [["numpy"], ["numpy", "numba"]] and "not timed" not in covered.output
+    alone = CliRunner().invoke(app, [*args[:1], str(dropout), "--backends", "numba"])
+    assert alone.exit_code == 2 and "nothing left to time" in alone.output

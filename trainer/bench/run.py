@@ -97,6 +97,22 @@ def available_targets(names: list[str] | None, peers: bool) -> list[str]:
     return chosen
 
 
+def not_covered(targets: list[str], config: Config) -> dict[str, str]:
+    """The targets that would train `config` on another backend's step, with the reason: a
+    backend whose fused kernel (Backend.fused: numba) does not cover the config runs NumPy's
+    step, so its time would be NumPy's under another name."""
+    from trainer.core.fused import unsupported
+
+    why = unsupported(config)
+    if why is None:
+        return {}
+    found = {}
+    for target in targets:
+        if not target.startswith("peer:") and backends.load(target).fused is not None:
+            found[target] = f"it trains this config with NumPy's step ({why})"
+    return found
+
+
 def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: list[str],
               epochs: int = 3, warmup: int = 1, rounds: int = 1, limit_train: int | None = None,
               keep_blas_env: bool = False, on_result: Any = None,
