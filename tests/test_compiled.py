@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,10 +45,11 @@ def compiled(be: backends.Backend, cfg: Config, host: list[np.ndarray]) -> Compi
                         [be.asarray(np.zeros_like(p)) for p in host], be.compiler)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_compiled_step_matches_the_reference(jax: backends.Backend, variant: str) -> None:
-    """Two full batches in one stretch, then the partial last one alone (its own compile)."""
-    cfg = step_config(**VARIANTS[variant])
+def check_reference(cfg: Config, make: Callable[[list[np.ndarray]], Any],
+                    asarray: Callable[[Any], Any], to_numpy: Callable[[Any], Any]) -> None:
+    """A stretch step (CompiledStep, FusedStep) made by `make` from the initial weights, against
+    test_step's float64 reference: two full batches in one stretch, then the partial last one
+    alone (on jax its own compile)."""
     rng = np.random.default_rng(3)
     x, labels = rng.normal(0, 1, (10, 6)), rng.integers(0, 4, 10)
     perm = np.array([0, 3, 5, 7, 1, 2, 9, 4, 8, 6])  # batches of 4, the last of 2
@@ -55,9 +57,8 @@ def test_compiled_step_matches_the_reference(jax: backends.Backend, variant: str
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     want_params, want_losses = reference_steps(cfg, host, x, np.eye(4)[labels], batches,
                                                cfg.learning_rate)
-    step = compiled(jax, cfg, host)
-    step.begin_epoch(jax.asarray(x), jax.asarray(labels), jax.asarray(perm),
-                     [cfg.learning_rate] * 3, 0)
+    step = make(host)
+    step.begin_epoch(asarray(x), asarray(labels), asarray(perm), [cfg.learning_rate] * 3, 0)
     loss, correct, broke, last = step.run(0, 2, 0.0, 0.0)
     assert broke is None and step.global_step == 2
     assert loss == pytest.approx(sum(want_losses[:2]), rel=1e-12)
@@ -66,7 +67,13 @@ def test_compiled_step_matches_the_reference(jax: backends.Backend, variant: str
     assert loss == pytest.approx(sum(want_losses), rel=1e-12) and step.global_step == 3
     assert 0 <= correct <= 10 and correct == int(correct)
     for got, want in zip(step.params, want_params, strict=True):
-        np.testing.assert_allclose(jax.to_numpy(got), want, rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiled_step_matches_the_reference(jax: backends.Backend, variant: str) -> None:
+    cfg = step_config(**VARIANTS[variant])
+    check_reference(cfg, lambda host: compiled(jax, cfg, host), jax.asarray, jax.to_numpy)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])

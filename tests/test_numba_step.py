@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import _load_or_skip, make_dataset
-from test_compiled import check_divergence, check_resume, check_seeds, check_stretches
+from test_compiled import (
+    check_divergence,
+    check_reference,
+    check_resume,
+    check_seeds,
+    check_stretches,
+)
 from test_step import config as step_config
-from test_step import reference_steps
 
 from trainer import backends
 from trainer.core.config import Config
@@ -85,26 +90,9 @@ def test_exp_and_tanh_match_numpy(numba: backends.Backend) -> None:
 
 @pytest.mark.parametrize("variant", COVERED)
 def test_fused_step_matches_the_reference(numba: backends.Backend, variant: str) -> None:
-    """Two full batches in one stretch, then the partial last one alone."""
     cfg = step_config(**COVERED[variant])
     assert unsupported(cfg) is None
-    rng = np.random.default_rng(3)
-    x, labels = rng.normal(0, 1, (10, 6)), rng.integers(0, 4, 10)
-    perm = np.array([0, 3, 5, 7, 1, 2, 9, 4, 8, 6])  # batches of 4, the last of 2
-    batches = [perm[:4], perm[4:8], perm[8:]]
-    host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
-    want_params, want_losses = reference_steps(cfg, host, x, np.eye(4)[labels], batches,
-                                               cfg.learning_rate)
-    step = fused(numba, cfg, host)
-    step.begin_epoch(x, labels, perm, [cfg.learning_rate] * 3, 0)
-    loss, correct, broke, last = step.run(0, 2, 0.0, 0.0)
-    assert broke is None and step.global_step == 2
-    assert loss == pytest.approx(sum(want_losses[:2]), rel=1e-12)
-    assert last == pytest.approx(want_losses[1], rel=1e-12)
-    loss, correct, broke, last = step.run(2, 1, loss, correct)
-    assert loss == pytest.approx(sum(want_losses), rel=1e-12) and step.global_step == 3
-    for got, want in zip(step.params, want_params, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+    check_reference(cfg, lambda host: fused(numba, cfg, host), np.asarray, np.asarray)
 
 
 def test_correct_counts_the_rows_whose_true_class_is_largest(numba: backends.Backend) -> None:
