@@ -252,25 +252,24 @@ def _add(w: np.ndarray, v: np.ndarray) -> None:
         w[j] += v[j]
 
 
+def gemm_function(dtype: np.dtype) -> Any | None:
+    """NumPy's own BLAS's cblas_sgemm (float32) or cblas_dgemm (float64) with its pointers as
+    int64 (what numba passes for `a.ctypes.data`), or None where that BLAS has none."""
+    lib = numpy_blas._library()
+    f = numpy_blas.symbol(lib, ("s" if dtype == np.float32 else "d") + "gemm") if lib else None
+    if f is None:
+        return None
+    real, i64 = (ctypes.c_float if dtype == np.float32 else ctypes.c_double), ctypes.c_int64
+    return ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real,
+                            i64, i64, i64, i64, real, i64, i64)(
+        ctypes.cast(f, ctypes.c_void_p).value)
+
+
 def make_kernel(dtype: np.dtype) -> Callable[..., Any] | None:
     """The stretch kernel for `dtype` (float32 or float64) calling NumPy's own BLAS, or None
     where NumPy's BLAS does not offer the GEMM it needs."""
-    lib = numpy_blas._library()
-    if lib is None:
-        return None
-    kind, real = ("s", ctypes.c_float) if dtype == np.float32 else ("d", ctypes.c_double)
-    i64 = ctypes.c_int64
-    gemm = None
-    for template in numpy_blas.SYMBOLS:
-        address = getattr(lib, template.format(kind + "gemm"), None)
-        if address is not None:
-            gemm = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64,
-                                    i64, real, i64, i64, i64, i64, real, i64, i64)(
-                ctypes.cast(address, ctypes.c_void_p).value)
-            break
-    if gemm is None:
-        return None
-    return _build(gemm)
+    gemm = gemm_function(dtype)
+    return None if gemm is None else _build(gemm)
 
 
 def _build(gemm: Any) -> Callable[..., Any]:

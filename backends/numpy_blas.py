@@ -18,6 +18,7 @@ import glob
 import os
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,18 +36,25 @@ def _library() -> ctypes.CDLL | None:
     return None
 
 
+def symbol(lib: ctypes.CDLL, name: str) -> Any | None:
+    """The library's 64-bit-integer CBLAS function `name` ("sgemm", "daxpy", ...), or None."""
+    for template in SYMBOLS:
+        f = getattr(lib, template.format(name), None)
+        if f is not None:
+            return f
+    return None
+
+
 def _function(lib: ctypes.CDLL, kind: str, real: type, name: str = "gemm") -> Callable | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     argtypes = {"gemm": [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr,
                          i64, ptr, i64, real, ptr, i64],
                 "axpy": [i64, real, ptr, i64, ptr, i64]}[name]
-    for template in SYMBOLS:
-        f = getattr(lib, template.format(kind + name), None)
-        if f is not None:
-            f.argtypes = argtypes
-            f.restype = None
-            return f
-    return None
+    f = symbol(lib, kind + name)
+    if f is not None:
+        f.argtypes = argtypes
+        f.restype = None
+    return f
 
 
 def _layout(a: np.ndarray) -> tuple[int, int] | None:

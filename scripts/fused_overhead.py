@@ -16,7 +16,6 @@ Prints us per step (medians) and writes JSON.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import time
@@ -26,7 +25,7 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from trainer import backends
-from trainer.backends import numpy_blas
+from trainer.backends import numba_step, numpy_blas
 from trainer.bench.peers import gemm_floor
 from trainer.core.config import default_config
 from trainer.core.fused import FusedStep
@@ -37,18 +36,7 @@ from trainer.run.train import auto_blas_threads
 RM, NT, T = numpy_blas.ROW_MAJOR, numpy_blas.NO_TRANS, numpy_blas.TRANS
 
 
-def _sgemm() -> object:
-    lib, i64 = numpy_blas._library(), ctypes.c_int64
-    for template in numpy_blas.SYMBOLS:
-        address = getattr(lib, template.format("sgemm"), None)
-        if address is not None:
-            return ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64,
-                                    i64, ctypes.c_float, i64, i64, i64, i64, ctypes.c_float,
-                                    i64, i64)(ctypes.cast(address, ctypes.c_void_p).value)
-    raise SystemExit("numpy's BLAS has no 64-bit CBLAS sgemm")
-
-
-gemm = _sgemm()
+gemm = numba_step.gemm_function(np.dtype(np.float32))  # the kernel's own GEMM
 
 
 @njit(nogil=True)

@@ -15,12 +15,12 @@ from trainer.core.config import Config
 from trainer.core.dropout import keep_mask, step_key
 from trainer.core.elastic import ElasticWarp
 from trainer.core.losses import DIVERGED_NATS
-from trainer.core.step import Rates, State, Step
+from trainer.core.step import Rates, State, StretchStep
 
 Array = Any
 
 
-class CompiledStep(Step):
+class CompiledStep(StretchStep):
     """PlainStep's math (train_batch), traced once by the backend's compiler and run as a loop
     over consecutive batches on the device (Backend.compiler: jax): no step pays Python's
     dispatch of its ~40 array operations, only each run of steps pays one call.
@@ -43,14 +43,10 @@ class CompiledStep(Step):
         self.warp: ElasticWarp | None = None
         self.shifter: Shifter | None = None
 
-    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
-                 x: Array | None = None) -> tuple[Array, Array]:
-        raise TypeError("a CompiledStep trains stretches of an epoch: begin_epoch, then run")
-
     def begin_epoch(self, x_all: Array, y_all: Array, perm: Array, lrs: Sequence[float],
                     done: int) -> None:
-        """Get ready for an epoch whose `done` first steps are done: its training data, batch
-        order (rows of x_all and y_all) and each step's learning rate."""
+        """StretchStep.begin_epoch, with each step's scalars and dropout keys worked out here,
+        on the host, as tables for the device."""
         c, n = self.config, perm.shape[0]
         first = self.global_step - done  # the global step of the epoch's first step
         dtype = np.dtype(c.dtype)
@@ -73,10 +69,7 @@ class CompiledStep(Step):
 
     def run(self, first: int, count: int, loss_sum: float, correct: float
             ) -> tuple[float, float, int | None, float]:
-        """Train steps first .. first + count - 1 of the epoch (0-based; all on full batches,
-        or the last, partial one alone), stopping after a step whose loss says that training
-        diverged. Returns the epoch's (summed loss, correct count) so far, added to the given
-        ones, the diverged step (or None) and the last step's summed loss."""
+        """StretchStep.run: one call of the compiled loop."""
         size, n = self.config.batch_size, self._epoch[2].shape[0]
         batch = min(size, n - first * size)
         state = (self.params, self.velocities, self.second)

@@ -11,7 +11,7 @@ import numpy as np
 from trainer.core.buffers import aligned_empty, flatten
 from trainer.core.config import Config
 from trainer.core.losses import DIVERGED_NATS
-from trainer.core.step import FlatStep, Step
+from trainer.core.step import FlatStep, StretchStep
 
 Array = Any
 HIDDEN = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3}  # the kernel's activation codes
@@ -36,10 +36,10 @@ def unsupported(config: Config) -> str | None:
     return next((reason for bad, reason in why if bad), None)
 
 
-class FusedStep(Step):
+class FusedStep(StretchStep):
     """Step's state in flat host buffers, trained a stretch at a time by the backend's fused
-    kernel: the same interface as CompiledStep (begin_epoch, then run per stretch), the same
-    math as PlainStep (tests/test_numba_step.py).
+    kernel (StretchStep's begin_epoch, then run per stretch): the same math as PlainStep
+    (tests/test_numba_step.py).
 
     A stretch's steps run one after the other in the kernel whatever the stretch's length, so
     where the stretches are cut (bars, checkpoints, a resume) changes no bit.
@@ -66,10 +66,6 @@ class FusedStep(Step):
                         np.empty(bs, dtype=np.int64))
         self._epoch: tuple[Array, Array, Array, np.ndarray] | None = None
 
-    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
-                 x: Array | None = None) -> tuple[Array, Array]:
-        raise TypeError("a FusedStep trains stretches of an epoch: begin_epoch, then run")
-
     _write = FlatStep._write  # in place: the state is views of the flat buffers
 
     def begin_epoch(self, x_all: Array, y_all: Array, perm: Array, lrs: Sequence[float],
@@ -83,10 +79,6 @@ class FusedStep(Step):
 
     def run(self, first: int, count: int, loss_sum: float, correct: float
             ) -> tuple[float, float, int | None, float]:
-        """CompiledStep.run: steps first .. first + count - 1 of the epoch (all on full batches,
-        or the last, partial one alone), stopping after a step whose loss diverged. Returns the
-        epoch's (summed loss, correct count) so far, the diverged step (or None) and the last
-        step's summed loss."""
         if self._epoch is None:
             raise RuntimeError("begin_epoch first")
         x_all, y_all, perm, scales = self._epoch

@@ -8,8 +8,9 @@ the reference math, and the fast steps, which rearrange the same math for speed.
   write into reused per-batch buffers (buffers.BatchBuffers) instead of allocating.
 - VelocityStep: FlatStep for momentum SGD, with each large weight's momentum
   (optim.momentum: v = m v + g) done inside its gradient's GEMM, through the BLAS's beta.
-- CompiledStep (compiled.py): the plain step's train_batch traced and compiled whole, for a
-  backend that compiles (jax).
+- StretchStep: a step that trains stretches of steps in one call: CompiledStep (compiled.py),
+  the plain step's train_batch traced and compiled whole, for a backend that compiles (jax);
+  FusedStep (fused.py), a backend's whole-step kernel on host arrays (numba).
 
 `make_step` picks the fastest that the backend's kernels and the optimizer allow.
 """
@@ -371,6 +372,31 @@ class VelocityStep(FlatStep):
             self._add_velocity(1.0)
         else:
             self.flat_params += self.flat_velocities
+
+
+class StretchStep(Step):
+    """A step that trains stretches of consecutive steps in one call (CompiledStep, FusedStep):
+    the training loop calls `begin_epoch` with the epoch's data, batch order and learning rates,
+    then `run` for each stretch; calling it per batch is an error."""
+
+    def __call__(self, x_all: Array, y_all: Array, idx: Array, lr: float,
+                 x: Array | None = None) -> tuple[Array, Array]:
+        raise TypeError(f"a {type(self).__name__} trains stretches of an epoch: begin_epoch, "
+                        "then run")
+
+    def begin_epoch(self, x_all: Array, y_all: Array, perm: Array, lrs: Sequence[float],
+                    done: int) -> None:
+        """Get ready for an epoch whose `done` first steps are done: its training data, batch
+        order (rows of x_all and y_all) and each step's learning rate."""
+        raise NotImplementedError
+
+    def run(self, first: int, count: int, loss_sum: float, correct: float
+            ) -> tuple[float, float, int | None, float]:
+        """Train steps first .. first + count - 1 of the epoch (0-based; all on full batches,
+        or the last, partial one alone), stopping after a step whose loss says that training
+        diverged. Returns the epoch's (summed loss, correct count) so far, added to the given
+        ones, the diverged step (or None) and the last step's summed loss."""
+        raise NotImplementedError
 
 
 def make_step(config: Config, xp: Any, params: Sequence[Array], velocities: Sequence[Array],

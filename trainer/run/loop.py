@@ -20,7 +20,7 @@ from trainer.core.losses import diverged
 from trainer.core.metrics import evaluate
 from trainer.core.network import init_params
 from trainer.core.schedule import constant_rate, learning_rate
-from trainer.core.step import Step, make_step
+from trainer.core.step import Step, StretchStep, make_step
 from trainer.data.dataset import Dataset, InputScaling, split
 from trainer.run.checkpoint import LoopState
 from trainer.run.results import (
@@ -140,7 +140,7 @@ class Run:
         if self.warp is not None:  # its fields follow from (seed, epoch, image): nothing to save
             self.warp.use(epoch)
         steps = -(-self.n_train // size)
-        if isinstance(self.step, CompiledStep | FusedStep):
+        if isinstance(self.step, StretchStep):
             loss_sum, correct_sum, lr = self._stretches(epoch, steps, perm, t0)
         else:
             loss_sum, correct_sum, lr = self._steps(epoch, steps, perm, t0)
