@@ -113,3 +113,38 @@ def test_every_activation_matches_the_forward_pass(activations, scaling, dtype):
     assert np.abs(theirs - ours).max() <= tol
     assert np.array_equal(theirs.argmax(axis=1), ours.argmax(axis=1))
     assert np.allclose(theirs.sum(axis=1)[ours.sum(axis=1) > 0], 1.0, atol=tol)
+
+
+def test_export_never_writes_over_a_file_it_did_not_make(tmp_path, mnist_run):
+    """A run's own files are refused even with --force (an ONNX file over model.safetensors
+    made the run unreadable); another existing file needs --force; an earlier export is
+    replaced; a symbolic link is followed to what it would overwrite."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(mnist_run, run_dir, ignore=shutil.ignore_patterns("*.onnx"))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    link = tmp_path / "link.onnx"
+    link.symlink_to(run_dir / "model.safetensors")
+    for out in ("model.safetensors", "checkpoint.safetensors", "metrics.json", "config.json",
+                "history.svg", link):
+        for force in ([], ["--force"]):
+            result = CliRunner().invoke(app, ["export", str(run_dir), "--out",
+                                              str(run_dir / out), *force])
+            assert result.exit_code == 2, result.output
+            assert "is a run's own file" in " ".join(result.output.split())
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert link.is_symlink()
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    refused = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(other)])
+    assert refused.exit_code == 2 and "--force to replace it" in " ".join(refused.output.split())
+    assert other.read_text() == "mine"
+    forced = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(other), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert onnx.load(str(other)).producer_name == "trainer"
+    again = CliRunner().invoke(app, ["export", str(run_dir)])  # model.onnx: export's own
+    assert again.exit_code == 0 and (run_dir / "model.onnx").is_file()
+    assert CliRunner().invoke(app, ["export", str(run_dir)]).exit_code == 0
+    rest = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert rest.pop("model.onnx") and rest == before

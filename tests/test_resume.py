@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_dataset
+from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from trainer.cli.app import app
@@ -87,6 +88,52 @@ def test_checkpoint_every_n_steps(tmp_path: Path) -> None:
     train(config("adam", epochs=1), data(), "numpy",
           callbacks=Callbacks(checkpoint=states.append, checkpoint_every=5))
     assert [(s.epoch, s.step) for s in states] == [(1, 5), (1, 10), (2, 0)]
+
+
+# a network every backend's fast step covers (numba's fused kernel too), 5 steps an epoch, the
+# last one partial (200 images in batches of 48)
+STOP_BACKENDS = ["numpy", "numba", pytest.param(("jax", "cpu"), id="jax")]
+STOP_STEPS, STOP_EPOCHS = 5, 2
+
+
+@pytest.mark.parametrize("at", range(1, STOP_STEPS * STOP_EPOCHS + 1))
+@pytest.mark.parametrize("name", STOP_BACKENDS)
+def test_a_stop_at_any_step_checkpoints_there_and_resumes_bitwise(
+        name: str | tuple[str, str], at: int, tmp_path: Path) -> None:
+    """Stopped after step `at` (the first, the middle ones, an epoch's last, the run's last):
+    the checkpoint is there and says where it stopped, and the resumed run is the straight
+    one, bit for bit. The run's last step ends it whole instead."""
+    from conftest import _load_or_skip
+
+    be = _load_or_skip(*(name if isinstance(name, tuple) else (name,)))
+    cfg = Config.from_dict({
+        "layers": [{"nodes": 20, "activation": "tanh"}, {"nodes": 12, "activation": "softmax"},
+                   {"nodes": 4}],
+        "learning_rate": 0.01, "momentum": 0.9, "batch_size": 48, "epochs": STOP_EPOCHS})
+    d = make_dataset(n_train=200, n_test=50, shape=(4, 5), classes=4, seed=2)
+    straight = train(cfg, d, be)
+    done: list[int] = []  # global steps the bars were shown
+
+    def stop_requested() -> int | None:  # asked after each step (or stretch) and epoch end
+        return signal.SIGINT if done and done[-1] >= at else None
+
+    # a stretch of steps on jax and numba ends where a checkpoint is due: every `at` steps
+    callbacks = Callbacks(
+        on_step=lambda i: done.append((i.epoch - 1) * STOP_STEPS + i.step),
+        stop_requested=stop_requested, checkpoint=lambda st: save_checkpoint(tmp_path, st),
+        checkpoint_every=at)
+    if at == STOP_STEPS * STOP_EPOCHS:
+        cut = train(cfg, d, be, callbacks=callbacks)
+    else:
+        with pytest.raises(Interrupted) as caught:
+            train(cfg, d, be, callbacks=callbacks)
+        state = load_checkpoint(tmp_path)
+        assert (state.epoch, state.step) == (caught.value.epoch, caught.value.step)
+        assert (state.epoch - 1) * STOP_STEPS + state.step == at
+        cut = train(cfg, d, be, resume=state)
+    for a, b in zip(straight.params, cut.params, strict=True):
+        assert np.array_equal(a, b)
+    assert [h.loss for h in straight.history] == [h.loss for h in cut.history]
 
 
 # --- the checkpoint file ----------------------------------------------------------------------
@@ -269,6 +316,33 @@ def test_sigterm_checkpoints_exits_143_and_resumes(idx_dir: Path, tmp_path: Path
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["epochs"][-1]["epoch"] == 60
+
+
+def test_resume_continues_on_the_runs_own_backend(idx_dir: Path, tmp_path: Path) -> None:
+    """`--resume` without --backend trains on the backend the run was started on (numba's
+    checkpoints once resumed on NumPy, off by 2e-4); another one given says it breaks the bits."""
+    from conftest import _load_or_skip
+
+    _load_or_skip("numba")
+    straight = tmp_path / "straight"
+    args = ["--data-dir", str(idx_dir), "--epochs", "2", "--batch-size", "32"]
+    result = runner.invoke(app, ["train", *args, "--backend", "numba", "--run-dir", str(straight)])
+    assert result.exit_code == 0, result.output
+    for other in ("numba", "numpy"):
+        cut = tmp_path / other
+        cut.mkdir()  # the run as it stood after epoch 1: its checkpoint before the last
+        (cut / LATEST).write_bytes((straight / PREVIOUS).read_bytes())
+        given = [] if other == "numba" else ["--backend", other]
+        resumed = runner.invoke(app, ["train", "--resume", str(cut), "--data-dir", str(idx_dir),
+                                      *given])
+        assert resumed.exit_code == 0, resumed.output
+        assert f"backend        {other} (cpu" in resumed.output
+        same = all(np.array_equal(a, b) for a, b in zip(
+            load_file(straight / "model.safetensors").values(),
+            load_file(cut / "model.safetensors").values(), strict=True))
+        assert same == (other == "numba")
+        note = "trained on numba so far; resumed on numpy, it will not be bit for bit"
+        assert (note in " ".join(resumed.output.split())) == (other == "numpy")
 
 
 def test_resume_refuses_overrides(tmp_path: Path) -> None:

@@ -116,6 +116,9 @@ def export_cmd(
     format: Annotated[str, Opt("--format", help="the file format: onnx")] = "onnx",
     out: Annotated[Path | None, Opt(help="the file to write (default RUN_DIR/model.onnx)")]
     = None,
+    force: Annotated[bool, Opt("--force", help="replace an existing --out that trainer export "
+                                               "did not write (never a run's own files)")]
+    = False,
 ) -> None:
     """Export a run's model for other runtimes: ONNX, from raw pixels (0..255) with the run's
     input scaling, every layer and the softmax, to class probabilities."""
@@ -123,12 +126,13 @@ def export_cmd(
         if format != "onnx":
             raise UsageError(f"--format must be onnx, got {format!r:.40}")
         require("onnx", "onnx")
-        from trainer.serve.export import export_onnx
+        from trainer.serve.export import check_out, export_onnx
 
         out = out if out is not None else run_dir / "model.onnx"
         if run_dir.is_dir():
+            check_out(out, force)
             check_writable(out, "--out")
-        path = export_onnx(run_dir, out)
+        path = export_onnx(run_dir, out, force)
         console.print(f"Wrote {escape(str(path))} ({path.stat().st_size / 1024:.0f} KB): input "
                       f"'pixels' (batch, pixels) gray levels 0..255, output 'probabilities'",
                       soft_wrap=True)

@@ -18,7 +18,6 @@ from trainer.cli.batch import batch_cli
 from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
 from trainer.cli.display import TrainProgress, held_out, load_data, print_report
 from trainer.cli.options import (
-    BackendOpt,
     BatchSizeOpt,
     DataDirOpt,
     DatasetOpt,
@@ -119,6 +118,17 @@ def resumed_run(resume: Path, overrides: dict[str, Any]
         raise UsageError(f"{resume}: the checkpoint does not record its run") from None
 
 
+def _resumed_backend(given: str | None, state: LoopState | None) -> str:
+    """The backend to train on: a resumed run continues on its own unless told otherwise
+    (another backend's arithmetic would not give the uninterrupted run's bits)."""
+    recorded = state.run.get("backend") if state is not None else None
+    if given is not None and recorded is not None and given != recorded:
+        err_console.print(f"note: this run was trained on {escape(str(recorded))} so far; "
+                          f"resumed on {escape(given)}, it will not be bit for bit the "
+                          f"uninterrupted run", soft_wrap=True)
+    return given or (recorded if isinstance(recorded, str) else None) or "numpy"
+
+
 def _check_resume(path: Path, state: LoopState, data: Dataset, fingerprint: str,
                   cfg: Config) -> str | None:
     """A run resumes on the data it was trained on (UsageError otherwise); a finished run is
@@ -169,7 +179,8 @@ def train_cmd(
     configs: Annotated[list[Path] | None, typer.Argument(
         metavar="CONFIG", help="JSON config (default: built-in; -: standard input); "
                                     "several, or --seeds: a batch")] = None,
-    backend: BackendOpt = "numpy",
+    backend: Annotated[str | None, Opt(help="numpy (default; --resume: the run's own) | numba | "
+                                            "array-api-strict | torch | cupy | jax")] = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
     dataset: DatasetOpt = None,
@@ -211,7 +222,7 @@ def train_cmd(
                                  "command runs again")
             if seed is not None and seeds is not None:
                 raise UsageError("give --seed (one run) or --seeds (a batch), not both")
-            options = {"backend": backend, "device": device, "data_dir": data_dir,
+            options = {"backend": backend or "numpy", "device": device, "data_dir": data_dir,
                        "dataset": dataset or "mnist",
                        "run_dir": run_dir, "name": name, "limit_train": limit_train,
                        "limit_test": limit_test, "checkpoint_every": checkpoint_every}
@@ -233,7 +244,7 @@ def train_cmd(
             cfg = load_config(config)
             cfg = cfg.replace(**overrides)
             run_name = _run_name(name, config)
-        loaded = load_backend(backend, device)
+        loaded = load_backend(_resumed_backend(backend, state), device)
         dataset = dataset or (state.run.get("dataset") if state else None) or "mnist"
         data = load_data(data_dir, show=not (quiet or as_json), dataset=dataset)
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
@@ -285,7 +296,9 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
                            limit_test=record["limit_test"], resume=state, callbacks=callbacks)
             return result, stop_requested()
     except Interrupted as e:
-        err_console.print(f"Stopped in epoch {e.epoch} after step {e.step}; checkpoint in "
+        where = (f"after epoch {e.epoch - 1}" if e.step == 0
+                 else f"in epoch {e.epoch} after step {e.step}")
+        err_console.print(f"Stopped {where}; checkpoint in "
                           f"{escape(str(path))}. Resume with:\n  trainer train --resume "
                           f"{escape(str(path))}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None

@@ -238,7 +238,9 @@ class Run:
                 raise self._diverged(loss_sum, seen, epoch, done, steps, lr, False)
             callbacks.checkpoint(self.snapshot(epoch, done, loss_sum, correct,
                                                time.perf_counter() - t0))
-        if signal:
+        # after the epoch's last step the stop waits for end_epoch, which checkpoints first:
+        # raising here would promise a checkpoint that was never written
+        if signal and done < steps:
             raise Interrupted(signal, epoch, done)
 
     def _held_out(self) -> tuple[float | None, float | None]:

@@ -14,9 +14,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from trainer.core.activations import LEAKY_SLOPE
+from trainer.errors import UsageError
 from trainer.fileio import atomic_write_bytes
 from trainer.run.inference import load_run
 from trainer.run.model_io import SavedModel
+from trainer.run.rundir import CLAIM
 
 OPSET = 17  # onnxruntime 1.14 and later run it; ReduceSum takes its axes as an input from 13
 IR_VERSION = 8  # the IR that opset 17 needs, so older runtimes load the file too
@@ -26,10 +28,46 @@ OPS = {"sigmoid": ("Sigmoid", {}), "relu": ("Relu", {}), "tanh": ("Tanh", {}),
        "identity": ("Identity", {})}
 
 
-def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the run's model as ONNX (default RUN_DIR/model.onnx), atomically; its path."""
-    model, metrics = load_run(run_dir)
+# what a run writes into its directory: never an export's place, even with force
+RUN_OWN = ("config.json", "metrics.json", "history.json", "history.csv", "history.svg",
+           "confusion.svg", CLAIM)
+MAX_ONNX_PEEK = 1 << 30  # an existing file larger than this is not read to see who made it
+
+
+def check_out(out: str | Path, force: bool = False) -> None:
+    """Refuse (UsageError) to write over a file that export did not make: a run's own files
+    never; another existing file only with `force`. An ONNX file trainer made is replaced."""
+    path = Path(out)
+    target = path.resolve()  # through a symbolic link to where the bytes would have gone
+    if target.is_dir():
+        raise UsageError(f"--out {path} is a directory; name a file")
+    own = target.name in RUN_OWN or target.suffix == ".safetensors"
+    if own and (target.parent / "config.json").is_file():
+        raise UsageError(f"--out {path} is a run's own file ({target.name} in "
+                         f"{target.parent}): export writes a file of its own, e.g. "
+                         f"{target.parent / 'model.onnx'}")
+    if target.exists() and not _made_by_export(target) and not force:
+        raise UsageError(f"--out {path} exists and was not written by trainer export: "
+                         f"choose another --out, or --force to replace it")
+
+
+def _made_by_export(path: Path) -> bool:
+    """Whether `path` is an ONNX model that trainer wrote (so a new export may replace it)."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_ONNX_PEEK:
+            return False
+        return onnx.load(str(path), load_external_data=False).producer_name == "trainer"
+    except Exception:  # not ONNX at all (protobuf's own DecodeError), or unreadable
+        return False
+
+
+def export_onnx(run_dir: str | Path, out: str | Path | None = None, force: bool = False
+                ) -> Path:
+    """Write the run's model as ONNX (default RUN_DIR/model.onnx), atomically; its path.
+    Never over a run's own files, nor over another file unless `force` (check_out)."""
     path = Path(out) if out is not None else Path(run_dir) / "model.onnx"
+    check_out(path, force)
+    model, metrics = load_run(run_dir)
     graph = onnx_model(model, metrics)
     onnx.checker.check_model(graph, full_check=True)
     atomic_write_bytes(path, graph.SerializeToString())
