@@ -3,6 +3,7 @@ recomputed, the same command again training nothing, an interrupted batch resumi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -278,6 +279,61 @@ def test_workers_match_one_process_and_ctrl_c_resumes(idx_dir: Path, tmp_path: P
     summary = json.loads(again.stdout)
     assert [r["finished"] for r in summary["configs"]] == [2, 2]
     assert statistics.fmean(m["epochs"] for r in summary["configs"] for m in r["members"]) == 20
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_workers_die_with_a_killed_driver_and_the_rerun_finishes(idx_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """kill -9 of the batch's driver: its workers checkpoint and end within seconds instead of
+    training on alone under PID 1 (and holding the runs' locks); the same command again
+    resumes them and finishes the batch."""
+    from trainer.run.rundir import is_held
+
+    a, b = write_configs(tmp_path, epochs=500)  # far more than the test waits for
+    group = tmp_path / "group"
+    cmd = _cli(a, b, "--seeds", "2", "--data-dir", idx_dir, "--run-dir", group,
+               "--workers", "2", "--batch-size", "2", "-q")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not all((group / n / LATEST).exists() for n in MEMBERS[:2]) and time.time() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers  # the two workers (and multiprocessing's tracker)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.time() + 20
+    while (alive := [w for w in workers if Path(f"/proc/{w}").exists()]) and \
+            time.time() < deadline:
+        time.sleep(0.1)
+    for w in alive:  # never leave them behind, even when the test fails
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their driver"
+    epochs = {n: load_checkpoint(group / n).epoch for n in MEMBERS[:2]}  # whole and verified
+    assert not any(is_held(group / n) for n in MEMBERS)
+    again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120  # the rerun takes the runs up again, from their checkpoints
+    while (load_checkpoint(group / MEMBERS[0]).epoch <= epochs[MEMBERS[0]]
+           and again.poll() is None and time.time() < deadline):
+        time.sleep(0.1)
+    again.send_signal(signal.SIGINT)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 130, out + err
+    assert load_checkpoint(group / MEMBERS[0]).epoch > epochs[MEMBERS[0]]
 
 
 def test_markdown_table_of_a_summary() -> None:

@@ -113,3 +113,12 @@ def test_imports_point_down(graph: dict[str, set[str]]) -> None:
             if other_rank > rank:
                 wrong.append(f"{module} ({part}) imports {target} ({other})")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_the_cli_prints_what_it_did_not_write_through_one_function() -> None:
+    """console.shown (printable, markup escaped) is the CLI's one way to print a value from a
+    file: rich's bare `escape` lets an ESC byte through to the terminal."""
+    cli = Path(__file__).resolve().parent.parent / "trainer" / "cli"
+    for path in cli.glob("*.py"):
+        if path.name != "console.py":
+            assert "rich.markup import escape" not in path.read_text(), path.name

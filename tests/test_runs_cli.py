@@ -3,7 +3,9 @@ tables that fit 80 columns, figures read back from the runs' files, bad input ex
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -210,3 +212,78 @@ def test_an_empty_folder_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "runs").rmdir()  # not made yet: nothing to list, which is no error
     assert run("runs").exit_code == 0 and run("runs", "--json").stdout.strip() == "[]"
     assert run("runs", "runs").exit_code == 2  # but a DIR given is one that must exist
+
+
+def test_a_model_that_cannot_be_read_is_damaged_not_finished(runs_dir: Path,
+                                                             tmp_path: Path) -> None:
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    (copy / "slow" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    (copy / "fast" / "model.safetensors").write_bytes(b"not a model at all")
+    rows = {r["name"]: r for r in json.loads(run("runs", copy, "--json").stdout)}
+    assert rows["slow"]["state"] == rows["fast"]["state"] == "damaged"
+    assert rows["hot"]["state"] == "diverged" and rows["grp/"]["state"] == "finished"
+
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x1b\\"  # clear the screen, set the window title
+
+
+def _hostile_runs(runs_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two runs with escape codes in a folder name, metrics.json's backend and config.json's
+    optimizer (as a hostile or broken tool could write them)."""
+    root = tmp_path / "runs"
+    one, two = root / "esc\x1b[31mred", root / "plain"
+    shutil.copytree(runs_dir / "slow", one)
+    shutil.copytree(runs_dir / "fast", two)
+    metrics = json.loads((one / "metrics.json").read_text())
+    (one / "metrics.json").write_text(json.dumps(metrics | {"backend": HOSTILE}))
+    config = json.loads((two / "config.json").read_text())
+    (two / "config.json").write_text(json.dumps(config | {"optimizer": "\x1b[31msgd"}))
+    return root, one, two
+
+
+def test_escape_codes_from_run_files_are_shown_never_sent(runs_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """Through a pipe: the folder name, the backend and the config value come out as text
+    (`\\x1b`), with no ESC byte and no matplotlib warning about a missing glyph."""
+    import subprocess
+    import sys
+
+    root, one, two = _hostile_runs(runs_dir, tmp_path)
+    for args in (["runs", root], ["runs", "compare", one, two, "--out", tmp_path / "c.svg"]):
+        done = subprocess.run([sys.executable, "-m", "trainer", *map(str, args)],
+                              capture_output=True, text=True, timeout=120,
+                              env=os.environ | {"COLUMNS": "200"})
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout + done.stderr and "Glyph" not in done.stderr
+        assert "esc\\x1b[31mred" in done.stdout
+        if args[1] == "compare":
+            assert "\\x1b[31msgd" in done.stdout and "\x1b" not in (tmp_path / "c.svg").read_text()
+        else:
+            assert "\\x1b[2J" in done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_escape_codes_from_run_files_do_not_reach_a_terminal(runs_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """Through a pty rich colours its own output; the escape sequences from the files still
+    arrive as text: no clear-screen, no window title, no red from a folder name."""
+    import subprocess
+    import sys
+
+    root, one, two = _hostile_runs(runs_dir, tmp_path)
+    for args in (["runs", root], ["runs", "compare", one, two, "--out", tmp_path / "c.svg"]):
+        main, child = os.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)],
+                                stdin=child, stdout=child, stderr=child,
+                                env=os.environ | {"COLUMNS": "200", "TERM": "xterm"})
+        os.close(child)
+        out = b""
+        with contextlib.suppress(OSError):  # EIO once the child has closed its side
+            while chunk := os.read(main, 65536):
+                out += chunk
+        os.close(main)
+        assert proc.wait(timeout=120) == 0, out
+        for sequence in (b"\x1b[2J", b"\x1b]0;", b"\x1b[31mred", b"\x1b[31msgd"):
+            assert sequence not in out, (sequence, out)
+        assert b"esc\\x1b[31mred" in out

@@ -10,6 +10,8 @@ import os
 import queue
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from .plan import Batch, Member
 
 Event = dict[str, Any]  # what a run reports: {"event": "start" | "epoch" | "done" | "kept", ...}
 WORKER_GRACE_SECONDS = 60  # after a stop request: a worker finishes its step and checkpoints
+PARENT_POLL_SECONDS = 0.5  # where no parent-death signal exists: how often a worker looks
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def _run_processes(members: list[Member], batch: Batch, place: Place,
         tasks.put(member)
     for _ in range(count):
         tasks.put(None)  # one end mark per worker
-    procs = [ctx.Process(target=_worker_main, args=(batch, place, tasks, events),
+    procs = [ctx.Process(target=_worker_main, args=(batch, place, tasks, events, os.getpid()),
                          daemon=False) for _ in range(count)]
     with _sigint_ignored():
         for p in procs:
@@ -200,9 +203,34 @@ def _forward(signum: int | None, procs: list[Any]) -> int | None:
     return signum
 
 
-def _worker_main(batch: Batch, place: Place, tasks: Any, events: Any) -> None:
-    """A worker process: members from `tasks` until its end mark; SIGINT or SIGTERM ask it to
-    stop after the current step, checkpoint, and exit 128 + the signal."""
+def _die_with(parent: int) -> None:
+    """SIGTERM this process when `parent` (the batch's driver) ends, however it ends (kill -9
+    included): a worker left behind would train on alone and hold its runs' locks against the
+    rerun. Linux's parent-death signal; elsewhere a thread that watches the parent's pid."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        armed = False
+    if armed:
+        if os.getppid() != parent:  # it ended before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _worker_main(batch: Batch, place: Place, tasks: Any, events: Any, parent: int) -> None:
+    """A worker process: members from `tasks` until its end mark; SIGINT or SIGTERM (also sent
+    when the driver dies) ask it to stop after the current step, checkpoint, and exit 128 + the
+    signal."""
     received: list[int] = []
 
     def handler(signum: int, _frame: Any) -> None:
@@ -210,7 +238,17 @@ def _worker_main(batch: Batch, place: Place, tasks: Any, events: Any) -> None:
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, handler)
+    _die_with(parent)
     stop = lambda: received[0] if received else None  # noqa: E731
+    try:
+        _work(batch, place, tasks, events, stop, received)
+    finally:
+        if os.getppid() != parent:  # nobody reads the events now: do not wait to flush them
+            events.cancel_join_thread()
+
+
+def _work(batch: Batch, place: Place, tasks: Any, events: Any,
+          stop: Callable[[], int | None], received: list[int]) -> None:
     try:
         data = load_dataset(place.data_dir, dataset=place.dataset)
         if data.fingerprint() != place.fingerprint:

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from trainer import backends
 from trainer.cli.bench import bench_cmd
-from trainer.cli.console import cli_errors, console, err_console, print_json
+from trainer.cli.console import cli_errors, console, err_console, print_json, shown
 from trainer.cli.data import data_app
 from trainer.cli.display import load_data, print_report
 from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt
@@ -75,8 +74,8 @@ def evaluate_cmd(
     with cli_errors():
         model, metrics = load_run(run_dir)
         if dataset and model.dataset and dataset != model.dataset:
-            err_console.print(f"note: the model was trained on {escape(model.dataset)}; "
-                              f"evaluating it on {escape(dataset)}", soft_wrap=True)
+            err_console.print(f"note: the model was trained on {shown(model.dataset)}; "
+                              f"evaluating it on {shown(dataset)}", soft_wrap=True)
         data = load_data(data_dir, show=not as_json,
                          dataset=dataset or model.dataset or "mnist")
         # a sweep's trial was tested on no images (0): then the whole test set
@@ -90,7 +89,7 @@ def evaluate_cmd(
             print_json({"run_dir": str(run_dir), "backend": backend, "recorded_test_accuracy":
                         recorded} | rep.to_dict(model.class_names))
             return
-        console.print(f"Model: {model.config.describe()}  (run {escape(str(run_dir))})",
+        console.print(f"Model: {model.config.describe()}  (run {shown(str(run_dir))})",
                       soft_wrap=True)
         print_report(console, rep, model.class_names)
         if isinstance(recorded, float):
@@ -126,7 +125,7 @@ def predict_cmd(
             rows.append({"file": str(path), "prediction": names[order[0]],
                          "top": [{"class": names[i], "probability": float(p[i])} for i in order]})
         for _, message in failed:  # each message names its file
-            err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True)
         if as_json:
             print_json(rows + [{"file": str(path), "error": message} for path, message in failed])
         elif rows:
@@ -140,8 +139,8 @@ def _print_predictions(rows: list[dict[str, Any]], top: int) -> None:
     for col in ("file", "prediction", f"top {top}"):
         table.add_column(col)
     for row in rows:  # class names come from the model file: plain text, never markup
-        shares = "  ".join(f"{escape(t['class'])} ({t['probability']:.1%})" for t in row["top"])
-        table.add_row(escape(row["file"]), f"[bold]{escape(row['prediction'])}[/]", shares)
+        shares = "  ".join(f"{shown(t['class'])} ({t['probability']:.1%})" for t in row["top"])
+        table.add_row(shown(row["file"]), f"[bold]{shown(row['prediction'])}[/]", shares)
     console.print(table)
 
 
@@ -158,7 +157,7 @@ def backends_cmd(as_json: Annotated[bool, Opt("--json", help="print JSON instead
         table.add_column(col)
     for status in statuses:
         table.add_row(status.name, "yes" if status.available else "[red]no[/]", status.version,
-                      escape(", ".join(status.devices) if status.available else status.reason))
+                      shown(", ".join(status.devices) if status.available else status.reason))
     console.print(table)
     for status in statuses:
         if status.available:
@@ -169,7 +168,7 @@ def backends_cmd(as_json: Annotated[bool, Opt("--json", help="print JSON instead
             console.print(f"{status.name} kernels: {', '.join(status.kernels) or 'none'}"
                           + (plain if not status.kernels else fused), soft_wrap=True)
         for name, why in status.dropped:
-            console.print(f"[yellow]{status.name}: kernel {name} left out: {escape(why)}[/]",
+            console.print(f"[yellow]{status.name}: kernel {name} left out: {shown(why)}[/]",
                           soft_wrap=True)
 
 

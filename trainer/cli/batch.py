@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from trainer.batch import Event, parse_seeds, train_batch
-from trainer.cli.console import console, err_console, print_json
+from trainer.cli.console import console, err_console, print_json, shown
 from trainer.cli.display import epoch_line, load_data
 from trainer.run.results import EpochStats, Interrupted
 
@@ -22,13 +21,13 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
     seed_list = parse_seeds(seeds) if seeds is not None else None
     # worker processes load it again
     data = load_data(options["data_dir"], show=not as_json, dataset=options["dataset"])
-    shown: dict[str, Any] = {}
+    where: dict[str, Any] = {}
 
     def on_group(path: Path, resumed: bool) -> None:
-        shown["group"] = path
+        where["group"] = path
         if not as_json:
             console.print(f"{'Resuming' if resumed else 'Starting'} the batch in "
-                          f"{escape(str(path))}", soft_wrap=True)
+                          f"{shown(str(path))}", soft_wrap=True)
 
     try:
         summary = train_batch(configs, seed_list, overrides=overrides, data=data,
@@ -36,7 +35,7 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
                               stop_requested=stop_requested, on_group=on_group, **options)
     except Interrupted as e:
         err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed in "
-                          f"{escape(str(shown.get('group', '')))}. Run the same command again "
+                          f"{shown(str(where.get('group', '')))}. Run the same command again "
                           f"to continue.", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     if as_json:
@@ -47,7 +46,7 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
                 if m["state"] == "diverged"]
     if diverged:
         err_console.print(f"[bold red]error:[/] {len(diverged)} run(s) diverged (their "
-                          f"metrics.json says where): {escape(', '.join(diverged))}",
+                          f"metrics.json says where): {shown(', '.join(diverged))}",
                           soft_wrap=True)
         raise typer.Exit(code=1)
 
@@ -57,7 +56,7 @@ def _printer(quiet: bool, as_json: bool) -> Any:
     def on_event(event: Event) -> None:
         if as_json:
             return
-        run, kind = escape(event["run"]), event["event"]
+        run, kind = shown(event["run"]), event["event"]
         if kind == "start":
             where = event["resume_epoch"]
             console.print(f"{run}: " + (f"resuming at epoch {where}" if where else "training"))
@@ -72,7 +71,7 @@ def _printer(quiet: bool, as_json: bool) -> Any:
 
 def _outcome(event: Event) -> str:
     if event["state"] == "diverged":
-        return "[red]diverged[/]" + (f": {escape(event['message'])}" if "message" in event else "")
+        return "[red]diverged[/]" + (f": {shown(event['message'])}" if "message" in event else "")
     accuracy, seconds = event.get("test_accuracy"), event.get("seconds")
     text = f"test accuracy {accuracy:.2%}" if accuracy is not None else "finished"
     return text + (f" in {seconds:.1f} s" if seconds is not None else "")
@@ -84,7 +83,7 @@ def _pct(value: float | None) -> str:
 
 def print_summary(summary: dict[str, Any]) -> None:
     """One row per config: runs, test accuracy mean ± std, min, max, mean seconds a run."""
-    table = Table(title=f"Test accuracy by config: {escape(summary['name'])}",
+    table = Table(title=f"Test accuracy by config: {shown(summary['name'])}",
                   title_justify="left")
     # the figures never wrap (a folded "98.06% ±" would read as another number); names fold
     for column, justify, fold in (("config", "left", True), ("network", "left", True),
@@ -99,8 +98,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             str(row["runs"])
         mean = _pct(acc["mean"]) + (f" ± {100 * acc['std']:.2f}" if acc["std"] is not None
                                     else "")
-        table.add_row(escape(row["config"]), row["network"], runs, mean, _pct(acc["min"]),
+        table.add_row(shown(row["config"]), row["network"], runs, mean, _pct(acc["min"]),
                       _pct(acc["max"]), "-" if seconds is None else f"{seconds:.3g}")
     console.print(table)
-    console.print(f"Group directory: {escape(summary['group'])}", soft_wrap=True)
+    console.print(f"Group directory: {shown(summary['group'])}", soft_wrap=True)
     console.print("  summary.json, summary.csv, history.svg, and a run directory per run")

@@ -7,11 +7,10 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from trainer.bench.run import NOT_LEARNING, available_targets, not_covered, run_bench
-from trainer.cli.console import cli_errors, console, load_config
+from trainer.cli.console import cli_errors, console, load_config, shown
 from trainer.cli.options import DatasetOpt
 from trainer.core.losses import DIVERGED_NATS, untrained_loss
 from trainer.data.datasets import get_spec
@@ -57,7 +56,7 @@ def bench_cmd(
         names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None
         targets = available_targets(names, peers)  # none named: every one that loads
         for target, why in not_covered(targets, cfg).items():
-            console.print(f"{target}: not timed: {escape(why)}", soft_wrap=True)
+            console.print(f"{target}: not timed: {shown(why)}", soft_wrap=True)
             targets.remove(target)
         if not targets:
             raise UsageError("nothing left to time: name other --backends or add --peers")

@@ -21,6 +21,23 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def printable(value: Any, keep_newlines: bool = False) -> str:
+    """A value read from a file (or a name on disk) as plain text: every unprintable character
+    (an escape code's ESC, a carriage return, a zero-width space) written as its Python escape,
+    `\\x1b`, so that it shows and never acts on the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or (keep_newlines and c == "\n") else ascii(c)[1:-1]
+                   for c in text)
+
+
+def shown(value: Any, keep_newlines: bool = False) -> str:
+    """The one way the CLI prints a value it did not write itself: printable, and rich's markup
+    escaped (a `[red]` in a run's name is text)."""
+    return escape(printable(value, keep_newlines))
+
+
 def print_json(data: Any) -> None:
     """`--json` output: strict JSON (a NaN or an infinity is null, as no parser reads them),
     indented, on stdout; anything not JSON-native as its str."""
@@ -46,7 +63,7 @@ def load_config(path: Path | None) -> Config:
     literal meaning said on stderr, one line each (stdout may be --json's)."""
     config = Config.from_file(path) if path is not None else default_config()
     for note in config.notes:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        err_console.print(f"[yellow]note:[/] {shown(note)}", soft_wrap=True)
     return config
 
 
@@ -56,7 +73,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except TrainerError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {shown(e, keep_newlines=True)}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from trainer.cli.console import cli_errors, console, print_json
+from trainer.cli.console import cli_errors, console, print_json, shown
 from trainer.cli.display import fetch_progress
 from trainer.cli.options import DatasetOpt
 from trainer.data.dataset import (
@@ -45,8 +44,8 @@ def fetch_cmd(
         if has_data_files(cache, spec) and not force:
             data = read_dataset(cache, source="cache", dataset=spec)  # re-checks the hashes
             console.print(
-                f"{spec.title} is already in {escape(str(cache))} "
-                f"({escape(data.hash_status)}); nothing downloaded.",
+                f"{spec.title} is already in {shown(str(cache))} "
+                f"({shown(data.hash_status)}); nothing downloaded.",
                 soft_wrap=True,
             )
             return
@@ -54,7 +53,7 @@ def fetch_cmd(
             source = fetch_dataset(spec, cache, progress=progress)
         data = read_dataset(cache, source=f"fetched: {source}", dataset=spec)
         console.print(
-            f"Fetched {spec.title} from {escape(source)} into {escape(str(cache))}: "
+            f"Fetched {spec.title} from {shown(source)} into {shown(str(cache))}: "
             f"{len(data.train_images)} training and {len(data.test_images)} test images, "
             f"{data.num_classes} classes.",
             soft_wrap=True,
@@ -94,10 +93,10 @@ def info_cmd(
 def _print_info(data: Dataset) -> None:
     rows, cols = data.image_shape
     mean, std = pixel_stats(data.train_images)
-    console.print(f"dataset:      {escape(data.name)} ({data.num_classes} classes)")
-    console.print(f"source:       {escape(data.source)}", soft_wrap=True)
-    console.print(f"path:         {escape(str(data.path))}", soft_wrap=True)
-    console.print(f"hashes:       {escape(data.hash_status)}", soft_wrap=True)
+    console.print(f"dataset:      {shown(data.name)} ({data.num_classes} classes)")
+    console.print(f"source:       {shown(data.source)}", soft_wrap=True)
+    console.print(f"path:         {shown(str(data.path))}", soft_wrap=True)
+    console.print(f"hashes:       {shown(data.hash_status)}", soft_wrap=True)
     console.print(f"train:        {len(data.train_images)} images, {len(data.train_labels)} labels")
     console.print(f"test:         {len(data.test_images)} images, {len(data.test_labels)} labels")
     console.print(f"image shape:  {rows}x{cols} ({data.input_size} pixels, uint8)")
@@ -114,5 +113,5 @@ def _print_info(data: Dataset) -> None:
     train = class_counts(data.train_labels, data.num_classes)
     test = class_counts(data.test_labels, data.num_classes)
     for c, name in enumerate(data.class_names):  # names come from files: plain text
-        table.add_row(str(c), escape(name), str(train[c]), str(test[c]))
+        table.add_row(str(c), shown(name), str(train[c]), str(test[c]))
     console.print(table)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console, RenderableType
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -29,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from trainer.cli.console import err_console
+from trainer.cli.console import err_console, shown
 from trainer.core.metrics import ClassMetrics, Report
 from trainer.data.dataset import Dataset, load_dataset
 from trainer.data.fetch import FetchProgress
@@ -140,7 +139,7 @@ def confusion_table(report: Report, class_names: list[str], width: int = 80) -> 
     names, else (long names: Fashion-MNIST's) by their numbers with the rows saying which
     name each number is; None if even that is too wide (EMNIST's 26 to 62 classes)."""
     count_width = len(str(int(report.confusion.max(initial=0))))
-    names = [escape(n) for n in class_names]  # names come from files: plain text, never markup
+    names = [shown(n) for n in class_names]  # names come from files: plain text, never markup
     numbered = [str(i) for i in range(len(names))]
     rows = [f"{i} {n}" for i, n in enumerate(names)]
     for headers, labels in ((names, names), (numbered, rows)):
@@ -177,7 +176,7 @@ def confusions_table(report: Report, class_names: list[str]) -> Table:
         i, j = divmod(int(flat), len(class_names))
         if off[i, j] == 0:
             break
-        table.add_row(escape(class_names[i]), escape(class_names[j]), str(int(off[i, j])),
+        table.add_row(shown(class_names[i]), shown(class_names[j]), str(int(off[i, j])),
                       f"{off[i, j] / max(int(totals[i]), 1):.1%}")
     return table
 
@@ -192,7 +191,7 @@ def class_table(report: Report, class_names: list[str]) -> Table:
                 str(m.support)]
 
     for name, m in zip(class_names, report.per_class, strict=True):
-        table.add_row(*row(escape(name), m, f"{m.recall:.2%}"))
+        table.add_row(*row(shown(name), m, f"{m.recall:.2%}"))
     table.add_section()
     table.add_row(*row("macro avg", report.macro, ""))
     table.add_row(*row("weighted avg", report.weighted, ""))
@@ -244,7 +243,7 @@ class FetchBars:
             self._bars = Progress(TextColumn("{task.description}"), BarColumn(), _Bytes(),
                                   _Speed(), TimeElapsedColumn(), console=err_console)
             self._bars.start()
-        return self._bars.add_task(escape(description), total=total, download=download)
+        return self._bars.add_task(shown(description), total=total, download=download)
 
     def advance(self, task: Any, amount: int) -> None:
         if self._bars is not None:
@@ -255,7 +254,7 @@ class FetchBars:
             self._bars.update(task, total=1, completed=1)
 
     def note(self, message: str) -> None:
-        (self._bars.console if self._bars else err_console).print(escape(message), soft_wrap=True)
+        (self._bars.console if self._bars else err_console).print(shown(message), soft_wrap=True)
 
     def close(self) -> None:
         if self._bars is not None:

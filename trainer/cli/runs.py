@@ -9,13 +9,12 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
 from trainer.batch import is_group
 from trainer.batch.summary import read_group
-from trainer.cli.console import cli_errors, console, print_json
+from trainer.cli.console import cli_errors, console, print_json, printable, shown
 from trainer.cli.options import Opt
 from trainer.errors import TrainerError, UsageError
 from trainer.run.catalog import STAMP, RunInfo, find_runs, is_run_dir, read_run
@@ -149,7 +148,7 @@ def list_cmd(
         if as_json:
             print_json(entries)
         elif not entries:
-            console.print(f"No runs in {escape(str(directory))}", soft_wrap=True)
+            console.print(f"No runs in {shown(str(directory))}", soft_wrap=True)
         else:
             console.print(runs_table(entries, console.width))
 
@@ -187,10 +186,10 @@ def _add_row(table: Table, columns: list[str], r: dict[str, Any], date: str) -> 
         f"{done}/{epochs}"
     test = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}"
     state = r["state"]
-    cells = {"date": date, "name": escape(name), "network": r["network"],
-             "backend": r["backend"] or "-", "epochs": epochs_text, "test %": test,
+    cells = {"date": date, "name": shown(name), "network": shown(r["network"]),
+             "backend": shown(r["backend"] or "-"), "epochs": epochs_text, "test %": test,
              "time": _duration(r["seconds"]),
-             "state": f"[{STATE_COLORS.get(state, 'red')}]{state}[/]"}
+             "state": f"[{STATE_COLORS.get(state, 'red')}]{shown(state)}[/]"}
     table.add_row(*[cells[c] for c in columns])
 
 
@@ -214,7 +213,7 @@ def compare_cmd(
         labels = _labels(runs)
         out = out or Path(os.path.commonpath([r.path.resolve().parent for r in runs])) / \
             "compare.svg"
-        write_svg(out, overlay_svg({label: [r.history] for label, r in zip(labels, runs,
+        write_svg(out, overlay_svg({printable(label): [r.history] for label, r in zip(labels, runs,
                                                                           strict=True)},
                                    title="compare"))
         differ, metrics, f1 = (config_differences(runs), metric_rows(runs),
@@ -227,7 +226,7 @@ def compare_cmd(
         for title, rows, fmt in (("Config keys that differ", differ, _plain),
                                  ("Metrics", metrics, _metric), ("Per-class F1", f1, _pct)):
             console.print(_side_by_side(title, labels, rows, fmt))
-        console.print(f"Histories overlaid: {escape(str(out))}", soft_wrap=True)
+        console.print(f"Histories overlaid: {shown(str(out))}", soft_wrap=True)
 
 
 def _labels(runs: list[RunInfo]) -> list[str]:
@@ -258,9 +257,9 @@ def _side_by_side(title: str, labels: list[str], rows: list[tuple[str, list[Any]
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("", overflow="fold")
     for label in labels:
-        table.add_column(escape(label), justify="right", overflow="fold")
+        table.add_column(shown(label), justify="right", overflow="fold")
     if not rows:
         table.add_row("(none)", *["" for _ in labels])
     for key, values in rows:
-        table.add_row(escape(key), *[escape(fmt(key, v)) for v in values])
+        table.add_row(shown(key), *[shown(fmt(key, v)) for v in values])
     return table

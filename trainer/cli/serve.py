@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from trainer.cli.console import cli_errors, console, err_console
+from trainer.cli.console import cli_errors, console, err_console, shown
 from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt
 from trainer.errors import UsageError
 from trainer.fileio import check_writable
@@ -53,14 +52,14 @@ def serve_cmd(
         service = Service(run_dir, load_backend(backend, device), data_dir)
         url = f"http://{_url_host(host)}:{sock.getsockname()[1]}/"
         if not _loopback(host):
-            err_console.print(f"[bold yellow]warning:[/] listening on {escape(host)}, not on "
+            err_console.print(f"[bold yellow]warning:[/] listening on {shown(host)}, not on "
                               f"127.0.0.1: anyone who can reach this machine can use the model "
                               f"and see its test images", soft_wrap=True)
         if service.cells is None:
             err_console.print(f"[yellow]note:[/] no test images behind the confusion matrix: "
-                              f"{escape(service.cells_missing)}", soft_wrap=True)
-        console.print(f"Serving {escape(service.model.config.describe())} from "
-                      f"{escape(str(run_dir))} at {url}  (Ctrl-C stops)", soft_wrap=True)
+                              f"{shown(service.cells_missing)}", soft_wrap=True)
+        console.print(f"Serving {shown(service.model.config.describe())} from "
+                      f"{shown(str(run_dir))} at {url}  (Ctrl-C stops)", soft_wrap=True)
         server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
                                                access_log=False, server_header=False,
                                                timeout_graceful_shutdown=GRACE_SECONDS))
@@ -133,6 +132,6 @@ def export_cmd(
             check_out(out, force)
             check_writable(out, "--out")
         path = export_onnx(run_dir, out, force)
-        console.print(f"Wrote {escape(str(path))} ({path.stat().st_size / 1024:.0f} KB): input "
+        console.print(f"Wrote {shown(str(path))} ({path.stat().st_size / 1024:.0f} KB): input "
                       f"'pixels' (batch, pixels) gray levels 0..255, output 'probabilities'",
                       soft_wrap=True)

@@ -10,10 +10,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 
-from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
+from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
 from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
@@ -79,7 +78,7 @@ class TrialTable:
             if best is not None:
                 line += f"  (best {best.value:.2%}, trial {best.number})"
             why = note(t, retried)
-            console.print(escape(line + (f"  {why}" if why else "")), soft_wrap=True)
+            console.print(shown(line + (f"  {why}" if why else "")), soft_wrap=True)
 
     def __rich__(self) -> Table:
         table = Table(title="Trials", title_justify="left")
@@ -102,7 +101,7 @@ class TrialTable:
                 f"{value:.2%}" if value is not None else "",
                 f"{len(t.intermediate_values)}/{self.epochs}",
                 f"{secs:.1f}" if secs is not None else "",
-                *[escape(_fmt(t.params.get(n))) for n in self.names], escape(note(t, retried)),
+                *[shown(_fmt(t.params.get(n))) for n in self.names], shown(note(t, retried)),
                 style="bold green" if t.number == best else style)
         return table
 
@@ -115,7 +114,7 @@ def _fmt(v: Any) -> str:
 
 def print_summary(summary: dict[str, Any]) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in summary["trials"].items() if n)
-    console.print(f"Study {escape(summary['study'])}: {counts} "
+    console.print(f"Study {shown(summary['study'])}: {counts} "
                   f"({summary['seconds']:.0f} s this run)")
     base = summary.get("baseline")
     if base is not None:
@@ -126,15 +125,15 @@ def print_summary(summary: dict[str, Any]) -> None:
         gain = f" ({100 * (best['value'] - base['value']):+.2f} points)" if base else ""
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
         console.print(f"Best: trial {best['trial']}, validation accuracy "
-                      f"{best['value']:.2%}{gain}: {escape(params)}", soft_wrap=True)
+                      f"{best['value']:.2%}{gain}: {shown(params)}", soft_wrap=True)
         if "importances" in summary:
             imp = ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items())
-            console.print(f"Importances: {escape(imp)}", soft_wrap=True)
-        console.print(f"Best config: {escape(summary['sweep_dir'])}/best.json (train it with "
-                      f"`trainer train {escape(summary['sweep_dir'])}/best.json`)", soft_wrap=True)
+            console.print(f"Importances: {shown(imp)}", soft_wrap=True)
+        console.print(f"Best config: {shown(summary['sweep_dir'])}/best.json (train it with "
+                      f"`trainer train {shown(summary['sweep_dir'])}/best.json`)", soft_wrap=True)
     for n in summary["notes"]:
-        console.print(f"[yellow]note:[/] {escape(n)}", soft_wrap=True)
-    console.print(f"Sweep directory: {escape(summary['sweep_dir'])} "
+        console.print(f"[yellow]note:[/] {shown(n)}", soft_wrap=True)
+    console.print(f"Sweep directory: {shown(summary['sweep_dir'])} "
                   f"({', '.join(summary['files'])}, trials/)", soft_wrap=True)
 
 
@@ -199,7 +198,7 @@ def sweep_cmd(
                 summary = run_sweep(settings, on_update=table.update)
         except KeyboardInterrupt:
             err_console.print(f"interrupted: the sweep's trials so far are in "
-                              f"{escape(str(settings.sweep_dir))}; run the same command again "
+                              f"{shown(str(settings.sweep_dir))}; run the same command again "
                               f"to resume", soft_wrap=True)
             raise typer.Exit(code=143 if terminated else 130) from None
         finally:

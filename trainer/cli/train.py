@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from trainer.backends import Backend
 from trainer.cli.batch import batch_cli
-from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
+from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
 from trainer.cli.display import TrainProgress, held_out, load_data, print_report
 from trainer.cli.options import (
     BatchSizeOpt,
@@ -53,7 +52,7 @@ class OutOfMemory(TrainerError):
 
 
 def print_config(config: Config, name: str, backend: str, device: str, how: str = "") -> None:
-    table = Table(title=f"Network configuration: {escape(name)}", show_header=False, box=None)
+    table = Table(title=f"Network configuration: {shown(name)}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("network", config.describe())
@@ -109,7 +108,7 @@ def resumed_run(resume: Path, overrides: dict[str, Any]
                          "the overrides (" + ", ".join(k for k, v in overrides.items()
                                                       if v is not None) + ")")
     state = load_checkpoint(resume, warn=lambda m: err_console.print(f"[yellow]warning:[/] "
-                                                                      f"{escape(m)}"))
+                                                                      f"{shown(m)}"))
     run = state.run
     try:
         cfg = Config.from_dict(run["config"], source=f"{resume} checkpoint")
@@ -123,8 +122,8 @@ def _resumed_backend(given: str | None, state: LoopState | None) -> str:
     (another backend's arithmetic would not give the uninterrupted run's bits)."""
     recorded = state.run.get("backend") if state is not None else None
     if given is not None and recorded is not None and given != recorded:
-        err_console.print(f"note: this run was trained on {escape(str(recorded))} so far; "
-                          f"resumed on {escape(given)}, it will not be bit for bit the "
+        err_console.print(f"note: this run was trained on {shown(str(recorded))} so far; "
+                          f"resumed on {shown(given)}, it will not be bit for bit the "
                           f"uninterrupted run", soft_wrap=True)
     return given or (recorded if isinstance(recorded, str) else None) or "numpy"
 
@@ -252,7 +251,7 @@ def train_cmd(
         fingerprint = data.fingerprint()
         finished = _check_resume(resume, state, data, fingerprint, cfg) if state else None
         if finished:
-            console.print(escape(finished), soft_wrap=True)
+            console.print(shown(finished), soft_wrap=True)
             return
         if not (quiet or as_json):
             print_config(cfg, run_name, loaded.name, loaded.device_name, fused_note(loaded, cfg))
@@ -270,7 +269,7 @@ def train_cmd(
         if late_signal:  # it came during the final evaluation: the run is whole, and written
             err_console.print(f"{signal.Signals(late_signal).name} came after the last "
                               f"training step: the run is complete and written to "
-                              f"{escape(str(path))}", soft_wrap=True)
+                              f"{shown(str(path))}", soft_wrap=True)
             raise typer.Exit(code=128 + late_signal)
 
 
@@ -299,8 +298,8 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
         where = (f"after epoch {e.epoch - 1}" if e.step == 0
                  else f"in epoch {e.epoch} after step {e.step}")
         err_console.print(f"Stopped {where}; checkpoint in "
-                          f"{escape(str(path))}. Resume with:\n  trainer train --resume "
-                          f"{escape(str(path))}", soft_wrap=True)
+                          f"{shown(str(path))}. Resume with:\n  trainer train --resume "
+                          f"{shown(str(path))}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except DivergedError as e:
         atomic_write_json(path / "metrics.json", diverged_metrics(e, backend.name, cfg))
@@ -334,4 +333,4 @@ def _report(backend: Backend, data: Dataset, path: Path, run_name: str, result: 
         print_report(console, result.test_report, classes)
     console.print(f"Test accuracy: {result.test_accuracy:.2%} "
                   f"({len(result.test_predictions)} images)")
-    console.print(f"Run directory: {escape(str(path))}", soft_wrap=True)
+    console.print(f"Run directory: {shown(str(path))}", soft_wrap=True)

@@ -15,6 +15,7 @@ from trainer.core.config import Config
 from trainer.errors import TrainerError, UsageError
 from trainer.fileio import read_json
 from trainer.run.checkpoint import LATEST, PREVIOUS
+from trainer.run.model_io import FORMAT
 from trainer.run.rundir import CLAIM, is_held
 
 STATES = ("finished", "interrupted", "diverged", "running", "damaged")
@@ -95,6 +96,9 @@ def _fill(info: RunInfo) -> None:
             info.state, info.epochs_done = "diverged", _int(metrics.get("epoch"))
             return
         if (path / "model.safetensors").is_file():
+            problem = model_problem(path / "model.safetensors")
+            if problem is not None:
+                raise UsageError(problem)
             info.state = "finished"
             info.history = [r for r in metrics.get("epochs") or [] if isinstance(r, dict)]
             info.epochs_done = len(info.history)
@@ -112,6 +116,19 @@ def _fill(info: RunInfo) -> None:
             run = state.get("run") if isinstance(state.get("run"), dict) else {}
             info.backend = info.backend or _text(run.get("backend"))
             return
+
+
+def model_problem(path: Path) -> str | None:
+    """Why a run's model file is not a model trainer saved (its header read, its tensors not:
+    load_model checks those), or None."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:  # reads the header only
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError, ValueError) as e:
+        return f"{path} cannot be read as a model ({type(e).__name__})"
+    if meta.get("format") != FORMAT or "sha256" not in meta:
+        return f"{path} is not a model saved by trainer (no {FORMAT} header)"
+    return None
 
 
 def checkpoint_state(path: Path) -> dict[str, Any] | None:
