@@ -78,9 +78,12 @@ class Publishers:
         """The registry's spec with the MD5s of the generated files."""
         spec = DATASETS[name]
         if spec.archive:
-            return dataclasses.replace(spec, md5={spec.archive: self.md5("emnist/gzip.zip")})
-        return dataclasses.replace(spec, md5={n: self.md5(f"{spec.mirror_folder}/{n}")
-                                              for n in spec.files})
+            body = self.files["emnist/gzip.zip"]
+            return dataclasses.replace(spec, md5={spec.archive: self.md5("emnist/gzip.zip")},
+                                       sizes={spec.archive: len(body)})
+        paths = {n: f"{spec.mirror_folder}/{n}" for n in spec.files}
+        return dataclasses.replace(spec, md5={n: self.md5(p) for n, p in paths.items()},
+                                   sizes={n: len(self.files[p]) for n, p in paths.items()})
 
 
 def make_publishers(n_train: int = 1200, n_test: int = 300,

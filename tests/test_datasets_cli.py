@@ -230,3 +230,32 @@ def test_a_batch_trains_on_the_dataset_named(publishers: str, tmp_path: Path) ->
     again = runner.invoke(app, args)  # the same batch: kept, not trained on MNIST
     assert again.exit_code == 0, again.output
     assert again.output.count("(kept)") == 2
+
+
+def test_a_full_disk_during_fetch_exits_1_and_says_so(publishers: str, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """No space left while the bytes arrive: exit 1 (a runtime failure, as `train` on a full
+    disk), "the disk is full", no cache and no traceback; with room again the fetch works."""
+    import errno
+    import io
+
+    import trainer.data.download
+
+    class FullDisk(io.BytesIO):
+        def write(self, _chunk) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.data.download, "open", lambda *_a, **_k: FullDisk(),
+                        raising=False)
+    full = runner.invoke(app, ["data", "fetch", "--dataset", "fashion-mnist"])
+    assert full.exit_code == 1, full.output
+    message = " ".join(full.output.split())
+    assert "the disk is full" in message and "Traceback" not in full.output
+    assert "IncompleteDownload" not in message
+    cache = tmp_path / "xdg" / "trainer"
+    assert not (cache / "fashion-mnist").exists()
+    monkeypatch.delattr(trainer.data.download, "open")  # room again
+    again = runner.invoke(app, ["data", "fetch", "--dataset", "fashion-mnist"])
+    assert again.exit_code == 0, again.output
+    assert "1200 training and 300 test images" in again.output
+    assert (cache / "fashion-mnist").is_dir()

