@@ -119,6 +119,10 @@ def test_the_same_command_again_trains_nothing(idx_dir: Path, tmp_path: Path,
     summary = json.loads(again.stdout)  # --json: the summary only
     assert summary["group"] == str(Path("runs") / group.name)
     assert [r["finished"] for r in summary["configs"]] == [2, 2]
+    # its own folder given back as --run-dir (runs/<time>-a+b, named a+b) is the same group
+    given = run(*args, "--run-dir", group, "--json")
+    assert given.exit_code == 0, given.output
+    assert calls == [] and snapshot(group) == before
     # another batch (other seeds) is another group
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)

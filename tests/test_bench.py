@@ -66,6 +66,27 @@ def test_bench_refuses_bad_batch_sizes(tmp_path: Path) -> None:
     assert not (tmp_path / "b.json").exists()
 
 
+def test_bench_refuses_a_batch_larger_than_the_training_set(mnist, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A batch of 100,000 on 2,000 images is the whole set: its row was once named the
+    fastest "at batch 100000". Refused before anything is timed."""
+    from typer.testing import CliRunner
+
+    from trainer.cli import bench as cli_bench
+    from trainer.cli.app import app
+
+    monkeypatch.setattr(cli_bench, "run_bench", lambda *a, **k: pytest.fail("timed"))
+    args = ["bench", "--backends", "numpy", "--out", str(tmp_path / "b.json")]
+    for sizes, limit, images, where in (("32,100000", "2000", "2,000", "--limit-train"),
+                                        ("60001", None, "60,000", "mnist")):
+        result = CliRunner().invoke(app, [*args, "--batch-sizes", sizes,
+                                          *(["--limit-train", limit] if limit else [])])
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.output.split())
+        assert f"more than the {images} training images ({where})" in message
+        assert sizes.split(",")[-1] in message and not (tmp_path / "b.json").exists()
+
+
 def test_judge_uses_the_loops_divergence_and_an_untrained_networks_loss() -> None:
     import math
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -134,6 +135,29 @@ def test_predict_bad_image_exits_2(trained: Path, tmp_path: Path) -> None:
     result = run("predict", trained, bad)
     assert result.exit_code == 2 and "not-an-image.png" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_predict_refuses_a_fifo_instead_of_hanging(trained: Path, mnist, tmp_path: Path) -> None:
+    """A named pipe nobody writes to would block the read for ever: it is refused on its own
+    line, and the image beside it is still classified."""
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    image = tmp_path / "seven.png"
+    Image.fromarray(mnist.test_images[0]).save(image)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(run("predict", trained, fifo, image,
+                                                             "--json")), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if not done:  # unblock the read so the thread can end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("predict hung on the FIFO")
+    result = done[0]
+    assert result.exit_code == 2, result.output
+    assert "digit.png: not a regular file" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and "seven.png" in result.output
 
 
 def test_evaluate_missing_run_exits_2(tmp_path: Path) -> None:

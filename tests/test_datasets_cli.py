@@ -259,3 +259,13 @@ def test_a_full_disk_during_fetch_exits_1_and_says_so(publishers: str, tmp_path:
     assert again.exit_code == 0, again.output
     assert "1200 training and 300 test images" in again.output
     assert (cache / "fashion-mnist").is_dir()
+
+
+@pytest.mark.parametrize("command", [["data", "info"], ["data", "fetch"], ["train"],
+                                     ["sweep"], ["bench"]])
+def test_an_empty_dataset_name_is_refused_not_mnist(command: list[str]) -> None:
+    """`--dataset ""` (a script's unset variable) once trained on MNIST without a word."""
+    result = runner.invoke(app, [*command, "--dataset", ""])
+    assert result.exit_code == 2, result.output
+    assert "give a dataset's name" in " ".join(result.output.split())
+    assert "Traceback" not in result.output

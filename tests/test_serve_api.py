@@ -122,6 +122,13 @@ def test_an_image_file_as_body_or_form_upload(client, mnist):
     assert refused.status_code == 422 and "image too large" in refused.json()["error"]
     no_file = client.post("/api/predict/image", files={"note": (None, b"a text field")})
     assert no_file.status_code == 400 and "one image file" in no_file.json()["error"]
+    empty = ("file", ("", b"", "application/octet-stream"))  # a file field left empty
+    photo = ("file", ("two.png", buf.getvalue(), "image/png"))
+    for parts in ([photo, empty], [empty, photo]):  # one refusal, in either order
+        two = client.post("/api/predict/image", files=parts)
+        assert two.status_code == 400, two.json()
+        assert "send one image file in the form, and nothing else: got 2 part(s), 1 of them" \
+            in two.json()["error"]
 
 
 def pixels(n: int = 784, value: float | int = 0) -> list:
@@ -139,7 +146,7 @@ BAD_JSON = [
     ({"pixels": pixels(784, "7")}, "flat list of numbers"),
     ({"pixels": [[0] * 28] * 28}, "784 values, got 28"),
     ({"pixels": pixels(783) + [None]}, "flat list of numbers"),
-    ({"pixels": pixels(783) + [10**30]}, "flat list of numbers"),
+    ({"pixels": pixels(783) + [10**30]}, "a whole number of 31 digits"),
     ({"pixels": "0" * 784}, "flat list of numbers, got str"),
     ({"pixel": pixels(784)}, "expected a JSON object"),
     ({"pixels": pixels(784), "colour": 1}, "unknown key 'colour'"),
@@ -154,6 +161,18 @@ def test_bad_pixels_get_a_422_json_error_and_the_server_keeps_serving(client, mn
     reply = client.post("/api/predict", json=payload)
     assert reply.status_code == 422
     assert message in reply.json()["error"] and reply.json()["status"] == 422
+    assert_serving(client, mnist)
+
+
+@pytest.mark.parametrize("digits", [21, 4301, 100_000])
+def test_a_huge_integer_is_a_422_about_the_value(client, mnist, digits):
+    """Valid JSON: the value is refused (422), without Python's own int-conversion limit."""
+    body = json.dumps({"pixels": pixels(783)})[:-2] + ", " + "9" * digits + "]}"
+    reply = client.post("/api/predict", content=body)
+    assert reply.status_code == 422, reply.json()
+    error = reply.json()["error"]
+    assert f"a whole number of {digits:,} digits" in error
+    assert "sys.set" not in error and "4300" not in error
     assert_serving(client, mnist)
 
 

@@ -145,3 +145,30 @@ def test_trainer_works_without_the_serve_and_onnx_extras(mnist_run):
         assert result.returncode == 2, result.stderr
         assert f"python -m pip install 'trainer[{extra}]'" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_serve_and_export_of_a_run_without_a_model_say_why(idx_dir, tmp_path) -> None:
+    """A diverged run: where it diverged and what to try, not "was the run finished?"; an
+    interrupted one: how to resume it."""
+    from typer.testing import CliRunner
+
+    from trainer.cli.app import app
+
+    runner = CliRunner()
+    hot = tmp_path / "hot"
+    trained = runner.invoke(app, ["train", "--data-dir", str(idx_dir), "--run-dir", str(hot),
+                                  "--learning-rate", "1e6", "--epochs", "2", "-q"])
+    assert trained.exit_code == 1, trained.output
+    for command in (["serve", str(hot), "--port", "0"], ["export", str(hot)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.output.split())
+        assert "the run diverged in epoch 1" in message and "smaller learning_rate" in message
+        assert "was the run finished" not in message and "Traceback" not in result.output
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.json").write_text((hot / "config.json").read_text())
+    (stopped / ".trainer-run").write_text("")
+    result = runner.invoke(app, ["export", str(stopped)])
+    assert result.exit_code == 2, result.output
+    assert f"trainer train --resume {stopped}" in " ".join(result.output.split())

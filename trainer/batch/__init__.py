@@ -14,7 +14,16 @@ from trainer.backends import Backend
 from trainer.data.dataset import Dataset, load_dataset
 from trainer.run.train import check_data, check_memory, load_backend
 
-from .plan import Batch, Member, default_name, is_group, load_configs, open_group, parse_seeds
+from .plan import (
+    Batch,
+    Member,
+    default_name,
+    is_group,
+    load_configs,
+    open_group,
+    parse_seeds,
+    read_manifest,
+)
 from .run import Event, Place, run_members
 from .summary import summarise, write_summary
 
@@ -56,9 +65,19 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
         check_data(cfg, data, limit_train, limit_test)
         check_memory(cfg, data, be, limit_train, limit_test)
     batch = Batch(loaded, seeds, limit_train, limit_test, be.name,
-                  name or (run_dir.name if run_dir is not None else default_name(list(loaded))))
+                  name or _group_name(run_dir, list(loaded)))
     fingerprint = data.fingerprint()
     group, resumed = open_group(batch, fingerprint, run_dir, root)
     on_group(group, resumed)
     place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every)
     return run_batch(batch, place, data, be, on_event, stop_requested)
+
+
+def _group_name(run_dir: Path | None, config_names: list[str]) -> str:
+    """A batch's name without --name: an existing group's own (its folder, runs/<time>-<name>,
+    is not its name), a new --run-dir's folder name, else the configs' names."""
+    if run_dir is not None and is_group(run_dir):
+        recorded = read_manifest(run_dir).get("name")
+        if isinstance(recorded, str):
+            return recorded
+    return run_dir.name if run_dir is not None else default_name(config_names)

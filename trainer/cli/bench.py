@@ -11,6 +11,7 @@ from rich.table import Table
 
 from trainer.bench.run import NOT_LEARNING, available_targets, not_covered, run_bench
 from trainer.cli.console import cli_errors, console, load_config, shown
+from trainer.cli.display import load_data
 from trainer.cli.options import DatasetOpt
 from trainer.core.losses import DIVERGED_NATS, untrained_loss
 from trainer.data.datasets import get_spec
@@ -53,6 +54,7 @@ def bench_cmd(
         cfg = load_config(config)
         dataset = get_spec(dataset or "mnist").name  # each worker loads it (fetched if need be)
         sizes = _ints(batch_sizes, "--batch-sizes")
+        _check_batch_sizes(sizes, dataset, limit_train)
         names = [n.strip() for n in backends.split(",") if n.strip()] if backends else None
         targets = available_targets(names, peers)  # none named: every one that loads
         for target, why in not_covered(targets, cfg).items():
@@ -105,6 +107,19 @@ def bench_cmd(
                           f"training.[/]", soft_wrap=True)
         atomic_write_json(out, report)
         console.print(f"JSON report: {out}", soft_wrap=True)
+
+
+def _check_batch_sizes(sizes: list[int], dataset: str, limit_train: int | None) -> None:
+    """A batch larger than the training set is the whole set: its row would time another
+    batch size than it names (and could be called the fastest). Refused up front."""
+    full = len(load_data(None, show=True, dataset=dataset).train_labels)
+    images = min(full, limit_train or full)
+    too_big = [s for s in sizes if s > images]
+    if too_big:
+        where = "--limit-train" if images < full else dataset
+        raise UsageError(f"--batch-sizes {', '.join(map(str, too_big))}: more than the "
+                         f"{images:,} training images ({where}); a batch is at most the whole "
+                         f"set, so choose batch sizes up to {images:,}")
 
 
 def summary(report: dict[str, Any]) -> list[str]:

@@ -15,9 +15,18 @@ DeviceOpt = Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")
 DataDirOpt = Annotated[Path | None, Opt(help="folder with the four IDX files")]
 DATASET_HELP = ", ".join(n for n in NAMES if not n.startswith("emnist-")) + \
     ", emnist-{" + ", ".join(EMNIST_SPLITS) + "}"
+
+
+def _dataset_name(value: str | None) -> str | None:
+    """An empty --dataset is a mistake (a script's unset variable), not a quiet MNIST."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter(f"give a dataset's name: one of {DATASET_HELP}")
+    return value
+
+
 # None: MNIST, or (evaluate, --resume) the dataset the run was trained on
 DatasetOpt = Annotated[str | None, Opt(
-    metavar="NAME", autocompletion=lambda: list(NAMES),
+    metavar="NAME", autocompletion=lambda: list(NAMES), callback=_dataset_name,
     help=f"{DATASET_HELP} (default mnist; fetched if not cached; with --data-dir: how to read "
          f"that folder)")]
 # train's and sweep's overrides of config keys

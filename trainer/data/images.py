@@ -42,6 +42,9 @@ def load_digit(path: str | Path, size: int = 28) -> np.ndarray:
     missing, not an image, too large, or blank.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read, a device too
+        raise DataError(f"{path}: not a regular file (a folder, pipe, socket or device); "
+                        f"give an image file")
     return prepare_digit(_read_gray(path, str(path)), size, source=str(path))
 
 

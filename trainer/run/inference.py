@@ -14,6 +14,7 @@ from trainer.core.metrics import Report, evaluate
 from trainer.core.network import forward
 from trainer.data.dataset import Dataset
 from trainer.errors import DataError, UsageError
+from trainer.run.catalog import read_run
 from trainer.run.model_io import SavedModel, load_model
 from trainer.run.train import load_backend
 
@@ -25,7 +26,7 @@ def load_run(run_dir: str | Path) -> tuple[SavedModel, dict[str, Any]]:
         raise UsageError(f"{run_dir} is not a run directory")
     model_path = run_dir / "model.safetensors"
     if not model_path.exists():
-        raise DataError(f"{run_dir} holds no model.safetensors: was the run finished?")
+        raise DataError(f"{run_dir} holds no model.safetensors: {_no_model(run_dir)}")
     model = load_model(model_path)
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -40,6 +41,23 @@ def load_run(run_dir: str | Path) -> tuple[SavedModel, dict[str, Any]]:
                         f"{run_dir / 'metrics.json'} records run {str(recorded)!r:.40}: a model "
                         f"copied in from another run?")
     return model, metrics
+
+
+def _no_model(run_dir: Path) -> str:
+    """Why a run has no model, from what its directory holds."""
+    try:
+        info = read_run(run_dir)
+    except UsageError:
+        return "it is not a run directory trainer wrote"
+    if info.state == "diverged":
+        message = info.metrics.get("message")
+        return (f"the run diverged in epoch {info.epochs_done or '?'}, so it has no model to "
+                f"use" + (f" ({str(message)[:300]})" if isinstance(message, str) else "")
+                + "; train it again with a smaller learning_rate")
+    if info.state in ("interrupted", "running"):
+        return (f"the run is {info.state} after {info.epochs_done} epoch(s): let it finish, "
+                f"or resume it with `trainer train --resume {run_dir}`")
+    return "was the run finished?"
 
 
 def _device_params(model: SavedModel, backend: Backend) -> list[Any]:

@@ -30,6 +30,7 @@ ASSETS = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
 # the page may talk to this server only: no CDN, no other host, nothing inline
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+MAX_INT_DIGITS = 20  # beyond any pixel, width or height (int64 has 19)
 log = logging.getLogger("trainer.serve")
 
 
@@ -47,7 +48,7 @@ def create_app(service: Service) -> Starlette:
 
     def predict_json(body: bytes) -> dict[str, Any]:
         try:
-            payload = json.loads(body)
+            payload = json.loads(body, parse_int=_whole_number)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             raise RequestError(f"the body is not JSON: {str(e):.100}", 400) from None
         return service.predict_pixels(payload)
@@ -62,9 +63,13 @@ def create_app(service: Service) -> Starlette:
         name, data = "the uploaded image", None
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form()
-            files = [v for v in form.values() if hasattr(v, "read")]
-            if len(files) != 1:
-                raise RequestError(f"send one image file in the form, got {len(files)}", 400)
+            # every part, also those sharing a name (values() keeps one per name); a file field
+            # left empty arrives as an empty string: one refusal whatever the parts' order
+            parts = form.multi_items()
+            files = [v for _, v in parts if hasattr(v, "read")]
+            if len(parts) != 1 or len(files) != 1:
+                raise RequestError(f"send one image file in the form, and nothing else: got "
+                                   f"{len(parts)} part(s), {len(files)} of them a file", 400)
             name, data = f"upload {files[0].filename!r:.60}", await files[0].read()
         else:
             data = await request.body()
@@ -179,3 +184,12 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _error(self._message(), 413)(scope, receive, send)
+
+
+def _whole_number(text: str) -> int:
+    """A JSON integer, bounded before Python converts it (which refuses over 4300 digits in a
+    message about its own settings): a number that long is valid JSON, and a bad value."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise RequestError(f"a whole number of {len(text.lstrip('-')):,} digits: pixels are "
+                           f"gray levels 0..255, width and height a few thousand at most")
+    return int(text)
