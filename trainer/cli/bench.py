@@ -11,11 +11,11 @@ from rich.table import Table
 
 from trainer.bench.run import NOT_LEARNING, available_targets, not_covered, run_bench
 from trainer.cli.console import cli_errors, console, load_config, shown
-from trainer.cli.display import load_data
 from trainer.cli.options import DatasetOpt
 from trainer.core.losses import DIVERGED_NATS, untrained_loss
+from trainer.data.dataset import load_dataset
 from trainer.data.datasets import get_spec
-from trainer.errors import UsageError
+from trainer.errors import DataError, UsageError
 from trainer.fileio import atomic_write_json, check_writable
 
 Opt = typer.Option
@@ -112,11 +112,14 @@ def bench_cmd(
 def _check_batch_sizes(sizes: list[int], dataset: str, limit_train: int | None) -> None:
     """A batch larger than the training set is the whole set: its row would time another
     batch size than it names (and could be called the fastest). Refused up front."""
-    full = len(load_data(None, show=True, dataset=dataset).train_labels)
-    images = min(full, limit_train or full)
+    try:  # from the cache only: a dataset not fetched yet is fetched by the workers
+        full: int | None = len(load_dataset(dataset=dataset, fetch=False).train_labels)
+    except DataError:
+        full = None
+    images = min(n for n in (full, limit_train, max(sizes)) if n is not None)
     too_big = [s for s in sizes if s > images]
     if too_big:
-        where = "--limit-train" if images < full else dataset
+        where = dataset if full is not None and images == full else "--limit-train"
         raise UsageError(f"--batch-sizes {', '.join(map(str, too_big))}: more than the "
                          f"{images:,} training images ({where}); a batch is at most the whole "
                          f"set, so choose batch sizes up to {images:,}")
