@@ -392,3 +392,24 @@ def test_out_of_memory_in_a_batch_is_one_message(idx_dir: Path, tmp_path: Path,
     assert result.exit_code == 1
     out = " ".join(result.output.split())
     assert "a-seed0: out of memory at batch size 16 on numpy" in out and "Traceback" not in out
+
+
+def test_an_edited_config_under_the_same_name_is_another_batch(idx_dir: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """Groups are matched by the configs' contents, not their file names: `a.json` edited is a
+    new batch (a new group), never the old group resumed; given the old group, it is refused."""
+    monkeypatch.chdir(tmp_path)
+    a, _ = write_configs(tmp_path)
+    args = ("train", a, "--seeds", "1", "--data-dir", idx_dir, "--limit-train", "64", "-q")
+    assert run(*args).exit_code == 0
+    (old,) = (tmp_path / "runs").iterdir()
+    a.write_text(json.dumps(json.loads(a.read_text()) | {"learning_rate": 0.5}))
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    groups = sorted((tmp_path / "runs").iterdir())
+    assert len(groups) == 2 and old in groups
+    new = next(g for g in groups if g != old)
+    assert json.loads((new / "a-seed0" / "config.json").read_text())["learning_rate"] == 0.5
+    assert json.loads((old / "a-seed0" / "config.json").read_text())["learning_rate"] != 0.5
+    refused = run(*args, "--run-dir", old)
+    assert refused.exit_code == 2 and "differs in: configs" in " ".join(refused.output.split())

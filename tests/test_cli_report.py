@@ -217,3 +217,19 @@ def test_concurrent_runs_with_one_name_get_distinct_directories(tmp_path: Path) 
     for t in threads:
         t.join()
     assert len(set(claimed)) == 8 and all(p.is_dir() for p in claimed)
+
+
+def test_the_per_class_table_prints_class_names_as_text() -> None:
+    """Class names come from files: markup in one is shown, not applied, in the per-class table
+    itself (the confusion table prints the names too, which once hid a bare one here)."""
+    from rich.console import Console
+
+    from trainer.cli.display import class_table
+    from trainer.core.metrics import report
+
+    names = ["[bold]x[/bold]", "[red]y", "a\x1b[2Jb"]
+    console = Console(record=True, width=200, color_system=None)
+    console.print(class_table(report(np.array([[3, 1, 0], [0, 2, 0], [1, 0, 4]])), names))
+    text = console.export_text()
+    assert "[bold]x[/bold]" in text and "[red]y" in text and "a\\x1b[2Jb" in text
+    assert "\x1b" not in text

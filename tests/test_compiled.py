@@ -190,6 +190,20 @@ def test_parity_with_adam_schedule_and_best_weights(jax: backends.Backend) -> No
     assert [h.learning_rate for h in got.history] == [h.learning_rate for h in ref.history]
 
 
+@pytest.mark.parametrize("schedule", [{"type": "cosine", "warmup_epochs": 1},
+                                      {"type": "step", "step_epochs": 1, "gamma": 0.5}])
+def test_parity_with_an_sgd_schedule(jax: backends.Backend, schedule: dict) -> None:
+    """SGD folds each step's own rate into its delta (a scale table): under a schedule every
+    step of a stretch has another one, and none may take the stretch's first."""
+    cfg = resume_config("sgd-dropout-shift-val", epochs=3).replace(
+        dtype="float64", lr_schedule=schedule)
+    ref, got = train(cfg, resume_data(), "numpy"), train(cfg, resume_data(), jax)
+    for r, g in zip(ref.params, got.params, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+    assert [h.loss for h in got.history] == pytest.approx([h.loss for h in ref.history],
+                                                          rel=1e-10)
+
+
 def test_the_bars_see_every_stretch_and_the_epochs_figures(jax: backends.Backend) -> None:
     seen: list[tuple[int, int, int, tuple[float, float]]] = []
 

@@ -172,3 +172,25 @@ def test_random_bytes_raise_only_data_error(tmp_path_factory, data: bytes, gz: b
         blob = blob[:-cut]
     path = tmp_path_factory.mktemp("fuzz") / "train-images-idx3-ubyte"
     _any_outcome(put(path, blob))
+
+
+def test_a_gz_read_stops_at_what_the_header_promises(tmp_path: Path) -> None:
+    """A header promising two 2x3 images over 128 MB of zeros (a few hundred KB gzipped): the
+    reader decompresses one byte past the promise and stops, never the whole stream."""
+    import tracemalloc
+
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    with gzip.GzipFile(path, "wb", compresslevel=1) as gz:
+        gz.write(raw_idx(2051, (2, 2, 3), bytes(12)))
+        zeros = bytes(1 << 20)
+        for _ in range(128):
+            gz.write(zeros)
+    assert path.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="expected"):
+            read_images(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MB held while refusing the file"

@@ -16,6 +16,7 @@ from trainer.core.network import forward, init_params, predict
 from trainer.core.schedule import learning_rate
 from trainer.core.step import make_step
 from trainer.errors import ConfigError
+from trainer.run.results import Callbacks
 from trainer.run.train import train
 
 LAYERS = [{"nodes": 6, "activation": "tanh"}, {"nodes": 5, "activation": "softmax"},
@@ -245,3 +246,66 @@ def test_validation_split_larger_than_the_data_is_refused() -> None:
     with pytest.raises(ConfigError, match="leaves no training images"):
         train(config(layers=[{"nodes": 20, "activation": "softmax"}, {"nodes": 4}],
                      validation_split=500.0), make_dataset(n_train=100), "numpy")
+
+
+# --- evaluation, the validation split and the best weights, each on its own -------------------
+
+SMALL = [{"nodes": 20, "activation": "tanh"}, {"nodes": 16, "activation": "relu"},
+         {"nodes": 8, "activation": "softmax"}, {"nodes": 4}]  # make_dataset's 4x5 images
+
+
+def _numpy_predictions(params: list[np.ndarray], scaling, images: np.ndarray) -> np.ndarray:
+    """An independent forward pass of a tanh-relu-softmax network, no dropout anywhere."""
+    a = scaling.apply(images, dtype="float64").reshape(len(images), -1)
+    a = np.tanh(a @ params[0] + params[1])
+    a = np.maximum(a @ params[2] + params[3], 0.0)
+    return (a @ params[4] + params[5]).argmax(axis=1)
+
+
+def test_evaluation_never_masks_with_dropout() -> None:
+    """Heavy dropout on every layer trains; the figures of the trained network (every epoch's
+    test accuracy and the final test predictions) are those of the whole network, unmasked."""
+    cfg = config(epochs=3, batch_size=16, layers=[
+        {"nodes": 20, "activation": "tanh", "dropout": 0.5},
+        {"nodes": 16, "activation": "relu", "dropout": 0.5},
+        {"nodes": 8, "activation": "softmax", "dropout": 0.5}, {"nodes": 4}])
+    data = make_dataset(n_train=400, n_test=200, shape=(4, 5), classes=4, seed=1)
+    result = train(cfg, data, "numpy")
+    want = _numpy_predictions(result.params, result.scaling, data.test_images)
+    assert np.array_equal(result.test_predictions, want)
+    assert result.test_accuracy == np.mean(want == data.test_labels)
+    assert result.history[-1].test_accuracy == result.test_accuracy  # the last epoch's too
+
+
+def test_the_validation_split_comes_from_the_training_images() -> None:
+    """The test set's labels are noise (chance is 25%): a validation split taken from it would
+    score at chance; taken from the training images it scores as training does."""
+    data = make_dataset(n_train=400, n_test=200, shape=(4, 5), classes=4, seed=2)
+    noise = np.random.default_rng(0).integers(0, 4, 200).astype(np.uint8)
+    data = type(data)(train_images=data.train_images, train_labels=data.train_labels,
+                      test_images=data.test_images, test_labels=noise, num_classes=4,
+                      source="synthetic")
+    result = train(config(layers=SMALL, epochs=4, batch_size=16, validation_split=0.25),
+                   data, "numpy")
+    assert (result.train_samples, result.validation_samples) == (300, 100)
+    assert result.history[-1].val_accuracy > 0.8 > 0.5 > result.test_accuracy
+
+
+def test_the_best_epochs_weights_are_put_back() -> None:
+    """restore_best_weights: the final weights are the checkpoint's after the best epoch, which
+    here is not the last (a learning rate high enough to wander)."""
+    states: list = []
+    cfg = config(layers=SMALL, epochs=6, batch_size=16, learning_rate=0.02, momentum=0.9,
+                 validation_split=0.25, restore_best_weights=True)
+    data = make_dataset(n_train=400, n_test=200, shape=(4, 5), classes=4, seed=3, boost=40)
+
+    result = train(cfg, data, "numpy", callbacks=Callbacks(checkpoint=states.append))
+    best = result.best_epoch
+    accuracies = [h.val_accuracy for h in result.history]
+    assert best is not None and best < cfg.epochs  # else this proves nothing
+    assert accuracies[best - 1] == max(accuracies)
+    kept = states[best - 1].params  # the state written at the end of the best epoch
+    for a, b in zip(result.params, kept, strict=True):
+        assert np.array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(result.params, states[-1].params,
+                                                        strict=True))

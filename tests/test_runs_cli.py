@@ -287,3 +287,19 @@ def test_escape_codes_from_run_files_do_not_reach_a_terminal(runs_dir: Path,
         for sequence in (b"\x1b[2J", b"\x1b]0;", b"\x1b[31mred", b"\x1b[31msgd"):
             assert sequence not in out, (sequence, out)
         assert b"esc\\x1b[31mred" in out
+
+
+def test_compare_lists_keys_that_only_a_later_run_has() -> None:
+    """A key absent from the first run's config (a third layer, a schedule) still differs."""
+    from trainer.run.catalog import RunInfo
+    from trainer.run.compare import config_differences
+
+    two = {"layers": [{"nodes": 4, "activation": "softmax"}, {"nodes": 2}], "epochs": 1}
+    three = {"layers": [{"nodes": 4, "activation": "relu"}, {"nodes": 3, "activation": "softmax"},
+                        {"nodes": 2}], "epochs": 1, "lr_schedule": {"type": "cosine"}}
+    runs = [RunInfo(Path(n), n, 0.0, c, "finished") for n, c in (("a", two), ("b", three))]
+    differ = dict(config_differences(runs))
+    assert differ["layers[2].nodes"] == [None, 2]
+    assert differ["lr_schedule.type"] == [None, "cosine"]
+    assert differ["layers[1].nodes"] == [2, 3] and "epochs" not in differ
+    assert dict(config_differences(runs[::-1]))["lr_schedule.type"] == ["cosine", None]
