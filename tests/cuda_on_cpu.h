@@ -7,7 +7,8 @@
 //   its own threadIdx/blockIdx (thread_local); __syncthreads() is a std::barrier of the block,
 //   so a missing barrier races as on a GPU. A thread that returns drops out of the barrier.
 // - __shared__ storage is a static local: one copy, shared by the block's threads (blocks run
-//   one at a time, so one copy is enough).
+//   one at a time, so one copy is enough). Its bytes are set to 0xff (NaN, -1) before each
+//   block, so a read before the write that a barrier should have waited for shows.
 // - CUDA's math functions are the C++ ones, overloaded on float and double as in CUDA.
 // Not emulated: warps (no shuffles, votes or warp-synchronous code), atomics, streams.
 #pragma once
@@ -73,8 +74,12 @@ template <class X> X param(void* const* params, int k) { return *static_cast<X*>
 
 #ifdef CUDA_ON_CPU_BLOCKS
 #include <barrier>
+#include <cstring>
 #include <thread>
 #include <vector>
+
+// the linker's bounds of the section that __shared__ variables go to (null without any)
+extern "C" __attribute__((weak)) char __start_cuda_on_cpu_shared[], __stop_cuda_on_cpu_shared[];
 
 namespace cuda_on_cpu {
 
@@ -91,6 +96,10 @@ inline void syncthreads() { block_barrier->arrive_and_wait(); }
 template <class Kernel> void launch(dim3 grid, dim3 block, Kernel kernel) {
     const unsigned int count = block.x * block.y * block.z;
     for (unsigned int b = 0; b < grid.x * grid.y * grid.z; ++b) {
+        if (__start_cuda_on_cpu_shared != __stop_cuda_on_cpu_shared) {
+            std::memset(__start_cuda_on_cpu_shared, 0xff,
+                        __stop_cuda_on_cpu_shared - __start_cuda_on_cpu_shared);
+        }
         std::barrier<> barrier(count);
         std::vector<std::thread> threads;
         threads.reserve(count);
@@ -115,6 +124,6 @@ using cuda_on_cpu::blockDim;
 using cuda_on_cpu::blockIdx;
 using cuda_on_cpu::gridDim;
 using cuda_on_cpu::threadIdx;
-#define __shared__ static
+#define __shared__ static __attribute__((section("cuda_on_cpu_shared")))
 #define __syncthreads() cuda_on_cpu::syncthreads()
 #endif
