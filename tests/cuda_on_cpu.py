@@ -16,12 +16,12 @@ its parameters' exact types (CuPy passes a mismatched scalar's bytes as they are
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
 import shutil
 import subprocess
-import types
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,13 +66,14 @@ def library(source: str) -> ctypes.CDLL:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
         built = folder / f"{name}.so"
-        if not built.exists():
-            (folder / f"{name}.cpp").write_text(source)
-            partial = folder / f"{name}.{os.getpid()}.tmp"
+        if not built.exists():  # (another process may be compiling it too: its own files)
+            code, partial = (folder / f"{name}.{os.getpid()}{ext}" for ext in (".cpp", ".tmp"))
+            code.write_text(source)
             proc = subprocess.run([cxx, *FLAGS, "-I", str(HEADER.parent), "-o", str(partial),
-                                   str(folder / f"{name}.cpp")], capture_output=True, text=True)
+                                   str(code)], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise CompileError(f"{cxx} failed on {folder / name}.cpp:\n{proc.stderr}")
+                raise CompileError(f"{cxx} failed on {code}:\n{proc.stderr}")
+            os.replace(code, folder / f"{name}.cpp")
             os.replace(partial, built)  # whole or absent, for a run that comes after
         _loaded[name] = ctypes.CDLL(str(built))
     return _loaded[name]
@@ -246,9 +247,11 @@ class RawKernel:
         if dims[3] * dims[4] * dims[5] > 1024:
             raise ValueError(f"{self.name}: more than 1024 threads in a block")
         launches[self.name] += 1
-        self._launcher()(*dims, (ctypes.c_void_p * len(keep))(*addresses))
+        self.launcher(*dims, (ctypes.c_void_p * len(keep))(*addresses))
 
-    def _launcher(self) -> Any:
+    @functools.cached_property
+    def launcher(self) -> Any:
+        """The compiled kernel's launch: (grid x, y, z, block x, y, z, argument pointers)."""
         passed = ", ".join(f"cuda_on_cpu::param<{ctype}>(_params, {k})"
                            for k, (ctype, _, _) in enumerate(self.params))
         source = ('#define CUDA_ON_CPU_BLOCKS\n#include "cuda_on_cpu.h"\n'
@@ -266,80 +269,3 @@ class RawKernel:
 def _dim3(dims: tuple[int, ...] | int) -> tuple[int, int, int]:
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     return (*dims, *(1,) * (3 - len(dims)))  # type: ignore[return-value]
-
-
-def _gemm(transa: str, transb: str, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
-          alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-    """cupy.cublas.gemm for transa = transb = "N": out = alpha a @ b + beta out (cuBLAS reads
-    no `out` where beta is 0)."""
-    if (transa, transb) != ("N", "N"):
-        raise ValueError("only gemm('N', 'N', ...) is stood in for")
-    product = alpha * (a @ b)
-    if out is None:
-        return product
-    out[...] = product + beta * out if beta else product
-    return out
-
-
-def namespace() -> types.ModuleType:
-    """A stand-in for the `cupy` module: these kernel classes, NumPy for everything else, and
-    `cublas.gemm` in NumPy (cuBLAS is not emulated)."""
-    module = types.ModuleType("cupy")
-    module.__dict__.update(ElementwiseKernel=ElementwiseKernel, RawKernel=RawKernel,
-                           __getattr__=lambda name: getattr(np, name))
-    module.cublas = types.ModuleType("cupy.cublas")
-    module.cublas.gemm = _gemm
-    return module
-
-
-def unavailable() -> str | None:
-    """Why kernels cannot be compiled and run here (None: they can): no compiler, or one
-    without C++20's std::barrier."""
-    try:
-        RawKernel('extern "C" __global__ void cuda_on_cpu_probe(int* out) {\n'
-                  "  __syncthreads();\n  if (threadIdx.x == 1) out[0] = 1;\n}\n",
-                  "cuda_on_cpu_probe")((1,), (2,), (np.zeros(1, np.int32),))
-    except (CompileError, OSError) as e:
-        return str(e)
-    return None
-
-
-def standin_or_skip() -> Any:
-    """standin_backend(), or a skip saying why it cannot run here (under $CI, where .ci/run
-    installs g++, a failure)."""
-    import pytest
-
-    why = unavailable()
-    if why is not None:
-        message = f"the CUDA kernels cannot run on the CPU here: {why}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return standin_backend()
-
-
-def standin_backend() -> Any:
-    """A stand-in for the CuPy backend on NumPy arrays: backends/cupy.py's own kernels (its
-    wrappers around the spec's kernels, and its gemm_acc self-test) built on namespace(), so
-    the CUDA kernels run here, called as the CuPy step calls them."""
-    import sys
-
-    from array_api_compat import numpy as xp
-
-    from trainer.backends import Backend, nop
-    from trainer.backends import cupy as cupy_backend
-
-    fake = namespace()
-    saved = {name: sys.modules.get(name) for name in ("cupy", "cupy.cublas")}
-    sys.modules.update({"cupy": fake, "cupy.cublas": fake.cublas})  # its `import cupy.cublas`
-    try:
-        kernels = cupy_backend._kernels(fake)
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                del sys.modules[name]
-            else:
-                sys.modules[name] = module
-    return Backend(name="cupy-on-cpu", xp=xp, device="cpu", device_name="CUDA on the CPU",
-                   version=np.__version__, asarray=np.array, to_numpy=np.array,
-                   synchronize=nop, on_host=False, kernels=kernels)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import cuda_on_cpu
+import cupy_on_cpu
 import numpy as np
 import pytest
 
@@ -36,8 +37,8 @@ DTYPES = [np.float32, np.float64]
 
 
 @pytest.fixture(scope="module")
-def cupy_on_cpu() -> backends.Backend:
-    return cuda_on_cpu.standin_or_skip()
+def standin() -> backends.Backend:
+    return cupy_on_cpu.standin_or_skip()
 
 
 def mirrored(spec: ck.Elementwise | ck.Raw) -> Callable[..., Any]:
@@ -91,7 +92,7 @@ def test_every_kernel_is_covered() -> None:
 @pytest.mark.parametrize("layout", ["rows", "columns", "transposed"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", sorted(ck.BIAS_ACTIVATE))
-def test_bias_activate(cupy_on_cpu: backends.Backend, name: str, dtype: type,
+def test_bias_activate(standin: backends.Backend, name: str, dtype: type,
                        layout: str) -> None:
     """activation(z + b) in place, b broadcast over z's rows (one per column) or columns (one per
     row), z also a transposed (non-contiguous) view."""
@@ -102,7 +103,7 @@ def test_bias_activate(cupy_on_cpu: backends.Backend, name: str, dtype: type,
         z = np.ascontiguousarray(z.T).T
     want = mirrored(ck.BIAS_ACTIVATE[name])(z + b)
     with launched(ck.BIAS_ACTIVATE[name]):
-        got = cupy_on_cpu.kernels.bias_activate(name, z, b)
+        got = standin.kernels.bias_activate(name, z, b)
     assert got is z
     assert_close(z, want, dtype)
 
@@ -110,7 +111,7 @@ def test_bias_activate(cupy_on_cpu: backends.Backend, name: str, dtype: type,
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", sorted(ck.BIAS_ACTIVATE))
-def test_activate_grad(cupy_on_cpu: backends.Backend, name: str, dtype: type,
+def test_activate_grad(standin: backends.Backend, name: str, dtype: type,
                        masked: bool) -> None:
     """g = activation'(a) * (g * mask) in place, from the activation's output a."""
     rng = np.random.default_rng(1)
@@ -120,14 +121,14 @@ def test_activate_grad(cupy_on_cpu: backends.Backend, name: str, dtype: type,
     spec = ck.ACTIVATE_GRAD[name, masked]
     want = mirrored(spec)(a, g if mask is None else g * mask)
     with launched(spec):
-        got = cupy_on_cpu.kernels.activate_grad(name, a, g, np.empty_like(a), mask)
+        got = standin.kernels.activate_grad(name, a, g, np.empty_like(a), mask)
     assert got is g
     assert_close(g, want, dtype)
 
 
 @pytest.mark.parametrize(("nesterov", "rest"), [(False, 0), (True, 0), (False, 37)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sgd_update(cupy_on_cpu: backends.Backend, dtype: type, nesterov: bool,
+def test_sgd_update(standin: backends.Backend, dtype: type, nesterov: bool,
                     rest: int) -> None:
     """optim.sgd over flat buffers; below `rest` v is already updated, so there only w += v."""
     rng = np.random.default_rng(2)
@@ -136,7 +137,7 @@ def test_sgd_update(cupy_on_cpu: backends.Backend, dtype: type, nesterov: bool,
     mirrored(ck.SGD_UPDATE)(want_w[rest:], want_v[rest:], g[rest:], 0.9, nesterov)
     want_w[:rest] += want_v[:rest]
     with launched(ck.SGD_UPDATE):
-        cupy_on_cpu.kernels.sgd_update(w, v, g, 0.9, nesterov, rest)
+        standin.kernels.sgd_update(w, v, g, 0.9, nesterov, rest)
     assert_close(v, want_v, dtype)
     assert_close(w, want_w, dtype)
 
@@ -144,26 +145,26 @@ def test_sgd_update(cupy_on_cpu: backends.Backend, dtype: type, nesterov: bool,
 @pytest.mark.parametrize("key", [0xDEADBEEF, 0xFFFFFFFF])
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_keep_mask(cupy_on_cpu: backends.Backend, dtype: type, p: float, key: int) -> None:
+def test_keep_mask(standin: backends.Backend, dtype: type, p: float, key: int) -> None:
     """The very bits of dropout.keep_mask, counters past 2**32 included (both wrap around)."""
     counter = np.arange(64 * 300, dtype=np.int64).reshape(64, 300)
     counter[0, :4] = [2**32 - 1, 2**32, 2**40 + 5, 2**62]
     want = mirrored(ck.KEEP_MASK)(np, counter, key, p, dtype)
     with launched(ck.KEEP_MASK):
-        got = cupy_on_cpu.kernels.keep_mask(counter, key, p, dtype)
+        got = standin.kernels.keep_mask(counter, key, p, dtype)
     assert got.dtype == dtype and np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_accumulate(cupy_on_cpu: backends.Backend, dtype: type) -> None:
+def test_accumulate(standin: backends.Backend, dtype: type) -> None:
     """RunningSums.add on a device with the kernel and without it (plain float64 adds): the
     same sums, bit for bit, huge values, infinities and NaN included."""
-    without = dataclasses.replace(cupy_on_cpu, kernels=cupy_on_cpu.kernels.without("accumulate"))
+    without = dataclasses.replace(standin, kernels=standin.kernels.without("accumulate"))
     rng = np.random.default_rng(4)
     losses = [*rng.normal(0, 10, 20).astype(dtype), *edges(dtype)]
     like = np.zeros(1, dtype)
     sums = {be.kernels.accumulate is None: RunningSums(be, like, 1.5, 2.0)
-            for be in (cupy_on_cpu, without)}
+            for be in (standin, without)}
     for i, loss in enumerate(losses):
         with launched(ck.ACCUMULATE):
             for s in sums.values():
@@ -187,7 +188,7 @@ def softmax_xent(be: backends.Backend, logits: np.ndarray, bias: np.ndarray, y_a
 @pytest.mark.parametrize("classes", [10, 26, 47, 62])
 @pytest.mark.parametrize("n", [1, 31, 32, 257, 4096])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_t(cupy_on_cpu: backends.Backend, dtype: type, n: int,
+def test_softmax_xent_t(standin: backends.Backend, dtype: type, n: int,
                         classes: int) -> None:
     """losses.loss_and_delta's cross-entropy (summed) and delta, metrics.hits' count exactly,
     and the bias gradient (the delta summed over the samples), labels picked as y_all[idx]."""
@@ -196,7 +197,7 @@ def test_softmax_xent_t(cupy_on_cpu: backends.Backend, dtype: type, n: int,
     bias = rng.normal(0, 1, classes).astype(dtype)
     y_all = rng.integers(0, classes, 2 * n)
     idx = rng.permutation(2 * n)[:n]
-    loss, correct, delta, bias_grad = softmax_xent(cupy_on_cpu, logits, bias, y_all, idx, -0.25)
+    loss, correct, delta, bias_grad = softmax_xent(standin, logits, bias, y_all, idx, -0.25)
     z = logits + bias  # in the dtype, as the kernel adds them: the same argmax
     onehot = np.eye(classes)[y_all[idx]]
     want_loss, want_delta = mirrored(ck.SOFTMAX_XENT_T)(
@@ -211,34 +212,34 @@ def test_softmax_xent_t(cupy_on_cpu: backends.Backend, dtype: type, n: int,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_t_edges(cupy_on_cpu: backends.Backend, dtype: type) -> None:
+def test_softmax_xent_t_edges(standin: backends.Backend, dtype: type) -> None:
     """Ties (all-zero logits: every sample a hit, ln k each), huge logits, -inf in a wrong
     class (finite), and a NaN or +inf logit, which makes the loss NaN as in log_softmax."""
     n, classes = 40, 10
     y = np.arange(n) % classes
     idx = np.arange(n)
-    loss, correct, _, _ = softmax_xent(cupy_on_cpu, np.zeros((n, classes), dtype),
+    loss, correct, _, _ = softmax_xent(standin, np.zeros((n, classes), dtype),
                                        np.zeros(classes, dtype), y, idx, 1.0)
     assert loss == pytest.approx(n * np.log(classes), rel=tolerance(dtype)) and correct == n
     rng = np.random.default_rng(7)
     logits = rng.normal(0, 3, (n, classes)).astype(dtype)
     logits[0] *= np.finfo(dtype).max / 10
     logits[1, (y[1] + 1) % classes] = -np.inf
-    loss, correct, _, _ = softmax_xent(cupy_on_cpu, logits, np.zeros(classes, dtype), y, idx, 1.0)
+    loss, correct, _, _ = softmax_xent(standin, logits, np.zeros(classes, dtype), y, idx, 1.0)
     z = logits.astype(np.float64)
     assert loss == pytest.approx(-log_softmax(z)[idx, y].sum(), rel=tolerance(dtype))
     assert correct == int(hits(logits, np.eye(classes, dtype=dtype)[y]))
     for bad in (np.nan, np.inf):
         logits[5, 3] = bad
-        loss, _, _, _ = softmax_xent(cupy_on_cpu, logits, np.zeros(classes, dtype), y, idx, 1.0)
+        loss, _, _, _ = softmax_xent(standin, logits, np.zeros(classes, dtype), y, idx, 1.0)
         assert np.isnan(loss)
         assert np.isnan(loss_and_delta("cross_entropy", "softmax", logits, logits,
                                        np.eye(classes, dtype=dtype)[y])[0])
 
 
-def test_a_wrong_argument_type_is_refused(cupy_on_cpu: backends.Backend) -> None:
+def test_a_wrong_argument_type_is_refused(standin: backends.Backend) -> None:
     """A scalar of the wrong width (a Python int for an `int`) would be garbage on a GPU."""
-    kernel = ck.build(cuda_on_cpu.namespace())["softmax_xent_t"]["float32"]
+    kernel = ck.build(cupy_on_cpu.namespace())["softmax_xent_t"]["float32"]
     z = np.zeros((10, 4), np.float32)
     args = [z, z[:, 0].copy(), np.arange(4), np.arange(4), np.float32(1), 10, np.int32(4),
             z[:, 0].copy(), np.zeros((), np.float32), np.zeros((), np.int64)]

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import cuda_on_cpu
+import cupy_on_cpu
 import numpy as np
 import pytest
 from array_api_compat import numpy as np_xp
@@ -39,12 +40,12 @@ CONFIGS = {
 
 
 @pytest.fixture(scope="module")
-def cupy_on_cpu() -> backends.Backend:
-    return cuda_on_cpu.standin_or_skip()
+def standin() -> backends.Backend:
+    return cupy_on_cpu.standin_or_skip()
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-def test_the_cupy_step_trains_as_the_plain_step(cupy_on_cpu: backends.Backend,
+def test_the_cupy_step_trains_as_the_plain_step(standin: backends.Backend,
                                                 path: str) -> None:
     cfg = Config.from_file(ROOT / path).replace(dtype="float64")
     if path.startswith("configs/"):
@@ -56,7 +57,7 @@ def test_the_cupy_step_trains_as_the_plain_step(cupy_on_cpu: backends.Backend,
     host = init_params(cfg.sizes, cfg.activations, cfg.init, rng, "float64")
     batches = rng.permutation(n).reshape(STEPS, cfg.batch_size)
     plain = make_step(cfg, np_xp, [p.copy() for p in host], [np.zeros_like(p) for p in host])
-    be = cupy_on_cpu
+    be = standin
     fast = make_step(cfg, be.xp, [be.asarray(p) for p in host],
                      [be.asarray(np.zeros_like(p)) for p in host], be.kernels)
     assert type(fast) is not type(plain)  # the fast step, on the CuPy backend's kernels
