@@ -128,6 +128,7 @@ class ElementwiseKernel:
         self.out_params = Param.parse(out_params, False)
         self.params = self.in_params + self.out_params
         self.operation, self.name, self.preamble = operation, name, preamble
+        self._functions: dict[tuple, Any] = {}
 
     def __call__(self, *args: Any, size: int = -1) -> Any:
         nin, nargs = len(self.in_params), len(self.params)
@@ -184,8 +185,12 @@ class ElementwiseKernel:
         return found
 
     def _compiled(self, type_map: tuple, scalars: tuple[bool, ...]) -> Any:
-        function = getattr(library(self.source(dict(type_map), scalars)), self.name)
-        function.restype = None
+        """The compiled kernel for these placeholder types and scalar inputs (made once)."""
+        function = self._functions.get((type_map, scalars))
+        if function is None:
+            function = getattr(library(self.source(dict(type_map), scalars)), self.name)
+            function.restype = None
+            self._functions[type_map, scalars] = function
         return function
 
     def source(self, type_map: dict[str, np.dtype], scalars: tuple[bool, ...]) -> str:
