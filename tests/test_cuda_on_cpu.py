@@ -51,7 +51,7 @@ def mirrored(spec: ck.Elementwise | ck.Raw) -> Callable[..., Any]:
 
 @contextmanager
 def launched(spec: ck.Elementwise | ck.Raw) -> Iterator[None]:
-    """The block must run the compiled kernel (not a NumPy fallback)."""
+    """The `with` block must launch the compiled kernel (not fall back on NumPy)."""
     before = cuda_on_cpu.launches[spec.name]
     yield
     assert cuda_on_cpu.launches[spec.name] > before, f"{spec.name} was not launched"
