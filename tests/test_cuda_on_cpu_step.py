@@ -9,6 +9,7 @@ see is said in tests/test_cuda_on_cpu.py.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import cuda_on_cpu
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from array_api_compat import numpy as np_xp
 from conftest import make_dataset
+from threadpoolctl import threadpool_limits
 
 from trainer import backends
 from trainer.core.config import Config
@@ -24,8 +26,7 @@ from trainer.core.network import init_params
 from trainer.core.step import make_step
 from trainer.run.results import RunningSums
 
-# slow: a raw launch is 256 threads meeting at 9 barriers, ~30 ms on 2 cores, 60 per test
-pytestmark = [pytest.mark.cuda_on_cpu, pytest.mark.slow]
+pytestmark = pytest.mark.cuda_on_cpu
 ROOT = Path(__file__).parent.parent
 STEPS = 60
 # config -> the CUDA kernels its CuPy step launches at every step (RunningSums: accumulate)
@@ -42,6 +43,14 @@ CONFIGS = {
 @pytest.fixture(scope="module")
 def standin() -> backends.Backend:
     return cupy_on_cpu.standin_or_skip()
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread() -> Iterator[None]:
+    """BLAS threads spinning between GEMMs would take the cores from a block's 256 threads
+    (on 2 busy cores, 2026-12-04: 34 s for these two tests, against 4 s on one BLAS thread)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.mark.parametrize("path", CONFIGS)
