@@ -1,5 +1,11 @@
 """CuPy's fused CUDA kernels (backends/cupy_kernels.py), each against the reference function
-it names, on a GPU (skipped without one; tests/test_cuda_compile.py compiles them anywhere)."""
+it names, on a GPU (skipped without one; tests/test_cuda_compile.py compiles them anywhere).
+
+Without a GPU, tests/test_cuda_on_cpu.py runs the same kernels' source on the CPU (marker
+`cuda_on_cpu`). That does not see CuPy's own runtime (its indexer, strides, streams), memory
+coalescing and real warp scheduling, CUDA's rounding (fused multiply-adds, its math library),
+cuBLAS, or speed: these tests and scripts/gpu_check.sh remain the proof on a real GPU.
+"""
 
 from __future__ import annotations
 
