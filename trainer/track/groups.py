@@ -10,7 +10,7 @@ from typing import Any
 from trainer.core.config import Config
 from trainer.errors import TrainerError
 from trainer.track.live import GroupLog, RunLog, Tracking, read_config
-from trainer.track.record import read_record
+from trainer.track.record import RunRecord, read_record
 
 BATCH_FILES = ("group.json", "summary.json", "summary.csv", "history.svg")
 SWEEP_FILES = ("summary.json", "leaderboard.csv", "best.json", "history.svg", "importances.svg")
@@ -67,13 +67,19 @@ class SweepLog:
         for trial in study.get_trials(deepcopy=False):
             if trial.number in self.logged or trial.state.name not in ENDED:
                 continue
-            path = self.path / "trials" / str(trial.number)
             try:
-                record = read_record(path, self.path.name)
+                record = trial_record(self.path / "trials" / str(trial.number), self.path)
             except TrainerError:  # failed before its directory had a metrics.json
                 continue
             self.logged.add(trial.number)
             self.group.log_finished(record)
 
-    def finish(self, params: dict[str, str]) -> None:
-        self.group.finish(SWEEP_FILES, params)
+    def finish(self) -> None:
+        self.group.finish(SWEEP_FILES, {})
+
+
+def trial_record(path: Path, sweep_dir: Path) -> RunRecord:
+    """A sweep's trial (trials/<n>/), named as the sweep's table names it."""
+    record = read_record(path, sweep_dir.name)
+    record.name = f"trial {path.name}"
+    return record

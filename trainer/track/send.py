@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer.errors import TrainerError, UsageError
 from trainer.track import mlflow_run
-from trainer.track.groups import BATCH_FILES, SWEEP_FILES
+from trainer.track.groups import BATCH_FILES, SWEEP_FILES, trial_record
 from trainer.track.record import RunRecord, read_record
 from trainer.track.tensorboard import write_tensorboard
 
@@ -42,7 +42,8 @@ def resolve(path: Path) -> Target:
     members = [p for p in folder.iterdir() if (p / "config.json").is_file()]
     for member in sorted(members, key=lambda p: (len(p.name), p.name)):
         try:
-            target.runs.append(read_record(member, path.name))
+            target.runs.append(trial_record(member, path) if kind == "sweep" else
+                               read_record(member, path.name))
         except TrainerError as e:
             target.skipped.append(str(e))
     return target
