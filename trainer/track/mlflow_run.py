@@ -26,8 +26,10 @@ CONFIG_HASH, STATE, KIND, COMPLETE = "trainer.config_sha256", "trainer.state", "
     "trainer.complete"
 PARENT = "mlflow.parentRunId"
 STATUS = {"finished": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
-# MLflow's own HTTP client retries for minutes; the outbox retries instead, briefly
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow's own HTTP client retries for minutes (the outbox retries instead, briefly), and
+# prints a line with the run's URL on stdout (where --json's output goes)
+CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                   "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # MLflow's log_batch limits
 
 
@@ -42,7 +44,7 @@ def quiet_mlflow() -> None:
 
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for key, value in HTTP_DEFAULTS.items():
+    for key, value in CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
 
