@@ -78,7 +78,10 @@ class Server:
             else:  # next to the default database, its artifacts; a server has its own root
                 where = Path("runs/mlartifacts").resolve().as_uri() \
                     if self.uri == DEFAULT_URI else None
-                self._experiment = self.client.create_experiment(name, artifact_location=where)
+                # the UI's "model training" view, not its GenAI one
+                self._experiment = self.client.create_experiment(
+                    name, artifact_location=where, tags={"mlflow.experimentKind":
+                                                         "custom_model_development"})
         return self._experiment
 
     def find(self, tag: str, value: str) -> list[Any]:
