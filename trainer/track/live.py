@@ -56,7 +56,9 @@ class Tracking:
         failed = self.outbox.close(timeout)
         if not failed:
             return []
-        where = " ".join(_quote(p) for p in self.unsent) or "RUN_DIR"
+        # a group's command sends its runs too
+        paths = [p for p in self.unsent if p.parent not in self.unsent]
+        where = " ".join(_quote(p) for p in paths) or "RUN_DIR"
         return [f"MLflow ({self.server.uri}) did not get: " + "; ".join(failed[:5])
                 + (f"; and {len(failed) - 5} more" if len(failed) > 5 else ""),
                 f"The run directories have it all; send it when the server is back:\n"

@@ -136,6 +136,8 @@ def sync(server: Server, record: RunRecord, parent: str | None = None,
                            record.group)
         run = client.get_run(run_id)
     run_id = run.info.run_id
+    if parent and run.data.tags.get(PARENT) != parent:  # its parent was down when it started
+        client.set_tag(run_id, PARENT, parent)
     _send_params(client, run, record)
     _send_metrics(client, run_id, record)
     _send_artifacts(client, run_id, record)
