@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ SAMPLES_PER_SECOND = "samples_per_second"
 # the final figures (metrics.json), logged once as final/<key>, and TensorBoard's hparams metrics
 FINAL_KEYS = ("train_accuracy", "test_accuracy", "validation_accuracy", "best_epoch",
               "total_seconds")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 ARTIFACTS = ("config.json", "metrics.json", "history.svg", "confusion.svg", "model.safetensors")
 
 
@@ -82,8 +84,10 @@ class RunRecord:
 
     @property
     def run_id(self) -> str | None:
+        """metrics.json's run id (uuid4 hex, as write_run makes it; anything else is not
+        used: it goes into the tracking server's search filters)."""
         value = self.metrics.get("run_id")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and RUN_ID.fullmatch(value) else None
 
     @property
     def samples(self) -> int | None:
