@@ -6,6 +6,7 @@ a server killed mid-run, and the run sent afterwards exactly once."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -135,6 +136,12 @@ def assert_run_matches(client: MlflowClient, run, run_dir: Path, tmp_path: Path)
             "model.safetensors"} <= names
     model = client.download_artifacts(run.info.run_id, "model.safetensors", str(tmp_path))
     assert sha256(Path(model)) == sha256(run_dir / "model.safetensors")
+    try:  # the export names trainer's installed version: from a bare checkout it cannot
+        importlib.metadata.version("trainer")
+        assert "model.onnx" in names
+    except importlib.metadata.PackageNotFoundError:
+        assert "model.onnx" not in names
+        assert tags["trainer.onnx"].startswith("not exported: PackageNotFoundError")
     assert run.info.status == "FINISHED"
 
 
