@@ -31,6 +31,8 @@ class Tracking:
         self.mlflow = "mlflow" in targets
         self.tensorboard = "tensorboard" in targets
         self.server = server or mlflow_run.Server()
+        if self.mlflow:  # imported here, before training, not on the outbox's thread beside it
+            mlflow_run.quiet_mlflow()
         self.outbox = Outbox("MLflow", warn) if self.mlflow else None
         self.unsent: dict[Path, None] = {}  # run or group directories to send again later
 

@@ -41,6 +41,8 @@ def quiet_mlflow() -> None:
     """No migration chatter (alembic) or client warnings between the trainer's lines (after
     `import mlflow`, which sets its logger's level)."""
     import mlflow  # noqa: F401
+    import mlflow.entities  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
 
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
