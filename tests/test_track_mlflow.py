@@ -26,6 +26,7 @@ from trainer.track.live import RunLog
 
 pytest.importorskip("mlflow.server")
 from mlflow.tracking import MlflowClient  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = [ROOT / "configs" / "default.json", ROOT / "configs" / "hidden-64.json"]
@@ -163,6 +164,10 @@ def test_a_batch_is_a_parent_run_with_a_child_per_run(
         assert_run_matches(tracking, child, group / child.info.run_name, tmp_path)
     # stdout is still strict JSON: MLflow's own "View run at" lines are kept off it
     assert json.loads(result.stdout)["name"] == "group"
+    again = invoke("runs", "log", group, "--to", "mlflow")  # the group, sent afterwards too
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already in MLflow") == 4
+    assert len(runs_of(tracking)) == 5  # nothing doubled
 
 
 @pytest.mark.slow
@@ -174,7 +179,8 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_trial_and_its_state(
     space.write_text(json.dumps({"learning_rate": {"log_uniform": [0.0001, 0.3]}}))
     sweep = tmp_path / "sweep"
     result = invoke("sweep", CONFIGS[0], "--space", space, "--trials", 6, "--epochs", 3,
-                    "--limit-train", 3000, "--sweep-dir", sweep, "--log", "mlflow", "--json")
+                    "--limit-train", 3000, "--sweep-dir", sweep, "--log", "mlflow",
+                    "--log", "tensorboard", "--json")
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{sweep}/study.db")
     states = {f"trial {t.number}": t.state.name for t in study.trials}
@@ -190,6 +196,15 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_trial_and_its_state(
         losses = tracking.get_metric_history(child.info.run_id, "loss")
         assert sorted((m.step, m.value) for m in losses) == [(r["epoch"], r["loss"])
                                                              for r in history]
+    for trial in study.trials:  # and each trial is a TensorBoard run of the sweep's logdir
+        events = EventAccumulator(str(sweep / "trials" / str(trial.number) / "tensorboard"))
+        events.Reload()
+        rates = [e.value for e in events.Scalars("learning_rate")]
+        epochs = 3 if trial.state.name == "COMPLETE" else len(rates)  # pruned: fewer
+        assert rates == [pytest.approx(trial.params["learning_rate"], rel=1e-6)] * epochs
+        assert rates
+    again = invoke("runs", "log", sweep, "--to", "mlflow")
+    assert again.exit_code == 0 and again.output.count("already in MLflow") == len(states)
 
 
 @pytest.mark.slow

@@ -92,21 +92,22 @@ class Server:
 
 
 def find_run(server: Server, record: RunRecord) -> Any | None:
-    """The MLflow run of this run directory: by its run_id, else a live run of the same
-    directory that never got as far as its run_id."""
+    """The MLflow run of this run directory: by its run_id, else one of the same directory
+    without a run_id (a live run that never got as far, or a run that has none: a pruned
+    trial, a diverged run)."""
     if record.run_id:
         runs = server.find(RUN_ID, record.run_id)
         if runs:
             return runs[0]
     return next((r for r in server.find(RUN_DIR, path_key(record.path))
-                 if RUN_ID not in r.data.tags), None)
+                 if not r.data.tags.get(RUN_ID)), None)
 
 
 def start_run(server: Server, path: Path, name: str, config: dict[str, Any],
               parent: str | None, group: str | None) -> str:
     """A live run's MLflow run: found again (a resumed run) or created; its id."""
     for run in server.find(RUN_DIR, path_key(path)):
-        if RUN_ID not in run.data.tags:
+        if not run.data.tags.get(RUN_ID):
             return run.info.run_id
     tags = {RUN_DIR: path_key(path), CONFIG_HASH: config_hash(config), KIND: "run",
             "trainer.path": str(path.resolve())}
@@ -143,7 +144,8 @@ def sync(server: Server, record: RunRecord, parent: str | None = None,
     _send_params(client, run, record)
     _send_metrics(client, run_id, record)
     _send_artifacts(client, run_id, record)
-    tags = {RUN_ID: record.run_id or "", STATE: record.state, COMPLETE: "1"}
+    tags = {STATE: record.state, COMPLETE: "1"} | ({RUN_ID: record.run_id} if record.run_id
+                                                    else {})
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, STATUS[record.state])
