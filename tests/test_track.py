@@ -27,7 +27,8 @@ CONFIGS = [ROOT / "configs" / "default.json", ROOT / "configs" / "hidden-64.json
 SMALL = ["--epochs", "2", "--limit-train", "1000", "--limit-test", "300", "--quiet"]
 # history.json's key of each scalar TensorBoard shows
 TAGS = {"loss": "loss", "accuracy/train": "train_accuracy", "accuracy/test": "test_accuracy",
-        "learning_rate": "learning_rate", "seconds": "seconds"}
+        "accuracy/validation": "val_accuracy", "learning_rate": "learning_rate",
+        "seconds": "seconds"}
 runner = CliRunner()
 
 
@@ -52,7 +53,10 @@ def assert_scalars_equal_history(run_dir: Path) -> None:
     history = json.loads((run_dir / "history.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     events = read_events(run_dir)
-    for tag, key in TAGS.items():
+    # a figure the history has (test accuracy, or validation accuracy with a split) is a tag
+    tags = {tag: key for tag, key in TAGS.items() if history[0][key] is not None}
+    assert set(TAGS) & set(events.Tags()["scalars"]) == set(tags)
+    for tag, key in tags.items():
         logged = [(e.step, e.value) for e in events.Scalars(tag)]
         # TensorBoard keeps float32
         assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in history], tag
@@ -88,7 +92,8 @@ def test_a_batch_logs_tensorboard_per_run_and_the_group_is_a_logdir(
 def test_runs_log_to_tensorboard_writes_a_run_trained_without_it_once(
         mnist, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    assert invoke("train", CONFIGS[0], *SMALL, "--run-dir", run_dir).exit_code == 0
+    assert invoke("train", CONFIGS[0], *SMALL, "--run-dir", run_dir, "--validation-split",
+                  "0.2").exit_code == 0
     assert not (run_dir / "tensorboard").exists()
     for _ in range(2):  # the second time replaces the first: no doubled curves
         result = invoke("runs", "log", run_dir, "--to", "tensorboard")
@@ -115,6 +120,38 @@ def test_log_needs_its_library_and_a_known_target(
     result = invoke("train", *SMALL, "--run-dir", tmp_path / "r", "--log", "wandb")
     assert result.exit_code == 2 and "choose tensorboard or mlflow" in result.output
     assert not (tmp_path / "r").exists()  # refused before the run directory is made
+
+
+def test_a_server_that_refuses_everything_costs_one_warning_and_a_note(
+        mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow")
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(503, "down for maintenance")
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_port}")
+    run_dir = tmp_path / "run"
+    try:
+        result = invoke("train", CONFIGS[0], *SMALL, "--run-dir", run_dir, "--log", "mlflow")
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert result.output.count("could not log") == 1  # warned once
+    assert "did not get: default: epoch 1; default: epoch 2; default: its params" in \
+        result.output
+    assert f"trainer runs log {run_dir} --to mlflow" in result.output
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]  # the run itself is whole
+    assert (run_dir / "model.safetensors").is_file()
 
 
 def test_the_outbox_retries_warns_once_and_never_holds_the_caller() -> None:
