@@ -34,7 +34,7 @@ class Tracking:
         if self.mlflow:  # imported here, before training, not on the outbox's thread beside it
             mlflow_run.quiet_mlflow()
         self.outbox = Outbox("MLflow", warn) if self.mlflow else None
-        self.unsent: dict[Path, None] = {}  # run or group directories to send again later
+        self.where: dict[str, Path] = {}  # each job's run or group directory, by its name
 
     def run(self, path: Path, name: str, config: Config, samples: int | None,
             parent: Callable[[], str | None] = lambda: None,
@@ -42,15 +42,10 @@ class Tracking:
         return RunLog(self, path, name, config, samples, parent, group)
 
     def send(self, what: str, path: Path, job: Callable[[], None]) -> None:
-        """An MLflow job for the run (or group) in `path`, remembered if it fails."""
-        def tracked() -> None:
-            try:
-                job()
-            except Exception:
-                self.unsent[path] = None
-                raise
+        """An MLflow job (named `what`) for the run or group in `path`."""
         assert self.outbox is not None
-        self.outbox.put(what, tracked)
+        self.where[what] = path
+        self.outbox.put(what, job)
 
     def close(self, timeout: float = CLOSE_SECONDS) -> list[str]:
         if self.outbox is None:
@@ -58,9 +53,9 @@ class Tracking:
         failed = self.outbox.close(timeout)
         if not failed:
             return []
+        unsent = {self.where[w.split(" (still waiting")[0]]: None for w in failed}
         # a group's command sends its runs too
-        paths = [p for p in self.unsent if p.parent not in self.unsent]
-        where = " ".join(_quote(p) for p in paths) or "RUN_DIR"
+        where = " ".join(_quote(p) for p in unsent if p.parent not in unsent)
         return [f"MLflow ({self.server.uri}) did not get: " + "; ".join(failed[:5])
                 + (f"; and {len(failed) - 5} more" if len(failed) > 5 else ""),
                 f"The run directories have it all; send it when the server is back:\n"
