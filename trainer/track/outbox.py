@@ -39,7 +39,12 @@ class Outbox:
         """Let the queued jobs run for at most `timeout` seconds; returns what was not done
         (failed, or still queued when the time ran out)."""
         self._jobs.put(None)
-        self._thread.join(timeout)
+        self._thread.join(min(timeout, 1.0))
+        if self._thread.is_alive() and timeout > 1.0:  # a slow server: say why nothing moves
+            calls = self._jobs.qsize()  # the queued ones and the end mark: with the running one
+            self.warn(f"{self.name}: waiting up to {timeout - 1:.0f} s more for the server to "
+                      f"take the last {calls} calls")
+            self._thread.join(timeout - 1.0)
         if self._thread.is_alive():
             self._closing.set()  # the job running now ends with its attempt; the rest are left
             left = [item[0] for item in _drain(self._jobs) if item is not None]
