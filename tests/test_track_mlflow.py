@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -46,9 +47,10 @@ class Server:
             self.port = s.getsockname()[1]
         self.root, self.url = root, f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.log: Any = None
 
     def start(self) -> None:
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 (the process holds it)
+        self.log = log = open(self.root / "server.log", "ab")  # noqa: SIM115 (closed by stop)
         env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
@@ -77,7 +79,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.proc = None
+        if self.log is not None:
+            self.log.close()
+        self.proc = self.log = None
 
 
 @pytest.fixture(scope="session")
