@@ -51,7 +51,7 @@ class BatchLog:
             run.finish()
         self.runs.clear()
         if self.group is not None and (self.group.path / "summary.json").is_file():
-            self.group.finish(BATCH_FILES, {})
+            self.group.finish(BATCH_FILES)
 
 
 class SweepLog:
@@ -75,7 +75,7 @@ class SweepLog:
             self.group.log_finished(record)
 
     def finish(self) -> None:
-        self.group.finish(SWEEP_FILES, {})
+        self.group.finish(SWEEP_FILES)
 
 
 def trial_record(path: Path, sweep_dir: Path) -> RunRecord:

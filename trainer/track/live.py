@@ -137,12 +137,12 @@ class GroupLog:
                                lambda: mlflow_run.sync(self.tracking.server, record,
                                                        self.parent()))
 
-    def finish(self, files: tuple[str, ...], params: dict[str, str]) -> None:
+    def finish(self, files: tuple[str, ...]) -> None:
         if self.tracking.mlflow:
             self.tracking.send(f"the {self.kind}'s summary", self.path,
                                lambda: mlflow_run.finish_parent(
                                    self.tracking.server, self.parent() or "", self.path,
-                                   files, params))
+                                   files))
 
 
 def read_config(path: Path) -> Config:

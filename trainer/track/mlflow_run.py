@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.track.record import RunRecord, config_hash, epoch_scalars, path_key
+from trainer.track.record import RunRecord, config_hash, epoch_scalars, flatten, path_key
 
 DEFAULT_URI = "sqlite:///runs/mlflow.db"  # MLflow 3 refuses its file store without an opt-in
 EXPERIMENT = "trainer"
@@ -113,7 +113,9 @@ def start_run(server: Server, path: Path, name: str, config: dict[str, Any],
             "trainer.path": str(path.resolve())}
     tags |= {PARENT: parent} if parent else {}
     tags |= {GROUP: group} if group else {}
-    return server.client.create_run(server.experiment, run_name=name, tags=tags).info.run_id
+    run_id = server.client.create_run(server.experiment, run_name=name, tags=tags).info.run_id
+    _log_params(server.client, run_id, flatten(config))  # the rest once the run has ended
+    return run_id
 
 
 def log_epoch(server: Server, run_id: str, row: dict[str, Any], samples: int | None) -> None:
@@ -153,12 +155,17 @@ def sync(server: Server, record: RunRecord, parent: str | None = None,
 
 
 def _send_params(client: Any, run: Any, record: RunRecord) -> None:
+    have = run.data.params
+    _log_params(client, run.info.run_id,
+                {k: v for k, v in record.params().items() if k not in have})
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    have = run.data.params
-    params = [Param(k, str(v)[:6000]) for k, v in record.params().items() if k not in have]
-    for i in range(0, len(params), PARAMS_PER_CALL):
-        client.log_batch(run.info.run_id, params=params[i:i + PARAMS_PER_CALL])
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), PARAMS_PER_CALL):
+        client.log_batch(run_id, params=items[i:i + PARAMS_PER_CALL])
 
 
 def _send_metrics(client: Any, run_id: str, record: RunRecord) -> None:
@@ -216,20 +223,13 @@ def start_parent(server: Server, group_dir: Path, kind: str) -> str:
                                     tags=tags).info.run_id
 
 
-def finish_parent(server: Server, run_id: str, group_dir: Path, files: tuple[str, ...],
-                  params: dict[str, str]) -> None:
-    """The group's own files (summary, curves) and params; then the parent is finished."""
+def finish_parent(server: Server, run_id: str, group_dir: Path, files: tuple[str, ...]) -> None:
+    """The group's own files (manifest, summary, curves); then the parent is finished."""
     client = server.client
     have = {f.path for f in client.list_artifacts(run_id)}
     for name in files:
         if (group_dir / name).is_file() and name not in have:
             client.log_artifact(run_id, str(group_dir / name))
-    present = client.get_run(run_id).data.params
-    from mlflow.entities import Param
-
-    new = [Param(k, v[:6000]) for k, v in params.items() if k not in present]
-    if new:
-        client.log_batch(run_id, params=new)
     client.set_terminated(run_id, "FINISHED")
 
 

@@ -66,7 +66,7 @@ def to_mlflow(target: Target, report: Report, server: mlflow_run.Server) -> None
                                          f"already in MLflow (run {run_id}), not sent again"))
         if parent is not None:
             files = BATCH_FILES if target.kind == "batch" else SWEEP_FILES
-            mlflow_run.finish_parent(server, parent, target.path, files, {})
+            mlflow_run.finish_parent(server, parent, target.path, files)
     except TrainerError:
         raise
     except Exception as e:  # the server's, the network's or the client's
