@@ -31,8 +31,8 @@ class Tracking:
         self.mlflow = "mlflow" in targets
         self.tensorboard = "tensorboard" in targets
         self.server = server or mlflow_run.Server()
-        if self.mlflow:  # imported here, before training, not on the outbox's thread beside it
-            mlflow_run.quiet_mlflow()
+        if self.mlflow:
+            mlflow_run.preload()
         self.outbox = Outbox("MLflow", warn) if self.mlflow else None
         self.where: dict[str, Path] = {}  # each job's run or group directory, by its name
 
