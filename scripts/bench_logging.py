@@ -110,7 +110,7 @@ def callback_cost(variant: str, run_dir: Path, url: str, calls: int = 200) -> fl
         run.on_epoch(row)
         times.append(time.perf_counter() - started)
     if run.tb is not None:
-        run.tb.writer.close()
+        run.tb.close()
     tracking.close()
     return statistics.median(times) * 1e6
 

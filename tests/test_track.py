@@ -154,6 +154,23 @@ def test_a_server_that_refuses_everything_costs_one_warning_and_a_note(
     assert (run_dir / "model.safetensors").is_file()
 
 
+def test_a_tensorboard_write_that_fails_is_one_warning_not_a_failed_run(
+        mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.track.tensorboard import TensorBoardRun
+
+    def full(self: TensorBoardRun, row: dict, walltime: float | None = None) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TensorBoardRun, "epoch", full)
+    run_dir = tmp_path / "run"
+    result = invoke("train", CONFIGS[0], *SMALL, "--run-dir", run_dir, "--log", "tensorboard")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("TensorBoard: could not write") == 1
+    assert "No space left on device" in result.output
+    assert len(json.loads((run_dir / "history.json").read_text())) == 2
+    assert (run_dir / "model.safetensors").is_file()
+
+
 def test_the_outbox_retries_warns_once_and_never_holds_the_caller() -> None:
     warnings: list[str] = []
     outbox = Outbox("server", warnings.append, retries=3, backoff=0.01)

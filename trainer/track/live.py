@@ -71,13 +71,18 @@ class RunLog:
                  group: str | None) -> None:
         self.tracking, self.path, self.name, self.samples = tracking, path, name, samples
         self.config, self.parent, self.group = config.to_dict(), parent, group
-        self.tb = TensorBoardRun(path / FOLDER, samples) if tracking.tensorboard else None
         self.run_id: str | None = None
+        self.tb: TensorBoardRun | None = None
+        if tracking.tensorboard:
+            try:
+                self.tb = TensorBoardRun(path / FOLDER, samples)
+            except Exception as e:
+                self._lost_tensorboard(e)
 
     def on_epoch(self, stats: Any) -> None:
         row = stats if isinstance(stats, dict) else dataclasses.asdict(stats)
         if self.tb is not None:
-            self.tb.epoch(row)
+            self._tensorboard(lambda tb: tb.epoch(row))
         if self.tracking.mlflow:
             self.tracking.send(f"{self.name}: epoch {row['epoch']}", self.path,
                                lambda: self._log_epoch(row))
@@ -99,13 +104,24 @@ class RunLog:
         except TrainerError:
             record = None
         if self.tb is not None:
-            if record is not None:
-                self.tb.finish(record)
-            else:
-                self.tb.writer.close()
+            self._tensorboard(lambda tb: tb.finish(record) if record else tb.close())
         if self.tracking.mlflow and record is not None:
             self.tracking.send(f"{self.name}: its params, final metrics and artifacts",
                                self.path, lambda: self._sync(record))
+
+    def _tensorboard(self, write: Callable[[TensorBoardRun], None]) -> None:
+        """A failed write (a full disk) is one warning, and the end of TensorBoard for this
+        run: never of its training."""
+        try:
+            write(self.tb)
+        except Exception as e:
+            self._lost_tensorboard(e)
+
+    def _lost_tensorboard(self, error: Exception) -> None:
+        self.tb = None
+        self.tracking.warn(f"TensorBoard: could not write {self.path / FOLDER} "
+                           f"({type(error).__name__}: {error}); training goes on without it; "
+                           f"afterwards: trainer runs log {_quote(self.path)} --to tensorboard")
 
     def _sync(self, record: RunRecord) -> None:
         mlflow_run.sync(self.tracking.server, record, self.parent(), self._started())

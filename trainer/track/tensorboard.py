@@ -39,6 +39,9 @@ class TensorBoardRun:
     def finish(self, record: RunRecord) -> None:
         """The final figures as scalars and the config as this run's hparams session."""
         _hparams(self.writer, record)
+        self.close()
+
+    def close(self) -> None:
         self.writer.close()
 
 
