@@ -171,6 +171,18 @@ def test_a_tensorboard_write_that_fails_is_one_warning_not_a_failed_run(
     assert (run_dir / "model.safetensors").is_file()
 
 
+def test_a_batch_event_that_cannot_be_logged_is_a_warning(tmp_path: Path) -> None:
+    from trainer.track import BatchLog, Tracking
+
+    warnings: list[str] = []
+    logs = BatchLog(Tracking(("tensorboard",), warnings.append), lambda cfg: None)
+    logs.on_group(tmp_path)
+    (tmp_path / "gone-seed0").mkdir()  # a kept run whose files were removed meanwhile
+    logs.on_event({"event": "kept", "run": "gone-seed0"})
+    assert len(warnings) == 1 and "could not log gone-seed0's kept" in warnings[0]
+    assert "not a run directory" in warnings[0]
+
+
 def test_the_outbox_retries_warns_once_and_never_holds_the_caller() -> None:
     warnings: list[str] = []
     outbox = Outbox("server", warnings.append, retries=3, backoff=0.01)

@@ -30,9 +30,12 @@ class BatchLog:
         self.group = GroupLog(self.tracking, path, "batch")
 
     def on_event(self, event: dict[str, Any]) -> None:
-        group, kind, name = self.group, event["event"], event["run"]
-        if group is None:
-            return
+        if self.group is not None:
+            with self.tracking.guard(f"{event['run']}'s {event['event']}"):
+                self._on_event(self.group, event)
+
+    def _on_event(self, group: GroupLog, event: dict[str, Any]) -> None:
+        kind, name = event["event"], event["run"]
         path = group.path / name
         if kind == "start":
             cfg = read_config(path)
@@ -64,7 +67,11 @@ class SweepLog:
         self.logged: set[int] = set()
 
     def on_update(self, study: Any, force: bool = False) -> None:
-        for trial in study.get_trials(deepcopy=False):
+        with self.tracking.guard("the sweep's trials"):
+            self._log_ended(study.get_trials(deepcopy=False))
+
+    def _log_ended(self, trials: list[Any]) -> None:
+        for trial in trials:
             if trial.number in self.logged or trial.state.name not in ENDED:
                 continue
             try:

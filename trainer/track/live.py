@@ -5,8 +5,9 @@ source of truth: at each run's end the trackers are completed from it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,15 @@ class Tracking:
         assert self.outbox is not None
         self.where[what] = path
         self.outbox.put(what, job)
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Logging that fails here (reading a run back, writing its event file) is a warning:
+        the batch or the sweep it logs goes on."""
+        try:
+            yield
+        except Exception as e:
+            self.warn(f"could not log {what} ({type(e).__name__}: {e}); training goes on")
 
     def close(self, timeout: float = CLOSE_SECONDS) -> list[str]:
         if self.outbox is None:
@@ -147,7 +157,8 @@ class GroupLog:
     def log_finished(self, record: RunRecord) -> None:
         """A run that ended before (a batch's kept run, a sweep's trial), from its directory."""
         if self.tracking.tensorboard and not (record.path / FOLDER).is_dir():
-            write_tensorboard(record)
+            with self.tracking.guard(f"{record.path} to TensorBoard"):
+                write_tensorboard(record)
         if self.tracking.mlflow:
             self.tracking.send(f"{record.name}", record.path,
                                lambda: mlflow_run.sync(self.tracking.server, record,
