@@ -19,6 +19,7 @@ from trainer.cli.data import data_app
 from trainer.cli.display import load_data, print_report
 from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt
 from trainer.cli.runs import runs_app
+from trainer.cli.runs_log import log_cmd as runs_log_cmd
 from trainer.cli.serve import export_cmd, serve_cmd
 from trainer.cli.sweep import sweep_cmd
 from trainer.cli.train import train_cmd
@@ -175,6 +176,7 @@ def backends_cmd(as_json: Annotated[bool, Opt("--json", help="print JSON instead
 # after evaluate, predict and backends above: `trainer --help` lists them in this order
 app.command("bench")(bench_cmd)
 app.command("sweep")(sweep_cmd)
+runs_app.command("log")(runs_log_cmd)
 app.add_typer(runs_app, name="runs")
 app.command("serve")(serve_cmd)
 app.command("export")(export_cmd)

@@ -11,33 +11,56 @@ from rich.table import Table
 from trainer.batch import Event, parse_seeds, train_batch
 from trainer.cli.console import console, err_console, print_json, shown
 from trainer.cli.display import epoch_line, load_data
+from trainer.cli.track import tracking
 from trainer.run.results import EpochStats, Interrupted
+from trainer.track import BatchLog, train_samples
 
 
 def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: dict[str, Any],
-              options: dict[str, Any], stop_requested: Any, quiet: bool, as_json: bool) -> None:
+              options: dict[str, Any], stop_requested: Any, quiet: bool, as_json: bool,
+              log: tuple[str, ...] = ()) -> None:
     """Run the batch (`options`: train_batch's keywords from the command line), print its
     progress and summary; exit 1 if a run diverged, 128 + the signal if stopped."""
     seed_list = parse_seeds(seeds) if seeds is not None else None
     # worker processes load it again
     data = load_data(options["data_dir"], show=not as_json, dataset=options["dataset"])
     where: dict[str, Any] = {}
+    printer = _printer(quiet, as_json)
+    logs: BatchLog | None = None  # with --log: the runs' trackers, fed the same events
 
     def on_group(path: Path, resumed: bool) -> None:
         where["group"] = path
         if not as_json:
             console.print(f"{'Resuming' if resumed else 'Starting'} the batch in "
                           f"{shown(str(path))}", soft_wrap=True)
+        if logs is not None:
+            logs.on_group(path, resumed)
 
-    try:
-        summary = train_batch(configs, seed_list, overrides=overrides, data=data,
-                              workers=workers, on_event=_printer(quiet, as_json),
-                              stop_requested=stop_requested, on_group=on_group, **options)
-    except Interrupted as e:
-        err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed in "
-                          f"{shown(str(where.get('group', '')))}. Run the same command again "
-                          f"to continue.", soft_wrap=True)
-        raise typer.Exit(code=e.exit_code) from None
+    def on_event(event: Event) -> None:
+        printer(event)
+        if logs is not None:
+            logs.on_event(event)
+
+    with tracking(log) as session:
+        if session is not None:
+            logs = BatchLog(session, lambda cfg: train_samples(cfg, len(data.train_labels),
+                                                               options["limit_train"]))
+        try:
+            summary = train_batch(configs, seed_list, overrides=overrides, data=data,
+                                  workers=workers, on_event=on_event,
+                                  stop_requested=stop_requested, on_group=on_group, **options)
+        except Interrupted as e:
+            err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed "
+                              f"in {shown(str(where.get('group', '')))}. Run the same command "
+                              f"again to continue.", soft_wrap=True)
+            raise typer.Exit(code=e.exit_code) from None
+        finally:
+            if logs is not None:
+                logs.finish()
+        _finish(summary, as_json)
+
+
+def _finish(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(summary)
     else:

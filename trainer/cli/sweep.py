@@ -25,11 +25,13 @@ from trainer.cli.options import (
     MomentumOpt,
     Opt,
 )
+from trainer.cli.track import LogOpt, targets, tracking
 from trainer.data.datasets import get_spec
 from trainer.run.rundir import check_run_name
 from trainer.sweep.report import note, reruns, seconds
 from trainer.sweep.run import SAMPLERS, SweepSettings, load_space, run_sweep
 from trainer.sweep.settings import HEARTBEAT_SECONDS
+from trainer.track import SweepLog
 
 ROWS = 30  # the live table shows the last this many trials
 
@@ -171,6 +173,7 @@ def sweep_cmd(
                                   "silent for 3x this is failed and run again")
                          ] = HEARTBEAT_SECONDS,
     as_json: Annotated[bool, Opt("--json", help="print only a JSON summary")] = False,
+    log: LogOpt = None,
 ) -> None:
     """Search hyper-parameters: train trials on a validation split, keep the best config."""
     with cli_errors():
@@ -190,12 +193,24 @@ def sweep_cmd(
             limit_train=limit_train, timeout=timeout, workers=workers,
             heartbeat=heartbeat)
         live = not as_json and console.is_terminal
+        chosen = targets(log)
         terminated: list[int] = []
         previous = signal.signal(signal.SIGTERM, lambda n, _: _interrupt(terminated, n))
         try:
             with TrialTable([p.path for p in settings.space.params], cfg.epochs, live,
-                            silent=as_json) as table:
-                summary = run_sweep(settings, on_update=table.update)
+                            silent=as_json) as table, tracking(chosen) as session:
+                logs = SweepLog(session, settings.sweep_dir) if session else None
+
+                def on_update(study: Any, force: bool = False) -> None:
+                    table.update(study, force)
+                    if logs is not None:  # each trial once it has ended
+                        logs.on_update(study)
+
+                try:
+                    summary = run_sweep(settings, on_update=on_update)
+                finally:
+                    if logs is not None:
+                        logs.finish()
         except KeyboardInterrupt:
             err_console.print(f"interrupted: the sweep's trials so far are in "
                               f"{shown(str(settings.sweep_dir))}; run the same command again "

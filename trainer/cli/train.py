@@ -27,6 +27,7 @@ from trainer.cli.options import (
     MomentumOpt,
     Opt,
 )
+from trainer.cli.track import LogOpt, chain, targets, tracked_run
 from trainer.core.config import Config
 from trainer.core.fused import unsupported
 from trainer.core.schedule import constant_rate
@@ -45,6 +46,7 @@ from trainer.run.rundir import (
     write_run,
 )
 from trainer.run.train import check_data, check_memory, load_backend, train
+from trainer.track import train_samples
 
 
 class OutOfMemory(TrainerError):
@@ -207,6 +209,7 @@ def train_cmd(
                                             "of the BLAS threads")] = 1,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="plain lines, no bars or tables")] = False,
     as_json: Annotated[bool, Opt("--json", help="print a JSON summary instead")] = False,
+    log: LogOpt = None,
 ) -> None:
     """Train a network, evaluate it on the test set and write a run directory. Several
     configs, or --seeds: a batch of runs in one group directory, summarised per config; the
@@ -215,6 +218,7 @@ def train_cmd(
         overrides = {"seed": seed, "epochs": epochs, "batch_size": batch_size,
                      "learning_rate": learning_rate, "momentum": momentum, "dtype": dtype,
                      "validation_split": validation_split}
+        chosen = targets(log)
         if len(configs or ()) > 1 or seeds is not None:
             if resume is not None:
                 raise UsageError("--resume continues one run; a batch resumes when the same "
@@ -227,7 +231,7 @@ def train_cmd(
                        "limit_test": limit_test, "checkpoint_every": checkpoint_every}
             with stop_on_signals() as stop_requested:
                 batch_cli(configs or [], seeds, workers, overrides, options, stop_requested,
-                          quiet, as_json)
+                          quiet, as_json, chosen)
             return
         if workers != 1:
             raise UsageError("--workers runs a batch's runs side by side: give several configs "
@@ -262,9 +266,10 @@ def train_cmd(
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
         record = run_record(cfg, run_name, limit_train, limit_test, data, fingerprint,
                             loaded.name)
-        with hold_run(path):
+        samples = train_samples(cfg, len(data.train_labels), limit_train)
+        with hold_run(path), tracked_run(chosen, path, run_name, cfg, samples) as on_epoch:
             result, late_signal = _run(cfg, loaded, data, path, record, state,
-                                       checkpoint_every, quiet, as_json)
+                                       checkpoint_every, quiet, as_json, on_epoch)
             _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json)
         if late_signal:  # it came during the final evaluation: the run is whole, and written
             err_console.print(f"{signal.Signals(late_signal).name} came after the last "
@@ -275,7 +280,7 @@ def train_cmd(
 
 def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[str, Any],
          state: LoopState | None, checkpoint_every: int | None, quiet: bool,
-         as_json: bool) -> tuple[TrainResult, int | None]:
+         as_json: bool, on_epoch: Any = None) -> tuple[TrainResult, int | None]:
     """Train with the live display, signals and checkpoints; `record` (the run's config, name
     and limits) goes into every checkpoint, so that --resume can restart it. Returns the
     result and the signal that came during the final evaluation, if one did."""
@@ -288,7 +293,7 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
                 show_lr=constant_rate(cfg) is None) as progress:
             callbacks = Callbacks(
                 on_step=progress.on_step if progress.live else None,
-                on_epoch=progress.on_epoch, on_test_chunk=progress.on_test_chunk,
+                on_epoch=chain(progress.on_epoch, on_epoch), on_test_chunk=progress.on_test_chunk,
                 stop_requested=stop_requested, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every)
             result = train(cfg, data, backend, limit_train=record["limit_train"],
