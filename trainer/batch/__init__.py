@@ -10,15 +10,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.backends import Backend
+from trainer.backends import NAMES, Backend
 from trainer.data.dataset import Dataset, load_dataset
+from trainer.errors import UsageError
 from trainer.run.train import check_data, check_memory, load_backend
 
+from .cluster import Cluster, run_cluster
 from .plan import Batch, Member, default_name, is_group, load_configs, open_group, parse_seeds
 from .run import Event, Place, run_members
 from .summary import summarise, write_summary
 
-__all__ = ["Batch", "Event", "Member", "Place", "is_group", "parse_seeds", "run_batch",
+__all__ = ["Batch", "Cluster", "Event", "Member", "Place", "is_group", "parse_seeds", "run_batch",
            "train_batch"]
 
 
@@ -44,21 +46,32 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
                 on_event: Callable[[Event], None] = lambda event: None,
                 stop_requested: Callable[[], int | None] | None = None,
                 on_group: Callable[[Path, bool], None] = lambda path, resumed: None,
-                ) -> dict[str, Any]:
+                cluster: Cluster | None = None) -> dict[str, Any]:
     """The whole batch from config files: checked up front (every config against the data and
     the memory, before any directory is made), its group found again or made (`on_group(path,
-    resumed)` is told which), run, summarised. `seeds` None: each config's own seed."""
+    resumed)` is told which), run, summarised. `seeds` None: each config's own seed.
+    `cluster`: each run a task on that Dask cluster (the backend then loads on the workers
+    only, and checks its memory there); the runs that failed are the summary's `failed`."""
     paths = [Path(c) for c in configs]
     loaded = load_configs(paths, {k: v for k, v in (overrides or {}).items() if v is not None})
-    be = load_backend(backend, device)
+    if cluster is not None and backend not in NAMES:
+        raise UsageError(f"unknown backend {backend!r}: one of {', '.join(NAMES)}")
+    be = load_backend(backend, device) if cluster is None else None
     data = data if data is not None else load_dataset(data_dir, dataset=dataset)
     for cfg in loaded.values():
         check_data(cfg, data, limit_train, limit_test)
-        check_memory(cfg, data, be, limit_train, limit_test)
-    batch = Batch(loaded, seeds, limit_train, limit_test, be.name,
+        if be is not None:
+            check_memory(cfg, data, be, limit_train, limit_test)
+    batch = Batch(loaded, seeds, limit_train, limit_test, be.name if be else backend,
                   name or (run_dir.name if run_dir is not None else default_name(list(loaded))))
     fingerprint = data.fingerprint()
     group, resumed = open_group(batch, fingerprint, run_dir, root)
     on_group(group, resumed)
     place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every)
+    if be is None and cluster is not None:
+        failed = run_cluster(batch, place, data, cluster, on_event, stop_requested)
+        summary, runs = summarise(batch, group)
+        summary["failed"] = failed
+        write_summary(group, summary, runs)
+        return summary
     return run_batch(batch, place, data, be, on_event, stop_requested)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainer.batch import Event, parse_seeds, train_batch
+from trainer.cli.cluster import RunTable
 from trainer.cli.console import console, err_console, print_json
 from trainer.cli.display import epoch_line, load_data
+from trainer.errors import UsageError
 from trainer.run.results import EpochStats, Interrupted
 
 
@@ -20,6 +23,9 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
     """Run the batch (`options`: train_batch's keywords from the command line), print its
     progress and summary; exit 1 if a run diverged, 128 + the signal if stopped."""
     seed_list = parse_seeds(seeds) if seeds is not None else None
+    if options.get("cluster") is not None and workers != 1:
+        raise UsageError("--workers starts local processes; on a cluster each Dask worker "
+                         "takes as many runs as its --nthreads")
     # worker processes load it again
     data = load_data(options["data_dir"], show=not as_json, dataset=options["dataset"])
     shown: dict[str, Any] = {}
@@ -30,10 +36,15 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
             console.print(f"{'Resuming' if resumed else 'Starting'} the batch in "
                           f"{escape(str(path))}", soft_wrap=True)
 
+    # a cluster's runs train side by side: a live table of them where there is a terminal
+    table = RunTable(console) if options.get("cluster") is not None and console.is_terminal \
+        and not (quiet or as_json) else None
     try:
-        summary = train_batch(configs, seed_list, overrides=overrides, data=data,
-                              workers=workers, on_event=_printer(quiet, as_json),
-                              stop_requested=stop_requested, on_group=on_group, **options)
+        with table or contextlib.nullcontext():
+            summary = train_batch(configs, seed_list, overrides=overrides, data=data,
+                                  workers=workers, stop_requested=stop_requested,
+                                  on_event=table.on_event if table else _printer(quiet, as_json),
+                                  on_group=on_group, **options)
     except Interrupted as e:
         err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed in "
                           f"{escape(str(shown.get('group', '')))}. Run the same command again "
@@ -49,6 +60,13 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
         err_console.print(f"[bold red]error:[/] {len(diverged)} run(s) diverged (their "
                           f"metrics.json says where): {escape(', '.join(diverged))}",
                           soft_wrap=True)
+    for failure in summary.get("failed", []):
+        err_console.print(f"[bold red]error:[/] {escape(failure['run'])} failed on "
+                          f"{escape(str(failure['worker']))}: {escape(failure['message'])}",
+                          soft_wrap=True)
+    if diverged or summary.get("failed"):
+        if summary.get("failed"):
+            err_console.print("The same command again trains the failed runs.")
         raise typer.Exit(code=1)
 
 
@@ -58,9 +76,14 @@ def _printer(quiet: bool, as_json: bool) -> Any:
         if as_json:
             return
         run, kind = escape(event["run"]), event["event"]
+        on = f" on {escape(event['worker'])}" if event.get("worker") else ""
         if kind == "start":
             where = event["resume_epoch"]
-            console.print(f"{run}: " + (f"resuming at epoch {where}" if where else "training"))
+            console.print(f"{run}: " + (f"resuming at epoch {where}" if where else "training")
+                          + on, soft_wrap=True)
+        elif kind in ("failed", "cancelled", "stopped"):
+            why = f": {escape(event['message'])}" if event.get("message") else ""
+            console.print(f"{run}: {kind}{on}{why}", soft_wrap=True)
         elif kind == "epoch" and not quiet:
             stats = EpochStats(**event["stats"])
             console.print(f"  {run}  {epoch_line(stats, event['epochs'])}", soft_wrap=True)
