@@ -70,18 +70,21 @@ def check_address(address: str) -> str:
     return f"{match['scheme'] or 'tcp'}://{match['host']}:{int(match['port'])}"
 
 
+def is_loopback(address: str) -> bool:
+    """The scheduler is on this machine's loopback (and so is every worker that reaches it)."""
+    match = ADDRESS.fullmatch(address)
+    host = match["host"].strip("[]") if match else ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
 def exposed(address: str) -> bool:
     """Neither TLS nor loopback: anyone who reaches the scheduler can run code through it."""
-    match = ADDRESS.fullmatch(address)
-    if match is None or match["scheme"] == "tls":
-        return False
-    host = match["host"].strip("[]")
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name
-        return True
+    return not address.startswith("tls://") and not is_loopback(address)
 
 
 def wants_gpu(cluster: Cluster, backend: str, device: str | None) -> bool:

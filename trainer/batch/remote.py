@@ -94,7 +94,8 @@ def run_task(task: Task, shipped: Dataset | None = None) -> dict[str, Any]:
             worker.log_event(task.topic, event | {"worker": worker.address})
 
     try:
-        data = shipped if shipped is not None else _local_data(task, worker.address)
+        data = shipped if shipped is not None else worker_data(task.dataset, task.fingerprint,
+                                                               worker.address)
         backend = load_backend(task.batch.backend, task.device)
         # the worker's thread count, not the driver's: BLAS never oversubscribes the worker
         with tempfile.TemporaryDirectory(prefix="trainer-", dir=worker.local_directory) as tmp, \
@@ -118,23 +119,23 @@ def run_task(task: Task, shipped: Dataset | None = None) -> dict[str, Any]:
     return out
 
 
-def _local_data(task: Task, worker: str) -> Dataset:
+def worker_data(dataset: str, fingerprint: str, worker: str) -> Dataset:
     """The worker's own copy of the dataset (its TRAINER_DATA_DIR or cache, never a path of
     the driver's), loaded once per worker process and checked against the driver's SHA-256."""
-    key = task.dataset
+    key = dataset
     with _data_lock:
         if key not in _data_cache:
             try:
-                data = load_dataset(None, dataset=task.dataset, fetch=False)
+                data = load_dataset(None, dataset=dataset, fetch=False)
             except TrainerError as e:
-                raise TrainerError(f"worker {worker} has no copy of the dataset {task.dataset} "
+                raise TrainerError(f"worker {worker} has no copy of the dataset {dataset} "
                                    f"({e}); fetch it there (`trainer data fetch`) or pass "
                                    f"--ship-data") from None
             _data_cache[key] = data, data.fingerprint()
         data, sha = _data_cache[key]
-    if sha != task.fingerprint:
-        raise TrainerError(f"worker {worker} has other data for {task.dataset} in {data.path}: "
-                           f"SHA-256 {sha} there, {task.fingerprint} on the driver; give it "
+    if sha != fingerprint:
+        raise TrainerError(f"worker {worker} has other data for {dataset} in {data.path}: "
+                           f"SHA-256 {sha} there, {fingerprint} on the driver; give it "
                            f"the driver's files, or pass --ship-data")
     return data
 

@@ -22,7 +22,11 @@ def write_run_dir(path: Path, files: dict[str, bytes]) -> None:
     bad = [name for name in files if not FILE_NAME.fullmatch(name)]
     if bad:
         raise TrainerError(f"{path}: a worker sent a file named {bad[0]!r}; not written")
-    incoming = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new"))
+    try:
+        incoming = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".new"))
+    except OSError as e:
+        raise TrainerError(f"cannot write {path}: {e.strerror or e}") from None
     old = incoming.with_suffix(".old")
     try:
         os.chmod(incoming, 0o777 & ~(0o666 & ~FILE_MODE))  # mkdtemp's is 0700

@@ -18,9 +18,9 @@ from trainer.cli.options import Opt
 from trainer.errors import UsageError
 
 ClusterOpt = Annotated[str | None, Opt(
-    "--cluster", metavar="ADDRESS", help=f"a batch on a Dask cluster: its scheduler, "
+    "--cluster", metavar="ADDRESS", help=f"run on a Dask cluster: its scheduler, "
                                         f"tcp://HOST:PORT or tls://HOST:PORT (default: "
-                                        f"${SCHEDULER_ENV} for a batch)")]
+                                        f"${SCHEDULER_ENV}; a single run never)")]
 ShipDataOpt = Annotated[bool, Opt("--ship-data", help="with --cluster: send the data through the "
                                                       "cluster (workers without a copy)")]
 TlsCaOpt = Annotated[Path | None, Opt("--tls-ca", help="with tls://: the CA certificate (PEM)")]

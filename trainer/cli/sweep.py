@@ -13,7 +13,16 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from trainer.cli.cluster import (
+    ClusterOpt,
+    ShipDataOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    cluster_option,
+)
 from trainer.cli.console import cli_errors, console, err_console, load_config, print_json
+from trainer.cli.display import load_data
 from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
@@ -28,6 +37,7 @@ from trainer.cli.options import (
 )
 from trainer.data.datasets import get_spec
 from trainer.run.rundir import check_run_name
+from trainer.sweep.cluster import cluster_executor
 from trainer.sweep.report import note, reruns, seconds
 from trainer.sweep.run import SAMPLERS, SweepSettings, load_space, run_sweep
 from trainer.sweep.settings import HEARTBEAT_SECONDS
@@ -171,9 +181,15 @@ def sweep_cmd(
     heartbeat: Annotated[int, Opt(min=1, help="seconds between a trial's heartbeats; one "
                                   "silent for 3x this is failed and run again")
                          ] = HEARTBEAT_SECONDS,
+    cluster: ClusterOpt = None,
+    ship_data: ShipDataOpt = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
     as_json: Annotated[bool, Opt("--json", help="print only a JSON summary")] = False,
 ) -> None:
-    """Search hyper-parameters: train trials on a validation split, keep the best config."""
+    """Search hyper-parameters: train trials on a validation split, keep the best config.
+    With --cluster: the --workers run as tasks on a Dask cluster."""
     with cli_errors():
         cfg = load_config(config).replace(
             seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -190,13 +206,18 @@ def sweep_cmd(
             data_dir=data_dir, dataset=get_spec(dataset or "mnist").name,
             limit_train=limit_train, timeout=timeout, workers=workers,
             heartbeat=heartbeat)
+        on_cluster = cluster_option(cluster, ship_data, tls_ca, tls_cert, tls_key, batch=True)
+        executor, data = None, None
+        if on_cluster is not None:
+            data = load_data(data_dir, show=not as_json, dataset=settings.dataset)
+            executor = cluster_executor(settings, on_cluster, data, data.fingerprint())
         live = not as_json and console.is_terminal
         terminated: list[int] = []
         previous = signal.signal(signal.SIGTERM, lambda n, _: _interrupt(terminated, n))
         try:
             with TrialTable([p.path for p in settings.space.params], cfg.epochs, live,
                             silent=as_json) as table:
-                summary = run_sweep(settings, on_update=table.update)
+                summary = run_sweep(settings, data, on_update=table.update, executor=executor)
         except KeyboardInterrupt:
             err_console.print(f"interrupted: the sweep's trials so far are in "
                               f"{escape(str(settings.sweep_dir))}; run the same command again "
