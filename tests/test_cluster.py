@@ -4,6 +4,7 @@ session's `dask_cluster`: a scheduler and two single-thread workers), no mocks o
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -190,3 +191,26 @@ def test_workers_with_other_code_are_refused_before_anything_runs(
         train_batch([a], [0], data_dir=cluster_data, run_dir=tmp_path / "g",
                     cluster=Cluster(dask_cluster.address))
     assert not (tmp_path / "g" / "a-seed0").exists()
+
+
+def test_a_diverged_run_is_recorded_the_others_go_on_and_the_env_names_the_scheduler(
+        dask_cluster, cluster_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = configs(tmp_path)
+    hot = tmp_path / "hot.json"
+    hot.write_text(json.dumps(json.loads(a.read_text()) | {"learning_rate": 1e9}))
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", dask_cluster.address)  # no --cluster
+    group = tmp_path / "g"
+    result = run("train", a, hot, "--data-dir", cluster_data, "--limit-train", 300,
+                 "--run-dir", group, "-q")
+    assert result.exit_code == 1, result.output
+    assert "1 run(s) diverged" in " ".join(result.output.split())
+    diverged = json.loads((group / "hot-seed0" / "metrics.json").read_text())
+    assert diverged["diverged"] is True and "learning rate 1e+09" in diverged["message"]
+    assert diverged["cluster"]["worker"].startswith("tcp://127.0.0.1:")  # trained there
+    log = (group / "a-seed0" / "worker.log").read_text().splitlines()
+    where = json.loads((group / "a-seed0" / "metrics.json").read_text())["cluster"]
+    assert log[0].endswith(f"a-seed0 on {where['worker']} (host {os.uname().nodename}, "
+                           f"1 thread(s), CUDA_VISIBLE_DEVICES={where['cuda_visible_devices']})")
+    assert [line.split(" ", 1)[1].split(" loss")[0] for line in log[1:3]] == ["training",
+                                                                              "epoch 1/1"]
+    assert log[-1].endswith(" finished")

@@ -88,35 +88,48 @@ def run_task(task: Task, shipped: Dataset | None = None) -> dict[str, Any]:
              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
              "nthreads": worker.state.nthreads}
     out: dict[str, Any] = {"run": task.member.dirname, **where}
-
-    def publish(event: dict[str, Any]) -> None:  # the driver reports the outcome itself
-        if task.topic and event["event"] in ("start", "epoch"):
-            worker.log_event(task.topic, event | {"worker": worker.address})
-
     try:
         data = shipped if shipped is not None else worker_data(task.dataset, task.fingerprint,
                                                                worker.address)
-        backend = load_backend(task.batch.backend, task.device)
         # the worker's thread count, not the driver's: BLAS never oversubscribes the worker
         with tempfile.TemporaryDirectory(prefix="trainer-", dir=worker.local_directory) as tmp, \
                 threadpool_limits(limits=worker.state.nthreads, user_api="blas"):
-            folder = Path(tmp) / task.member.dirname
-            _restore(folder, task.resume_files)
-            place = Place(Path(tmp), task.fingerprint, None, task.dataset, task.device)
-            try:
-                run_member(task.member, task.batch, place, data, backend, publish,
-                           _stop_flag(task.stop_event))
-                out["state"] = _state(folder)
-            except Interrupted:
-                out["state"] = "interrupted"
-            _note_where(folder, where)
-            out["files"] = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
-                            if p.is_file() and p.name != CLAIM}
+            out["state"], out["files"] = _train_here(task, data, Path(tmp), worker, where)
     except TrainerError as e:
         out |= {"state": "failed", "message": str(e)}
     except Exception as e:  # reported as one line by the driver, never as a worker traceback
         out |= {"state": "failed", "message": f"{type(e).__name__}: {e}"}
     return out
+
+
+def _train_here(task: Task, data: Dataset, tmp: Path, worker: Any, where: dict[str, Any]
+                ) -> tuple[str, dict[str, bytes]]:
+    """run_member into `tmp`, publishing its progress; its state and files (with the run's
+    worker.log, and where it ran in metrics.json)."""
+    log = [_line(f"{task.member.dirname} on {worker.address} (host {where['host']}, "
+                 f"{where['nthreads']} thread(s), CUDA_VISIBLE_DEVICES="
+                 f"{where['cuda_visible_devices']})")]
+
+    def publish(event: dict[str, Any]) -> None:  # the driver reports the outcome itself
+        log.append(_line(_describe(event)))
+        if task.topic and event["event"] in ("start", "epoch"):
+            worker.log_event(task.topic, event | {"worker": worker.address})
+
+    backend = load_backend(task.batch.backend, task.device)
+    folder = tmp / task.member.dirname
+    _restore(folder, task.resume_files)
+    place = Place(tmp, task.fingerprint, None, task.dataset, task.device)
+    try:
+        run_member(task.member, task.batch, place, data, backend, publish,
+                   _stop_flag(task.stop_event))
+        state = _state(folder)
+    except Interrupted:
+        state = "interrupted"
+    log.append(_line(state))
+    _note_where(folder, where)
+    (folder / "worker.log").write_text("\n".join(log) + "\n")
+    return state, {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+                   if p.is_file() and p.name != CLAIM}
 
 
 def worker_data(dataset: str, fingerprint: str, worker: str) -> Dataset:
@@ -162,6 +175,25 @@ def _stop_flag(name: str) -> Any:
             asked[0], asked[1] = now, event.is_set()
         return 2 if asked[1] else None  # SIGINT: the driver's Ctrl-C
     return stop_requested
+
+
+def _line(text: str) -> str:
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"
+
+
+def _describe(event: dict[str, Any]) -> str:
+    """An event of run_member's as a line of the run's worker.log."""
+    if event["event"] == "epoch":
+        stats = event["stats"]
+        held = stats.get("val_accuracy") if stats.get("val_accuracy") is not None else \
+            stats.get("test_accuracy")
+        return (f"epoch {stats['epoch']}/{event['epochs']} loss {stats['loss']:.4f} train "
+                f"{stats['train_accuracy']:.2%}" + (f" held-out {held:.2%}" if held is not None
+                                                     else "") + f" {stats['seconds']:.2f} s")
+    if event["event"] == "start":
+        return f"resuming at epoch {event['resume_epoch']}" if event["resume_epoch"] else \
+            "training"
+    return " ".join(f"{k}={v}" for k, v in event.items() if k != "run")
 
 
 def _state(folder: Path) -> str:
