@@ -113,7 +113,7 @@ def _train_here(task: Task, data: Dataset, tmp: Path, worker: Any, where: dict[s
     def publish(event: dict[str, Any]) -> None:  # the driver reports the outcome itself
         log.append(_line(_describe(event)))
         if task.topic and event["event"] in ("start", "epoch"):
-            worker.log_event(task.topic, event | {"worker": worker.address})
+            worker.log_event(task.topic, event | {"worker": worker.address, "time": time.time()})
 
     backend = load_backend(task.batch.backend, task.device)
     folder = tmp / task.member.dirname
