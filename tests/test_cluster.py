@@ -214,3 +214,59 @@ def test_a_diverged_run_is_recorded_the_others_go_on_and_the_env_names_the_sched
     assert [line.split(" ", 1)[1].split(" loss")[0] for line in log[1:3]] == ["training",
                                                                               "epoch 1/1"]
     assert log[-1].endswith(" finished")
+
+
+def test_the_live_table_shows_each_runs_state_worker_and_outcome() -> None:
+    from rich.console import Console
+
+    from trainer.cli.cluster import RunTable
+
+    console = Console(record=True, width=80, force_terminal=False)
+    table = RunTable(console)
+    w = "tcp://127.0.0.1:1"
+    for event in ({"event": "queued", "run": "a-seed0"}, {"event": "queued", "run": "a-seed1"},
+                  {"event": "queued", "run": "a-seed2"}, {"event": "queued", "run": "[b]-seed0"},
+                  {"event": "start", "run": "a-seed0", "resume_epoch": None, "worker": w},
+                  {"event": "epoch", "run": "a-seed0", "worker": w, "epochs": 3,
+                   "stats": {"epoch": 2}},
+                  {"event": "start", "run": "a-seed1", "resume_epoch": None, "worker": w},
+                  {"event": "done", "run": "a-seed1", "state": "finished", "worker": w,
+                   "test_accuracy": 0.9712, "seconds": 1.0},
+                  {"event": "failed", "run": "[b]-seed0", "worker": w,
+                   "message": "no data\x1b[31m here"}):
+        table.on_event(event)
+    console.print(table)
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+            for line in console.export_text().splitlines() if line.startswith("│")}
+    assert rows == {"a-seed0": ["running", w, "epoch 2/3"],
+                    "a-seed1": ["finished", w, "97.12%"],
+                    "a-seed2": ["queued", "", ""],
+                    "[b]-seed0": ["failed", w, "no data?[31m here"]}
+
+
+def test_a_run_directory_from_a_worker_arrives_whole_or_not_at_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.batch.rundirs import write_run_dir
+    from trainer.errors import TrainerError
+
+    run_dir = tmp_path / "a-seed0"
+    write_run_dir(run_dir, {"config.json": b"{}", "checkpoint.safetensors": b"old"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-seed0"]
+    with pytest.raises(TrainerError, match="a worker sent a file named '../x'"):
+        write_run_dir(run_dir, {"../x": b"", "config.json": b"new"})
+    calls = []
+
+    def fsync_fails_on_the_second_file(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync_fails_on_the_second_file)
+    with pytest.raises(TrainerError, match="No space left on device"):
+        write_run_dir(run_dir, {"config.json": b"new", "metrics.json": b"{}"})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-seed0"]  # no hidden leftovers
+    assert (run_dir / "checkpoint.safetensors").read_bytes() == b"old"  # as it was
+    write_run_dir(run_dir, {"config.json": b"new", "metrics.json": b"{}"})  # replaced whole
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-seed0"]

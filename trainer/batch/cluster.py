@@ -203,17 +203,21 @@ def run_cluster(batch: Batch, place: Place, data: Dataset, cluster: Cluster,
         name = f"trainer-{uuid.uuid4().hex[:12]}"
         events: queue.Queue[Event] = queue.Queue()
         client.subscribe_topic(name, lambda item: events.put(item[1]))
+        stop = DaskEvent(name, client=client)
         shipped = client.scatter(data, hash=False) if cluster.ship_data else None
         futures = {}
-        for member, files in todo:
-            task = Task(member, batch, place.dataset, place.fingerprint, place.device,
-                        name, name, files)
-            futures[client.submit(run_task, task, shipped, key=f"{name}-{member.dirname}",
-                                  pure=False, resources={"GPU": 1} if gpu else None)] = member
-            on_event({"event": "queued", "run": member.dirname})
         try:
-            return _collect(client, futures, place, events, on_event,
-                            DaskEvent(name, client=client), stop_requested or (lambda: None))
+            for member, files in todo:
+                task = Task(member, batch, place.dataset, place.fingerprint, place.device,
+                            name, name, files)
+                futures[client.submit(run_task, task, shipped, key=f"{name}-{member.dirname}",
+                                      pure=False, resources={"GPU": 1} if gpu else None)] = member
+                on_event({"event": "queued", "run": member.dirname})
+            return _collect(client, futures, place, events, on_event, stop,
+                            stop_requested or (lambda: None))
+        except BaseException:  # a second Ctrl-C, or the Python API's KeyboardInterrupt
+            stop.set()  # the running tasks stop too, not only the queued ones
+            raise
         finally:
             client.cancel(list(futures), force=True)
             client.unsubscribe_topic(name)

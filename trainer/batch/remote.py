@@ -59,7 +59,7 @@ def worker_versions() -> dict[str, str]:
     import distributed
     import numpy
 
-    return {"trainer code": code_digest(), "python": platform.python_version(),
+    return {"trainer code": code_digest(), "python": ".".join(platform.python_version_tuple()[:2]),
             "numpy": numpy.__version__, "distributed": distributed.__version__,
             "cloudpickle": cloudpickle.__version__}
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainer.batch import Event, parse_seeds, train_batch
-from trainer.cli.cluster import RunTable
+from trainer.cli.cluster import RunTable, text
 from trainer.cli.console import console, err_console, print_json
 from trainer.cli.display import epoch_line, load_data
 from trainer.errors import UsageError
@@ -61,8 +61,8 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
                           f"metrics.json says where): {escape(', '.join(diverged))}",
                           soft_wrap=True)
     for failure in summary.get("failed", []):
-        err_console.print(f"[bold red]error:[/] {escape(failure['run'])} failed on "
-                          f"{escape(str(failure['worker']))}: {escape(failure['message'])}",
+        err_console.print(f"[bold red]error:[/] {text(failure['run'])} failed on "
+                          f"{text(failure['worker'])}: {text(failure['message'])}",
                           soft_wrap=True)
     if diverged or summary.get("failed"):
         if summary.get("failed"):
@@ -76,13 +76,13 @@ def _printer(quiet: bool, as_json: bool) -> Any:
         if as_json:
             return
         run, kind = escape(event["run"]), event["event"]
-        on = f" on {escape(event['worker'])}" if event.get("worker") else ""
+        on = f" on {text(event['worker'])}" if event.get("worker") else ""
         if kind == "start":
             where = event["resume_epoch"]
             console.print(f"{run}: " + (f"resuming at epoch {where}" if where else "training")
                           + on, soft_wrap=True)
         elif kind in ("failed", "cancelled", "stopped"):
-            why = f": {escape(event['message'])}" if event.get("message") else ""
+            why = f": {text(event['message'])}" if event.get("message") else ""
             console.print(f"{run}: {kind}{on}{why}", soft_wrap=True)
         elif kind == "epoch" and not quiet:
             stats = EpochStats(**event["stats"])

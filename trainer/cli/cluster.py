@@ -29,6 +29,11 @@ TlsCertOpt = Annotated[Path | None, Opt("--tls-cert", help="with tls://: this cl
 TlsKeyOpt = Annotated[Path | None, Opt("--tls-key", help="with tls://: this client's key (PEM)")]
 
 
+def text(value: object) -> str:
+    """A worker's text for the console: control characters shown as '?', markup escaped."""
+    return escape("".join(c if c.isprintable() else "?" for c in str(value)))
+
+
 def cluster_option(address: str | None, ship_data: bool, tls_ca: Path | None,
                    tls_cert: Path | None, tls_key: Path | None, batch: bool) -> Cluster | None:
     """The Cluster the options name (a batch: also $DASK_SCHEDULER_ADDRESS), or None; warns
@@ -91,6 +96,6 @@ class RunTable:
             table.add_column(column, overflow="fold")
         for run, row in self.rows.items():
             style = {"failed": "red", "running": "cyan"}.get(row["state"].split()[0], "")
-            table.add_row(escape(run), f"[{style}]{row['state']}[/]" if style else row["state"],
-                          escape(row["worker"]), escape(row["note"]))
+            table.add_row(text(run), f"[{style}]{row['state']}[/]" if style else row["state"],
+                          text(row["worker"]), text(row["note"]))
         return table
