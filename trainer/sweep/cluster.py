@@ -8,6 +8,7 @@ worker's trial would stay RUNNING for ever, and the study is lost with the sched
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -18,7 +19,14 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from trainer.batch.cluster import Cluster, check_address, check_workers, connect, is_loopback
+from trainer.batch.cluster import (
+    Cluster,
+    check_address,
+    check_workers,
+    connect,
+    is_loopback,
+    wants_gpu,
+)
 from trainer.batch.remote import worker_data
 from trainer.batch.rundirs import write_run_dir
 from trainer.data.dataset import Dataset
@@ -29,6 +37,7 @@ from trainer.sweep.settings import SweepSettings
 
 POLL_SECONDS = 1.0  # the table re-reads the study from its database: once a second
 STOP_POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 30  # after Ctrl-C: the workers finish their trials and send them back
 
 
 def check_storage(settings: SweepSettings, cluster: Cluster) -> None:
@@ -51,32 +60,39 @@ def cluster_executor(settings: SweepSettings, cluster: Cluster, data: Dataset, f
     check_storage(settings, cluster)
 
     def execute(settings: SweepSettings, study: Any, on_update: Callable[..., None]) -> None:
+        gpu = wants_gpu(cluster, settings.backend, settings.device)
         with connect(cluster) as client:
-            check_workers(client, gpu=False)
+            check_workers(client, gpu)
             from distributed import Event
 
             name = f"trainer-sweep-{uuid.uuid4().hex[:12]}"
             shipped = client.scatter(data, hash=False) if cluster.ship_data else None
             remote = dataclasses.replace(settings, storage=settings.url, workers=1)
             futures = [client.submit(trial_worker, remote, shipped, fingerprint, name,
-                                     key=f"{name}-{i}", pure=False)
+                                     key=f"{name}-{i}", pure=False,
+                                     resources={"GPU": 1} if gpu else None)
                        for i in range(settings.workers)]
             stop = Event(name, client=client)
             try:
                 _collect(futures, settings, study, on_update)
             except BaseException:
                 stop.set()  # each finishes its trial (recorded), then starts no other
+                with contextlib.suppress(TrainerError):  # a second Ctrl-C: at once
+                    _collect(futures, settings, study, on_update,
+                             time.monotonic() + STOP_GRACE_SECONDS)
                 raise
             finally:
-                client.cancel(futures, force=True)
+                client.cancel(list(futures), force=True)
     return execute
 
 
 def _collect(futures: list[Any], settings: SweepSettings, study: Any,
-             on_update: Callable[..., None]) -> None:
+             on_update: Callable[..., None], deadline: float = float("inf")) -> None:
+    """Each trial worker's trials written into the sweep directory as it ends (and taken out
+    of `futures`); TrainerError naming the first that failed. Gives up at `deadline`."""
     errors = []
-    pending = list(futures)
-    while pending:
+    pending = futures
+    while pending and time.monotonic() < deadline:
         on_update(study)
         for future in [f for f in pending if f.done()]:
             pending.remove(future)

@@ -180,7 +180,8 @@ def run_sweep(settings: SweepSettings, data: Dataset | None = None,
         settings.space.grid()  # says which parameter is not a grid
     settings.space.check(settings.config)  # before loading (or fetching) any data
     require_optuna()
-    backend = load_backend(settings.backend, settings.device)
+    # on a cluster the workers load it (a GPU's backend need not load on the driver)
+    backend = load_backend(settings.backend, settings.device) if executor is None else None
     data = data if data is not None else load_dataset(settings.data_dir, dataset=settings.dataset)
     settings.space.check(settings.config, lambda cfg: check_data(cfg, data, settings.limit_train))
     created = not settings.sweep_dir.exists()
