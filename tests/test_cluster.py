@@ -115,8 +115,10 @@ def test_other_data_on_a_worker_fails_its_runs_and_ship_data_sends_it(
     assert not (tmp_path / "g" / "a-seed0").exists()
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())
     assert [f["run"] for f in summary["failed"]] == ["a-seed0", "a-seed1"]
-    shipped = run(*args, "--ship-data")  # the same command with the data: the failed ones train
+    shipped = run(*args, "--ship-data", "--json")  # with the data: the failed ones train
     assert shipped.exit_code == 0, shipped.output
+    summary = json.loads(shipped.stdout)  # --json: the summary and nothing else
+    assert summary["complete"] and summary["failed"] == []
     metrics = json.loads((tmp_path / "g" / "a-seed1" / "metrics.json").read_text())
     assert metrics["data"]["sha256"] == ours
 
