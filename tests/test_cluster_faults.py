@@ -143,6 +143,7 @@ def test_a_batch_over_tls_and_a_client_without_certificates_refused(
                   "--limit-train", "300", "--cluster", cluster.address, "-q"]
         refused = runner.invoke(app, [*common, "--run-dir", str(tmp_path / "no")])
         assert refused.exit_code == 2, refused.output
+        assert not (tmp_path / "no").exists()
         lines = refused.output.strip().splitlines()
         assert lines[-1].startswith(f"error: cannot reach the Dask scheduler at "
                                     f"{cluster.address}")

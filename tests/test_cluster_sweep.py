@@ -77,3 +77,20 @@ def test_a_sqlite_study_with_a_remote_cluster_is_refused(cluster_data: Path,
     text = " ".join(result.output.split())
     assert "SQLite file on this machine" in text and "--storage postgresql" in text
     assert not (tmp_path / "sw").exists()
+
+
+def test_an_unreachable_scheduler_is_exit_2_before_the_sweep_writes_anything(
+        cluster_data: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg, space = files(tmp_path)
+    result = runner.invoke(app, [
+        "sweep", str(cfg), "--space", str(space), "--trials", "2", "--data-dir",
+        str(cluster_data), "--sweep-dir", str(tmp_path / "sw"), "--cluster",
+        f"tcp://127.0.0.1:{port}"])
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "sw").exists()

@@ -15,7 +15,7 @@ from trainer.data.dataset import Dataset, load_dataset
 from trainer.errors import UsageError
 from trainer.run.train import check_data, check_memory, load_backend
 
-from .cluster import Cluster, run_cluster
+from .cluster import Cluster, check_workers, connect, run_cluster, wants_gpu
 from .plan import Batch, Member, default_name, is_group, load_configs, open_group, parse_seeds
 from .run import Event, Place, run_members
 from .summary import summarise, write_summary
@@ -65,13 +65,18 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
     batch = Batch(loaded, seeds, limit_train, limit_test, be.name if be else backend,
                   name or (run_dir.name if run_dir is not None else default_name(list(loaded))))
     fingerprint = data.fingerprint()
+    if cluster is not None:  # connected and checked before the group directory is made
+        with connect(cluster) as client:
+            check_workers(client, wants_gpu(cluster, backend, device))
+            group, resumed = open_group(batch, fingerprint, run_dir, root)
+            on_group(group, resumed)
+            place = Place(group, fingerprint, data_dir, dataset, device)
+            failed = run_cluster(client, batch, place, data, cluster, on_event, stop_requested)
+        summary, runs = summarise(batch, group)
+        write_summary(group, summary | {"failed": failed}, runs)
+        return summary | {"failed": failed}
+    assert be is not None
     group, resumed = open_group(batch, fingerprint, run_dir, root)
     on_group(group, resumed)
     place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every)
-    if be is None and cluster is not None:
-        failed = run_cluster(batch, place, data, cluster, on_event, stop_requested)
-        summary, runs = summarise(batch, group)
-        summary["failed"] = failed
-        write_summary(group, summary, runs)
-        return summary
     return run_batch(batch, place, data, be, on_event, stop_requested)

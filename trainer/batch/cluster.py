@@ -110,7 +110,7 @@ def connect(cluster: Cluster) -> Iterator[Any]:
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{option} {path}: no such file")
     security = Security(require_encryption=address.startswith("tls://"), **tls) if tls else None
-    _probe(address)
+    probe(address)
     with _quiet_dask():
         try:
             client = Client(address, security=security, timeout=CONNECT_TIMEOUT_SECONDS,
@@ -125,7 +125,7 @@ def connect(cluster: Cluster) -> Iterator[Any]:
                 client.close(timeout=CONNECT_TIMEOUT_SECONDS)
 
 
-def _probe(address: str) -> None:
+def probe(address: str) -> None:
     """A plain TCP connection first: a refused or unroutable port is said at once (Dask's
     client would retry it until its timeout)."""
     match = ADDRESS.fullmatch(address)
@@ -186,18 +186,17 @@ def _workers(client: Any) -> dict[str, Any]:
         return client.scheduler_info()["workers"]
 
 
-def run_cluster(batch: Batch, place: Place, data: Dataset, cluster: Cluster,
+def run_cluster(client: Any, batch: Batch, place: Place, data: Dataset, cluster: Cluster,
                 on_event: Callable[[Event], None],
                 stop_requested: Callable[[], int | None] | None = None) -> list[dict[str, Any]]:
-    """Train every member not yet finished on the cluster; returns the runs that failed
-    (run, worker, message). Interrupted (finished runs written, running ones checkpointed)
-    once a stop is requested."""
+    """Train every member not yet finished on the cluster `client` is connected to (checked
+    by check_workers); returns the runs that failed (run, worker, message). Interrupted
+    (finished runs written, running ones checkpointed) once a stop is requested."""
     todo = _plan(batch, place, on_event)
     if not todo:
         return []
     gpu = wants_gpu(cluster, batch.backend, place.device)
-    with connect(cluster) as client, hold_run(place.group):
-        check_workers(client, gpu)
+    with hold_run(place.group):
         from distributed import Event as DaskEvent
 
         name = f"trainer-{uuid.uuid4().hex[:12]}"

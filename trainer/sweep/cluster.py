@@ -25,6 +25,7 @@ from trainer.batch.cluster import (
     check_workers,
     connect,
     is_loopback,
+    probe,
     wants_gpu,
 )
 from trainer.batch.remote import worker_data
@@ -56,8 +57,9 @@ def check_storage(settings: SweepSettings, cluster: Cluster) -> None:
 def cluster_executor(settings: SweepSettings, cluster: Cluster, data: Dataset, fingerprint: str
                      ) -> Callable[[SweepSettings, Any, Callable[..., None]], None]:
     """run_sweep's executor: the settings' workers as Dask tasks on `cluster` (its storage
-    checked now, before the sweep writes anything)."""
+    checked now, and the scheduler reached, before the sweep writes anything)."""
     check_storage(settings, cluster)
+    probe(check_address(cluster.address))
 
     def execute(settings: SweepSettings, study: Any, on_update: Callable[..., None]) -> None:
         gpu = wants_gpu(cluster, settings.backend, settings.device)
