@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import trainer.batch.remote
 from trainer.batch import Cluster, train_batch
-from trainer.batch.cluster import check_address, exposed
+from trainer.batch.connect import check_address, exposed
 from trainer.cli.app import app
 from trainer.core.config import default_config
 from trainer.errors import UsageError

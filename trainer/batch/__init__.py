@@ -15,7 +15,8 @@ from trainer.data.dataset import Dataset, load_dataset
 from trainer.errors import UsageError
 from trainer.run.train import check_data, check_memory, load_backend
 
-from .cluster import Cluster, check_workers, connect, run_cluster, wants_gpu
+from .cluster import train_on_cluster
+from .connect import Cluster
 from .plan import Batch, Member, default_name, is_group, load_configs, open_group, parse_seeds
 from .run import Event, Place, run_members
 from .summary import summarise, write_summary
@@ -65,17 +66,11 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
     batch = Batch(loaded, seeds, limit_train, limit_test, be.name if be else backend,
                   name or (run_dir.name if run_dir is not None else default_name(list(loaded))))
     fingerprint = data.fingerprint()
-    if cluster is not None:  # connected and checked before the group directory is made
-        with connect(cluster) as client:
-            check_workers(client, wants_gpu(cluster, backend, device))
-            group, resumed = open_group(batch, fingerprint, run_dir, root)
-            on_group(group, resumed)
-            place = Place(group, fingerprint, data_dir, dataset, device)
-            failed = run_cluster(client, batch, place, data, cluster, on_event, stop_requested)
-        summary, runs = summarise(batch, group)
-        write_summary(group, summary | {"failed": failed}, runs)
-        return summary | {"failed": failed}
-    assert be is not None
+    if cluster is not None:
+        return train_on_cluster(batch, data, cluster, Place(Path(), fingerprint, data_dir,
+                                                            dataset, device), run_dir, root,
+                                on_event, stop_requested, on_group)
+    assert be is not None  # loaded above whenever there is no cluster
     group, resumed = open_group(batch, fingerprint, run_dir, root)
     on_group(group, resumed)
     place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every)

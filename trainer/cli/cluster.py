@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainer.batch import Cluster, Event
-from trainer.batch.cluster import SCHEDULER_ENV, check_address, exposed
+from trainer.batch.connect import SCHEDULER_ENV, check_address, exposed
 from trainer.cli.console import err_console
 from trainer.cli.options import Opt
 from trainer.errors import UsageError

@@ -19,7 +19,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from trainer.batch.cluster import (
+from trainer.batch.connect import (
     Cluster,
     check_address,
     check_workers,
