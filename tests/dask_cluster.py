@@ -68,6 +68,7 @@ def start_cluster(folder: Path, data_dir: Path, workers: int = 2, gpu_worker: bo
             cluster.procs.append(subprocess.Popen(
                 [*WORKER, cluster.address, "--host", "127.0.0.1", "--nthreads", "1",
                  "--dashboard-address", "127.0.0.1:0", "--name", f"w{i}", *resources,
+                 "--death-timeout", "60",  # gone with the scheduler, even if pytest is killed
                  "--local-directory", str(folder / f"w{i}"), *tls_args],
                 env=worker_env(data_dir, **extra), stdout=log, stderr=log, cwd=folder,
                 start_new_session=True))
