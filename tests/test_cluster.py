@@ -172,6 +172,10 @@ def test_addresses_and_the_warning_for_an_open_scheduler(idx_dir: Path, tmp_path
     assert single.exit_code == 2 and "--cluster runs a batch" in single.output
     alone = run("train", a, "--seeds", "1", "--ship-data")
     assert alone.exit_code == 2 and "--ship-data goes with --cluster" in alone.output
+    both = run("train", a, "--seeds", "2", "--workers", "2", "--data-dir", idx_dir,
+               "--cluster", "tcp://127.0.0.1:1", "--run-dir", tmp_path / "w")
+    assert both.exit_code == 2 and "--workers starts local processes" in both.output
+    assert not (tmp_path / "w").exists()
 
 
 def test_without_the_extra_it_says_what_to_install(idx_dir: Path, tmp_path: Path,
