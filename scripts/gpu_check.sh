@@ -4,8 +4,10 @@
 #   bash scripts/gpu_check.sh prepare   # here, with network: wheels into .whl/, MNIST into .mnist/
 #   bash scripts/gpu_check.sh           # there: GPU tests, the GPU benchmark, a default run
 #
-# Results go under $OUT (default ./gpu-out), seven files: nvidia-smi.txt, backends.txt,
-# pytest-gpu.txt, bench-gpu.json, bench-gpu.txt, train-default-cupy.txt, metrics.json; and
+# Results go under $OUT (default ./gpu-out), nine files: nvidia-smi.txt, backends.txt,
+# pytest-gpu.txt, bench-gpu.json, bench-gpu.txt, train-default-cupy.txt, metrics.json,
+# train-cluster-cupy.txt and metrics-cluster.json (a batch on a Dask cluster of one GPU worker
+# on this machine: the runs ask for the GPU and train on it with CuPy); and
 # where the machine's JAX sees the GPU (the GPU image has jax with its CUDA plugin: nothing to
 # carry) the jax backend beside cupy: its GPU tests in pytest-gpu.txt, its rows in the
 # benchmark, and train-default-jax.txt with metrics-jax.json.
@@ -18,8 +20,10 @@ cd "$(dirname "$0")/.."
 CARRY_LIMIT_MB=64
 # What the GPU image lacks of trainer's and its tests' dependencies (it has NumPy, CuPy, Typer,
 # rich, Pillow, matplotlib, safetensors, threadpoolctl, pytest, hypothesis; device/KINDS.md):
-# array-api-compat, and pydantic with its parts.
-WHEELS=(array-api-compat pydantic pydantic-core annotated-types typing-inspection)
+# array-api-compat, and pydantic with its parts; for the cluster check, Dask's distributed and
+# what of its dependencies the image lacks.
+WHEELS=(array-api-compat pydantic pydantic-core annotated-types typing-inspection
+        distributed dask tornado tblib zict partd locket)
 GPU_PYTHON=3.12  # the GPU image's Python
 PYTHON=${PYTHON:-python3}  # here: one that has trainer's dependencies (there: the image's python3)
 
@@ -108,4 +112,24 @@ if [ "$jax_gpus" -gt 0 ]; then
         --backend jax --device cuda --run-dir "$run_dir" --quiet
     cp "$run_dir/metrics.json" "$OUT/metrics-jax.json"
 fi
+# a batch on a Dask cluster on loopback: one worker declaring the GPU (as `dask cuda worker`
+# would), each run a task that asks for it (resources GPU=1) and trains with CuPy
+cluster=$(mktemp -d)
+"$PYTHON" -m distributed.cli.dask_scheduler --host 127.0.0.1 --port 0 \
+    --dashboard-address 127.0.0.1:0 --scheduler-file "$cluster/s.json" >"$cluster/log" 2>&1 &
+pids=$!
+trap 'kill $pids 2>/dev/null || true' EXIT
+for _ in $(seq 300); do [ -s "$cluster/s.json" ] && break; sleep 0.1; done
+address=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["address"])' \
+    "$cluster/s.json")
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$PYTHON" -m distributed.cli.dask_worker \
+    "$address" --host 127.0.0.1 --nthreads 1 --dashboard-address 127.0.0.1:0 \
+    --resources GPU=1 >>"$cluster/log" 2>&1 &
+pids="$pids $!"
+timeout 120 "$PYTHON" -c 'import sys; from distributed import Client
+with Client(sys.argv[1], timeout=30) as c: c.wait_for_workers(1, timeout=90)' "$address"
+stage 300 train-cluster-cupy.txt "$PYTHON" -m trainer train configs/default.json \
+    configs/hidden-64.json --seeds 2 --epochs 2 --backend cupy --cluster "$address" \
+    --run-dir "$cluster/group" --quiet
+cp "$cluster/group/default-seed0/metrics.json" "$OUT/metrics-cluster.json"
 echo "::: done: $(ls "$OUT" | tr '\n' ' ')"

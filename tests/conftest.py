@@ -137,3 +137,24 @@ def mnist_run(mnist, tmp_path_factory: pytest.TempPathFactory):
                                       str(run_dir), "--quiet"])
     assert result.exit_code == 0, result.output
     return run_dir
+
+
+# --- a real Dask cluster on loopback (tests/dask_cluster.py) ---
+
+@pytest.fixture(scope="session")
+def cluster_data(tmp_path_factory: pytest.TempPathFactory):
+    """The workers' own copy of a small synthetic 28x28, 10-class dataset (their
+    TRAINER_DATA_DIR), and the driver's --data-dir for it."""
+    data = make_dataset(n_train=2000, n_test=300, shape=(28, 28), classes=10, seed=5)
+    return write_data_folder(tmp_path_factory.mktemp("cluster-data"), data)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory, cluster_data):
+    """A `dask scheduler` and two `dask worker`s (--nthreads 1), all on 127.0.0.1; the first
+    worker declares a GPU. Skipped where Dask's distributed is not installed."""
+    pytest.importorskip("distributed")
+    from dask_cluster import start_cluster
+
+    with start_cluster(tmp_path_factory.mktemp("dask"), cluster_data) as cluster:
+        yield cluster

@@ -10,10 +10,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.backends import Backend
+from trainer.backends import NAMES, Backend
 from trainer.data.dataset import Dataset, load_dataset
+from trainer.errors import UsageError
 from trainer.run.train import check_data, check_memory, load_backend
 
+from .cluster import train_on_cluster
+from .connect import Cluster
 from .plan import (
     Batch,
     Member,
@@ -27,7 +30,7 @@ from .plan import (
 from .run import Event, Place, run_members
 from .summary import summarise, write_summary
 
-__all__ = ["Batch", "Event", "Member", "Place", "is_group", "parse_seeds", "run_batch",
+__all__ = ["Batch", "Cluster", "Event", "Member", "Place", "is_group", "parse_seeds", "run_batch",
            "train_batch"]
 
 
@@ -53,20 +56,30 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
                 on_event: Callable[[Event], None] = lambda event: None,
                 stop_requested: Callable[[], int | None] | None = None,
                 on_group: Callable[[Path, bool], None] = lambda path, resumed: None,
-                ) -> dict[str, Any]:
+                cluster: Cluster | None = None) -> dict[str, Any]:
     """The whole batch from config files: checked up front (every config against the data and
     the memory, before any directory is made), its group found again or made (`on_group(path,
-    resumed)` is told which), run, summarised. `seeds` None: each config's own seed."""
+    resumed)` is told which), run, summarised. `seeds` None: each config's own seed.
+    `cluster`: each run a task on that Dask cluster (the backend then loads on the workers
+    only, and checks its memory there); the runs that failed are the summary's `failed`."""
     paths = [Path(c) for c in configs]
     loaded = load_configs(paths, {k: v for k, v in (overrides or {}).items() if v is not None})
-    be = load_backend(backend, device)
+    if cluster is not None and backend not in NAMES:
+        raise UsageError(f"unknown backend {backend!r}: one of {', '.join(NAMES)}")
+    be = load_backend(backend, device) if cluster is None else None
     data = data if data is not None else load_dataset(data_dir, dataset=dataset)
     for cfg in loaded.values():
         check_data(cfg, data, limit_train, limit_test)
-        check_memory(cfg, data, be, limit_train, limit_test)
-    batch = Batch(loaded, seeds, limit_train, limit_test, be.name,
+        if be is not None:
+            check_memory(cfg, data, be, limit_train, limit_test)
+    batch = Batch(loaded, seeds, limit_train, limit_test, be.name if be else backend,
                   name or _group_name(run_dir, list(loaded)))
     fingerprint = data.fingerprint()
+    if cluster is not None:
+        return train_on_cluster(batch, data, cluster, Place(Path(), fingerprint, data_dir,
+                                                            dataset, device), run_dir, root,
+                                on_event, stop_requested, on_group)
+    assert be is not None  # loaded above whenever there is no cluster
     group, resumed = open_group(batch, fingerprint, run_dir, root)
     on_group(group, resumed)
     place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,11 @@ import typer
 from rich.table import Table
 
 from trainer.batch import Event, parse_seeds, train_batch
+from trainer.cli.cluster import RunTable
 from trainer.cli.console import console, err_console, print_json, shown
 from trainer.cli.display import epoch_line, load_data
 from trainer.cli.track import tracking
+from trainer.errors import UsageError
 from trainer.run.results import EpochStats, Interrupted
 from trainer.track import BatchLog, train_samples
 
@@ -22,6 +25,9 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
     """Run the batch (`options`: train_batch's keywords from the command line), print its
     progress and summary; exit 1 if a run diverged, 128 + the signal if stopped."""
     seed_list = parse_seeds(seeds) if seeds is not None else None
+    if options.get("cluster") is not None and workers != 1:
+        raise UsageError("--workers starts local processes; on a cluster each Dask worker "
+                         "takes as many runs as its --nthreads")
     # worker processes load it again
     data = load_data(options["data_dir"], show=not as_json, dataset=options["dataset"])
     where: dict[str, Any] = {}
@@ -41,14 +47,21 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
         if logs is not None:
             logs.on_event(event)
 
+    # a cluster's runs train side by side: a live table of them where there is a terminal
+    table = RunTable(console) if options.get("cluster") is not None and console.is_terminal \
+        and not (quiet or as_json) else None
+    if table is not None:
+        printer = table.on_event
     with tracking(log) as session:
         if session is not None:
             logs = BatchLog(session, lambda cfg: train_samples(cfg, len(data.train_labels),
                                                                options["limit_train"]))
         try:
-            summary = train_batch(configs, seed_list, overrides=overrides, data=data,
-                                  workers=workers, on_event=on_event,
-                                  stop_requested=stop_requested, on_group=on_group, **options)
+            with table or contextlib.nullcontext():
+                summary = train_batch(configs, seed_list, overrides=overrides, data=data,
+                                      workers=workers, on_event=on_event,
+                                      stop_requested=stop_requested, on_group=on_group,
+                                      **options)
         except Interrupted as e:
             err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed "
                               f"in {shown(str(where.get('group', '')))}. Run the same command "
@@ -71,6 +84,13 @@ def _finish(summary: dict[str, Any], as_json: bool) -> None:
         err_console.print(f"[bold red]error:[/] {len(diverged)} run(s) diverged (their "
                           f"metrics.json says where): {shown(', '.join(diverged))}",
                           soft_wrap=True)
+    for failure in summary.get("failed", []):
+        err_console.print(f"[bold red]error:[/] {shown(failure['run'])} failed on "
+                          f"{shown(failure['worker'])}: {shown(failure['message'])}",
+                          soft_wrap=True)
+    if diverged or summary.get("failed"):
+        if summary.get("failed"):
+            err_console.print("The same command again trains the failed runs.")
         raise typer.Exit(code=1)
 
 
@@ -80,9 +100,14 @@ def _printer(quiet: bool, as_json: bool) -> Any:
         if as_json:
             return
         run, kind = shown(event["run"]), event["event"]
+        on = f" on {shown(event['worker'])}" if event.get("worker") else ""
         if kind == "start":
             where = event["resume_epoch"]
-            console.print(f"{run}: " + (f"resuming at epoch {where}" if where else "training"))
+            console.print(f"{run}: " + (f"resuming at epoch {where}" if where else "training")
+                          + on, soft_wrap=True)
+        elif kind in ("failed", "cancelled", "stopped"):
+            why = f": {shown(event['message'])}" if event.get("message") else ""
+            console.print(f"{run}: {kind}{on}{why}", soft_wrap=True)
         elif kind == "epoch" and not quiet:
             stats = EpochStats(**event["stats"])
             console.print(f"  {run}  {epoch_line(stats, event['epochs'])}", soft_wrap=True)

@@ -12,7 +12,16 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from trainer.cli.cluster import (
+    ClusterOpt,
+    ShipDataOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    cluster_option,
+)
 from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
+from trainer.cli.display import load_data
 from trainer.cli.options import (
     BackendOpt,
     BatchSizeOpt,
@@ -28,6 +37,7 @@ from trainer.cli.options import (
 from trainer.cli.track import LogOpt, targets, tracking
 from trainer.data.datasets import get_spec
 from trainer.run.rundir import check_run_name
+from trainer.sweep.cluster import cluster_executor
 from trainer.sweep.report import note, reruns, seconds
 from trainer.sweep.run import SAMPLERS, SweepSettings, load_space, run_sweep
 from trainer.sweep.settings import HEARTBEAT_SECONDS
@@ -172,10 +182,16 @@ def sweep_cmd(
     heartbeat: Annotated[int, Opt(min=1, help="seconds between a trial's heartbeats; one "
                                   "silent for 3x this is failed and run again")
                          ] = HEARTBEAT_SECONDS,
+    cluster: ClusterOpt = None,
+    ship_data: ShipDataOpt = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
     as_json: Annotated[bool, Opt("--json", help="print only a JSON summary")] = False,
     log: LogOpt = None,
 ) -> None:
-    """Search hyper-parameters: train trials on a validation split, keep the best config."""
+    """Search hyper-parameters: train trials on a validation split, keep the best config.
+    With --cluster: the --workers run as tasks on a Dask cluster."""
     with cli_errors():
         cfg = load_config(config).replace(
             seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -192,6 +208,11 @@ def sweep_cmd(
             data_dir=data_dir, dataset=get_spec(dataset or "mnist").name,
             limit_train=limit_train, timeout=timeout, workers=workers,
             heartbeat=heartbeat)
+        on_cluster = cluster_option(cluster, ship_data, tls_ca, tls_cert, tls_key, batch=True)
+        executor, data = None, None
+        if on_cluster is not None:
+            data = load_data(data_dir, show=not as_json, dataset=settings.dataset)
+            executor = cluster_executor(settings, on_cluster, data, data.fingerprint())
         live = not as_json and console.is_terminal
         chosen = targets(log)
         terminated: list[int] = []
@@ -207,7 +228,7 @@ def sweep_cmd(
                         logs.on_update(study)
 
                 try:
-                    summary = run_sweep(settings, on_update=on_update)
+                    summary = run_sweep(settings, data, on_update=on_update, executor=executor)
                 finally:
                     if logs is not None:
                         logs.finish()

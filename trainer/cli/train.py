@@ -14,6 +14,14 @@ from rich.table import Table
 
 from trainer.backends import Backend
 from trainer.cli.batch import batch_cli
+from trainer.cli.cluster import (
+    ClusterOpt,
+    ShipDataOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    cluster_option,
+)
 from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
 from trainer.cli.display import TrainProgress, held_out, load_data, print_report
 from trainer.cli.options import (
@@ -207,6 +215,11 @@ def train_cmd(
                                           "(--seeds 5) or with these (--seeds 0,1,2)")] = None,
     workers: Annotated[int, Opt(min=1, help="a batch's worker processes, each with its share "
                                             "of the BLAS threads")] = 1,
+    cluster: ClusterOpt = None,
+    ship_data: ShipDataOpt = False,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="plain lines, no bars or tables")] = False,
     as_json: Annotated[bool, Opt("--json", help="print a JSON summary instead")] = False,
     log: LogOpt = None,
@@ -219,7 +232,9 @@ def train_cmd(
                      "learning_rate": learning_rate, "momentum": momentum, "dtype": dtype,
                      "validation_split": validation_split}
         chosen = targets(log)
-        if len(configs or ()) > 1 or seeds is not None:
+        is_batch = len(configs or ()) > 1 or seeds is not None
+        on_cluster = cluster_option(cluster, ship_data, tls_ca, tls_cert, tls_key, is_batch)
+        if is_batch:
             if resume is not None:
                 raise UsageError("--resume continues one run; a batch resumes when the same "
                                  "command runs again")
@@ -228,7 +243,8 @@ def train_cmd(
             options = {"backend": backend or "numpy", "device": device, "data_dir": data_dir,
                        "dataset": dataset or "mnist",
                        "run_dir": run_dir, "name": name, "limit_train": limit_train,
-                       "limit_test": limit_test, "checkpoint_every": checkpoint_every}
+                       "limit_test": limit_test, "checkpoint_every": checkpoint_every,
+                       "cluster": on_cluster}
             with stop_on_signals() as stop_requested:
                 batch_cli(configs or [], seeds, workers, overrides, options, stop_requested,
                           quiet, as_json, chosen)

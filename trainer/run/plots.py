@@ -134,7 +134,8 @@ def _draw_overlay(fig: Figure, groups: Mapping[str, Sequence[Sequence[Mapping[st
     loss_ax.set_ylabel("loss (log scale)" if positive else "loss")
     acc_ax.set_ylabel("accuracy (%)")
     _epoch_panels((loss_ax, "loss"), (acc_ax, "held-out accuracy: validation, else test"))
-    acc_ax.legend(fontsize="small")
+    if groups:  # a batch whose runs all failed has no curve to name
+        acc_ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
 

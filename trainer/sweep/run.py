@@ -109,9 +109,11 @@ def _train_trial(trial: Any, settings: SweepSettings, data: Dataset, backend: Ba
 
 
 def work(settings: SweepSettings, data: Dataset | None = None, backend: Backend | None = None,
-         on_update: Callable[[], None] = lambda: None) -> None:
+         on_update: Callable[[], None] = lambda: None,
+         should_stop: Callable[[], bool] = lambda: False) -> None:
     """One worker: start trials until the study has enough, then wait for the running ones
-    (a stale one, whose worker died, is failed after the grace period and run again)."""
+    (a stale one, whose worker died, is failed after the grace period and run again).
+    `should_stop`: asked before each trial (a cluster's driver was stopped)."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -122,7 +124,7 @@ def work(settings: SweepSettings, data: Dataset | None = None, backend: Backend 
     with quiet_optuna():
         study, lock, goal = open_study(settings), AskLock(settings), target(settings)
         try:
-            while deadline is None or time.time() < deadline:
+            while (deadline is None or time.time() < deadline) and not should_stop():
                 lock.acquire()
                 try:
                     optuna.storages.fail_stale_trials(study)
@@ -158,10 +160,13 @@ def _worker_main(settings: SweepSettings, worker: int) -> None:
 
 
 def run_sweep(settings: SweepSettings, data: Dataset | None = None,
-              on_update: Callable[..., None] = lambda study, force=False: None) -> dict[str, Any]:
+              on_update: Callable[..., None] = lambda study, force=False: None,
+              executor: Callable[[SweepSettings, Any, Callable[..., None]], None] | None = None
+              ) -> dict[str, Any]:
     """Run (or resume) a sweep and write its outputs; returns the summary. `on_update(study)` is
     called after every epoch (one worker) or every second (worker processes), and
-    `on_update(study, True)` at the end."""
+    `on_update(study, True)` at the end. `executor(settings, study, on_update)`: runs the
+    workers elsewhere (sweep/cluster.py) instead of here."""
     if not 0 <= settings.seed < SAMPLER_SEEDS:
         raise UsageError(f"the sweep's seed must be from 0 to {SAMPLER_SEEDS - 1} (Optuna's "
                          f"samplers take 32-bit seeds), got {settings.seed}: choose another "
@@ -175,7 +180,8 @@ def run_sweep(settings: SweepSettings, data: Dataset | None = None,
         settings.space.grid()  # says which parameter is not a grid
     settings.space.check(settings.config)  # before loading (or fetching) any data
     require_optuna()
-    backend = load_backend(settings.backend, settings.device)
+    # on a cluster the workers load it (a GPU's backend need not load on the driver)
+    backend = load_backend(settings.backend, settings.device) if executor is None else None
     data = data if data is not None else load_dataset(settings.data_dir, dataset=settings.dataset)
     settings.space.check(settings.config, lambda cfg: check_data(cfg, data, settings.limit_train))
     created = not settings.sweep_dir.exists()
@@ -193,7 +199,9 @@ def run_sweep(settings: SweepSettings, data: Dataset | None = None,
         raise
     started = time.time()
     try:
-        if settings.workers == 1:
+        if executor is not None:
+            executor(settings, study, on_update)
+        elif settings.workers == 1:
             work(settings, data, backend, lambda: on_update(study))
         else:
             _run_processes(settings, study, on_update)
