@@ -248,7 +248,7 @@ def test_the_live_table_shows_each_runs_state_worker_and_outcome() -> None:
     assert rows == {"a-seed0": ["running", w, "epoch 2/3"],
                     "a-seed1": ["finished", w, "97.12%"],
                     "a-seed2": ["queued", "", ""],
-                    "[b]-seed0": ["failed", w, "no data?[31m here"]}
+                    "[b]-seed0": ["failed", w, "no data\\x1b[31m here"]}
 
 
 def test_a_run_directory_from_a_worker_arrives_whole_or_not_at_all(
