@@ -17,13 +17,14 @@ from trainer.cli.bench import bench_cmd
 from trainer.cli.console import cli_errors, console, err_console, print_json, shown
 from trainer.cli.data import data_app
 from trainer.cli.display import load_data, print_report
-from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt
+from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt, RunArg
 from trainer.cli.runs import runs_app
 from trainer.cli.serve import export_cmd, serve_cmd
 from trainer.cli.sweep import sweep_cmd
 from trainer.cli.train import train_cmd
 from trainer.data.images import image_files, load_digit, stack_digits
 from trainer.errors import DataError
+from trainer.run.catalog import resolve_run
 from trainer.run.inference import evaluate_model, load_run, predict_proba
 from trainer.run.train import load_backend
 
@@ -60,7 +61,7 @@ app.command("train")(train_cmd)
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")],
+    run: RunArg,
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
@@ -72,6 +73,7 @@ def evaluate_cmd(
     """Load a run's model and print its test report (on the dataset it was trained on, unless
     --dataset names another)."""
     with cli_errors():
+        run_dir = resolve_run(run)
         model, metrics = load_run(run_dir)
         if dataset and model.dataset and dataset != model.dataset:
             err_console.print(f"note: the model was trained on {shown(model.dataset)}; "
@@ -98,7 +100,7 @@ def evaluate_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")],
+    run: RunArg,
     images: Annotated[list[Path], typer.Argument(help="images of digits (PNG, JPEG, PGM, TIFF, "
                                                       "...), or folders of them")],
     backend: BackendOpt = "numpy",
@@ -109,7 +111,7 @@ def predict_cmd(
     """Classify image files: the predicted class and the top probabilities of each. A file that
     cannot be read is reported on its own line, the others classified, and the exit code is 2."""
     with cli_errors():
-        model, _ = load_run(run_dir)
+        model, _ = load_run(resolve_run(run))
         digits, read, failed = [], [], []
         for path in image_files(images):
             try:

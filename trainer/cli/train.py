@@ -33,6 +33,7 @@ from trainer.core.schedule import constant_rate
 from trainer.data.dataset import Dataset
 from trainer.errors import TrainerError, UsageError
 from trainer.fileio import atomic_write_json
+from trainer.run.catalog import resolve_run
 from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Interrupted, TrainResult
 from trainer.run.rundir import (
@@ -198,7 +199,8 @@ def train_cmd(
                     "validation (overrides the config's)")] = None,
     limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images only")] = None,
     limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only")] = None,
-    resume: Annotated[Path | None, Opt(help="continue the run in this directory")] = None,
+    resume: Annotated[str | None, Opt(metavar="RUN", help="continue this run: its directory, "
+                                      "its id from `trainer runs`, or latest")] = None,
     checkpoint_every: Annotated[int | None, Opt(min=1, help="also checkpoint every N steps "
                                                 "(always: every epoch)")] = None,
     seeds: Annotated[str | None, Opt(help="a batch: every config with seeds 0 to N-1 "
@@ -234,11 +236,12 @@ def train_cmd(
                              "or --seeds")
         config = configs[0] if configs else None
         state = None
-        if resume is not None:
+        resume_dir = resolve_run(resume) if resume is not None else None
+        if resume_dir is not None:
             given = overrides | {"CONFIG": config, "--limit-train": limit_train,
                                  "--limit-test": limit_test, "--name": name,
                                  "--run-dir": run_dir}
-            cfg, state, run_name, limit_train, limit_test = resumed_run(resume, given)
+            cfg, state, run_name, limit_train, limit_test = resumed_run(resume_dir, given)
         else:
             cfg = load_config(config)
             cfg = cfg.replace(**overrides)
@@ -249,14 +252,14 @@ def train_cmd(
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
         check_memory(cfg, data, loaded, limit_train, limit_test)
         fingerprint = data.fingerprint()
-        finished = _check_resume(resume, state, data, fingerprint, cfg) if state else None
+        finished = _check_resume(resume_dir, state, data, fingerprint, cfg) if state else None
         if finished:
             console.print(shown(finished), soft_wrap=True)
             return
         if not (quiet or as_json):
             print_config(cfg, run_name, loaded.name, loaded.device_name, fused_note(loaded, cfg))
-        path = resume if resume is not None else claim_run_dir(run_dir, run_name)
-        if resume is None:
+        path = resume_dir if resume_dir is not None else claim_run_dir(run_dir, run_name)
+        if resume_dir is None:
             atomic_write_json(path / "config.json", cfg.to_dict())
         elif not quiet and not as_json:
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
