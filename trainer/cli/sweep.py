@@ -129,8 +129,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         if "importances" in summary:
             imp = ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items())
             console.print(f"Importances: {shown(imp)}", soft_wrap=True)
-        console.print(f"Best config: {shown(summary['sweep_dir'])}/best.json (train it with "
-                      f"`trainer train {shown(summary['sweep_dir'])}/best.json`)", soft_wrap=True)
+        where = shown(summary["sweep_dir"])
+        console.print(f"Best config: {where}/best.json as the sweep trained it; "
+                      f"{where}/best-full.json with the base config's epochs and validation "
+                      f"split (train it with `trainer train {where}/best-full.json`)",
+                      soft_wrap=True)
     for n in summary["notes"]:
         console.print(f"[yellow]note:[/] {shown(n)}", soft_wrap=True)
     console.print(f"Sweep directory: {shown(summary['sweep_dir'])} "
@@ -174,9 +177,10 @@ def sweep_cmd(
 ) -> None:
     """Search hyper-parameters: train trials on a validation split, keep the best config."""
     with cli_errors():
-        cfg = load_config(config).replace(
-            seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-            momentum=momentum, dtype=dtype, validation_split=validation_split)
+        full = load_config(config).replace(seed=seed, batch_size=batch_size,
+                                           learning_rate=learning_rate, momentum=momentum,
+                                           dtype=dtype)
+        cfg = full.replace(epochs=epochs, validation_split=validation_split)
         if not cfg.validation_split:
             cfg = cfg.replace(validation_split=0.1)
         name = (check_run_name(study, "study name") if study is not None else
@@ -188,7 +192,7 @@ def sweep_cmd(
             storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,
             data_dir=data_dir, dataset=get_spec(dataset or "mnist").name,
             limit_train=limit_train, timeout=timeout, workers=workers,
-            heartbeat=heartbeat)
+            heartbeat=heartbeat, full_config=full)
         live = not as_json and console.is_terminal
         terminated: list[int] = []
         previous = signal.signal(signal.SIGTERM, lambda n, _: _interrupt(terminated, n))

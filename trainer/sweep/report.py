@@ -1,4 +1,5 @@
-"""What a sweep leaves behind: best.json, leaderboard.csv, history.svg, importances.svg."""
+"""What a sweep leaves behind: best.json, best-full.json, leaderboard.csv, history.svg,
+importances.svg."""
 
 from __future__ import annotations
 
@@ -96,9 +97,8 @@ def write_outputs(study: Any, settings: SweepSettings, elapsed: float) -> dict[s
         summary["baseline"] = {"trial": base.number, "value": base.value}
     if done:
         best = max(done, key=lambda t: (t.value, -t.number))
-        config = settings.space.apply(settings.config, best.params, source=f"trial {best.number}")
-        atomic_write_json(settings.sweep_dir / "best.json", config.to_dict())
-        files.append("best.json")
+        write_best(settings, best)
+        files += ["best.json", "best-full.json"]
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
                            "run_dir": str(settings.sweep_dir / "trials" / str(best.number))}
         _optional(files, notes, "history.svg", lambda: write_svg(
@@ -117,6 +117,28 @@ def write_outputs(study: Any, settings: SweepSettings, elapsed: float) -> dict[s
             render_svg(_draw_importances, imp, settings.study))):
         summary["importances"] = imp
     return summary | {"files": files, "notes": notes}
+
+
+def write_best(settings: SweepSettings, best: Any) -> None:
+    """best.json: the best trial's config as the sweep trained it; best-full.json: its
+    hyper-parameters with the base config's epochs and validation split (what to train next).
+    Each says which it is in its first line, which `trainer train` prints first."""
+    source = f"trial {best.number}"
+    measured = settings.space.apply(settings.config, best.params, source=source)
+    full = settings.space.apply(settings.full_config or settings.config, best.params,
+                                source=source)
+
+    def budget(c: Any) -> str:
+        return f"{c.epochs} epochs, validation_split {c.validation_split:g}"
+
+    atomic_write_json(settings.sweep_dir / "best.json", {
+        "comment": f"the sweep's best trial ({best.number}, validation accuracy "
+                   f"{best.value:.2%}) as the sweep trained it: {budget(measured)}; "
+                   f"best-full.json trains it with {budget(full)}"} | measured.to_dict())
+    atomic_write_json(settings.sweep_dir / "best-full.json", {
+        "comment": f"the sweep's best trial ({best.number})'s hyper-parameters with the base "
+                   f"config's {budget(full)}; best.json is the trial as the sweep trained it "
+                   f"({budget(measured)})"} | full.to_dict())
 
 
 def _optional(files: list[str], notes: list[str], name: str, write: Callable[[], None]) -> bool:
