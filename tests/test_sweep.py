@@ -105,7 +105,10 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     # 4 completed trials, every parameter varied, different scores: one bar per parameter
     importances = (out / "importances.svg").read_text()
     assert importances.count('id="importances"') == 4
-    assert all(name in importances for name in SPACE) and "Importances: " in result.output
+    assert all(name in importances for name in SPACE)
+    # 4 trials: the importances come with their caveat, in the summary and on the plot
+    assert "Importances (from 4 trials: too few to say much): " in result.output
+    assert "too few to say much" in importances
     assert f"Best: trial {best.number}" in result.output
     full = json.loads((out / "best-full.json").read_text())
     assert full.pop("comment") and full == saved | {"validation_split": 0.0}  # the base's
@@ -399,3 +402,11 @@ def test_a_killed_workers_trial_is_failed_and_run_again(tmp_path: Path, noisy_di
                       optuna.storages.RetryFailedTrialCallback)
     assert retried.retried_trial_number(retry) == 0
     assert json.loads(again.stdout)["trials"]["COMPLETE"] == 1
+
+
+def test_importances_carry_a_caveat_below_ten_trials() -> None:
+    from trainer.sweep.report import TRUSTED_TRIALS, _importance_title
+
+    assert TRUSTED_TRIALS == 10
+    assert _importance_title("s", 10) == "s"
+    assert _importance_title("s", 9) == "s (from 9 trials: too few to say much)"

@@ -17,6 +17,7 @@ from trainer.cli.bench import bench_cmd
 from trainer.cli.console import cli_errors, console, err_console, print_json, shown
 from trainer.cli.data import data_app
 from trainer.cli.display import load_data, print_report
+from trainer.cli.helptext import tidy_help
 from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt, RunArg
 from trainer.cli.runs import runs_app
 from trainer.cli.serve import export_cmd, serve_cmd
@@ -181,6 +182,7 @@ app.add_typer(runs_app, name="runs")
 app.command("serve")(serve_cmd)
 app.command("export")(export_cmd)
 app.add_typer(data_app, name="data")
+tidy_help(app)
 
 
 def main() -> None:

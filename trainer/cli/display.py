@@ -4,6 +4,7 @@ per-class table."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,45 @@ def held_out(s: EpochStats) -> str:
     return f"test acc {s.test_accuracy:6.2%}" if s.test_accuracy is not None else ""
 
 
+# while the bars are live: notices waiting to be printed between two steps (a signal handler
+# printing in the middle of the bars' own drawing loses its line and doubles the bars)
+_pending: list[str] | None = None
+
+
+def notice(text: str) -> None:
+    """A line for the user on stderr, now, or between two steps while the bars are live."""
+    if _pending is not None:
+        _pending.append(text)
+    else:
+        err_console.print(f"\n{text}", soft_wrap=True)  # after the terminal's ^C
+
+
+@contextlib.contextmanager
+def quiet_control_echo() -> Iterator[None]:
+    """The terminal does not echo `^C` while the bars are live: echoed at the end of a full
+    80-column bar it moves the cursor a line down, and the bars are then drawn twice."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError):  # not a terminal, or Windows
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHOCTL
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except termios.error:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 class TrainProgress:
     """Rich bars over epochs and over the current epoch's batches, or plain lines per epoch.
 
@@ -91,16 +131,31 @@ class TrainProgress:
         self.batch_task = self.progress.add_task("epoch 1", total=1, rate="", figures="")
 
     def __enter__(self) -> TrainProgress:
+        global _pending
+        self._echo = quiet_control_echo() if self.live else contextlib.nullcontext()
+        self._echo.__enter__()
         self.progress.__enter__()
+        if self.live:
+            _pending = []
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
+        global _pending
+        self._flush()
+        _pending = None
         self.progress.__exit__(kind, value, tb)
+        self._echo.__exit__(None, None, None)
+
+    def _flush(self) -> None:
+        while _pending:
+            self.progress.console.print(_pending.pop(0), soft_wrap=True, highlight=False)
 
     def on_step(self, info: StepInfo) -> None:
         if not self.live:
             return
+        if _pending:
+            self._flush()
         now = time.perf_counter()
         if info.epoch != self._epoch:  # a new epoch, or the middle of one after --resume
             self._epoch = info.epoch

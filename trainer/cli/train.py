@@ -15,7 +15,7 @@ from rich.table import Table
 from trainer.backends import Backend
 from trainer.cli.batch import batch_cli
 from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
-from trainer.cli.display import TrainProgress, held_out, load_data, print_report
+from trainer.cli.display import TrainProgress, held_out, load_data, notice, print_report
 from trainer.cli.options import (
     BatchSizeOpt,
     DataDirOpt,
@@ -90,8 +90,8 @@ def stop_on_signals() -> Iterator[Any]:
         if received:
             raise KeyboardInterrupt  # the second one: stop now; atomic writes leave no debris
         received.append(signum)
-        err_console.print(f"\n{signal.Signals(signum).name}: stopping after this step and "
-                          f"writing a checkpoint (again to stop at once)")
+        notice(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint "
+               f"(again: stop now)")  # one line at 80 columns
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -301,7 +301,7 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
         where = (f"after epoch {e.epoch - 1}" if e.step == 0
                  else f"in epoch {e.epoch} after step {e.step}")
         err_console.print(f"Stopped {where}; checkpoint in "
-                          f"{shown(str(path))}. Resume with:\n  trainer train --resume "
+                          f"{shown(str(path))}.\nResume with:\n  trainer train --resume "
                           f"{shown(str(path))}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except DivergedError as e:

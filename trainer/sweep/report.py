@@ -114,8 +114,11 @@ def write_outputs(study: Any, settings: SweepSettings, elapsed: float) -> dict[s
         notes.append(f"no importances.svg: {imp}")
     elif _optional(files, notes, "importances.svg", lambda: write_svg(
             settings.sweep_dir / "importances.svg",
-            render_svg(_draw_importances, imp, settings.study))):
+            render_svg(_draw_importances, imp, _importance_title(settings.study, len(done))))):
         summary["importances"] = imp
+        if len(done) < TRUSTED_TRIALS:
+            notes.append(f"importances from {len(done)} completed trials: too few to say much "
+                         f"(from {TRUSTED_TRIALS} on they say more)")
     return summary | {"files": files, "notes": notes}
 
 
@@ -156,6 +159,9 @@ def _optional(files: list[str], notes: list[str], name: str, write: Callable[[],
 # fewer than two trials in that top group it cannot tell a parameter from noise.
 TOP_QUANTILE = 0.1
 MIN_TOP_TRIALS = 2
+# below this many completed trials the importances are drawn with a caveat: a top group of 2
+# out of 5 trials tells a parameter from chance poorly
+TRUSTED_TRIALS = 10
 
 
 def importances(study: Any, done: list[Any], names: list[str]) -> dict[str, float] | str:
@@ -172,6 +178,11 @@ def importances(study: Any, done: list[Any], names: list[str]) -> dict[str, floa
     quantile = min(0.5, max(TOP_QUANTILE, MIN_TOP_TRIALS / len(done)))
     return get_param_importances(
         study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile), params=varied)
+
+
+def _importance_title(study: str, done: int) -> str:
+    return study if done >= TRUSTED_TRIALS else f"{study} (from {done} trials: too few to " \
+        f"say much)"
 
 
 def _draw_history(fig: Figure, trials: list[Any], baseline: float | None, title: str) -> None:
