@@ -237,19 +237,20 @@ def confusions_table(report: Report, class_names: list[str]) -> Table:
 
 
 def class_table(report: Report, class_names: list[str]) -> Table:
+    """Precision, recall (a class's share of its images recognised: what neural-net-rs
+    called its accuracy, so not repeated as a column of its own), F1 and support."""
     table = Table(title="Per-class metrics")
-    for col in ("class", "accuracy", "precision", "recall", "F1", "support"):
+    for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="right")
 
-    def row(name: str, m: ClassMetrics, accuracy: str) -> list[str]:
-        return [name, accuracy, f"{m.precision:.2%}", f"{m.recall:.2%}", f"{m.f1:.4f}",
-                str(m.support)]
+    def row(name: str, m: ClassMetrics) -> list[str]:
+        return [name, f"{m.precision:.2%}", f"{m.recall:.2%}", f"{m.f1:.4f}", str(m.support)]
 
     for name, m in zip(class_names, report.per_class, strict=True):
-        table.add_row(*row(shown(name), m, f"{m.recall:.2%}"))
+        table.add_row(*row(shown(name), m))
     table.add_section()
-    table.add_row(*row("macro avg", report.macro, ""))
-    table.add_row(*row("weighted avg", report.weighted, ""))
+    table.add_row(*row("macro avg", report.macro))
+    table.add_row(*row("weighted avg", report.weighted))
     return table
 
 

@@ -203,6 +203,9 @@ def train_cmd(
                                       "its id from `trainer runs`, or latest")] = None,
     checkpoint_every: Annotated[int | None, Opt(min=1, help="also checkpoint every N steps "
                                                 "(always: every epoch)")] = None,
+    keep_checkpoints: Annotated[bool, Opt("--keep-checkpoints", help="a finished run keeps "
+                                          "its previous checkpoint too (default: only the "
+                                          "latest)")] = False,
     seeds: Annotated[str | None, Opt(help="a batch: every config with seeds 0 to N-1 "
                                           "(--seeds 5) or with these (--seeds 0,1,2)")] = None,
     workers: Annotated[int, Opt(min=1, help="a batch's worker processes, each with its share "
@@ -226,7 +229,8 @@ def train_cmd(
             options = {"backend": backend or "numpy", "device": device, "data_dir": data_dir,
                        "dataset": dataset or "mnist",
                        "run_dir": run_dir, "name": name, "limit_train": limit_train,
-                       "limit_test": limit_test, "checkpoint_every": checkpoint_every}
+                       "limit_test": limit_test, "checkpoint_every": checkpoint_every,
+                       "keep_checkpoints": keep_checkpoints}
             with stop_on_signals() as stop_requested:
                 batch_cli(configs or [], seeds, workers, overrides, options, stop_requested,
                           quiet, as_json)
@@ -268,7 +272,8 @@ def train_cmd(
         with hold_run(path):
             result, late_signal = _run(cfg, loaded, data, path, record, state,
                                        checkpoint_every, quiet, as_json)
-            _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json)
+            _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json,
+                    keep_checkpoints)
         if late_signal:  # it came during the final evaluation: the run is whole, and written
             err_console.print(f"{signal.Signals(late_signal).name} came after the last "
                               f"training step: the run is complete and written to "
@@ -316,10 +321,10 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
 
 
 def _report(backend: Backend, data: Dataset, path: Path, run_name: str, result: TrainResult,
-            fingerprint: str, quiet: bool, as_json: bool) -> None:
+            fingerprint: str, quiet: bool, as_json: bool, keep_checkpoints: bool) -> None:
     classes = data.class_names
     metrics = run_metrics(result, classes, backend.version, data, fingerprint)
-    write_run(path, result, classes, metrics, title=run_name)
+    write_run(path, result, classes, metrics, title=run_name, keep_checkpoints=keep_checkpoints)
     if as_json:
         print_json({"run_dir": str(path)} | metrics)
         return
