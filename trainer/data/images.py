@@ -30,7 +30,8 @@ LOW_CONTRAST = 32.0
 # Background flattening (photos): a border whose levels spread over more than this is unevenly
 # lit; the closing that estimates the paper is this share of the image's longer side (strokes
 # of a digit that fills a photo are under a tenth of it), measured on a copy ANALYSIS px wide.
-UNEVEN_LEVELS = 24.0
+UNEVEN_LEVELS = 24.0  # over the border of a 32x32 average of the image (noise averaged out)
+MIN_PHOTO = 64
 CLOSING_FRACTION = 0.15
 ANALYSIS = 128
 NOISE_SPREADS = 4.0  # what rises less than this many (robust) deviations above it is noise
@@ -232,16 +233,20 @@ def flatten_background(gray: np.ndarray) -> np.ndarray:
     as if the paper were evenly lit. The paper's own level at each pixel is estimated by a
     morphological closing (opening, for light ink on dark) wider than any stroke, on a copy at
     most ANALYSIS px wide, blurred and scaled back up; each pixel's difference from it is the
-    ink. An image whose border is evenly lit (a drawing, a scan) is returned as it is."""
-    ring = _ring(gray)
-    if np.percentile(ring, 95) - np.percentile(ring, 5) < UNEVEN_LEVELS:
-        return gray
-    light = _light_background(gray)
+    ink. An image the size of a drawing (under MIN_PHOTO px a side) or whose border is evenly
+    lit, noise averaged out (a drawing, a scan), is returned as it is."""
     height, width = gray.shape
+    if min(height, width) < MIN_PHOTO:
+        return gray
+    image = Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
+    coarse = _ring(np.asarray(image.resize((32, 32), Image.Resampling.BOX), dtype=np.float64))
+    if np.percentile(coarse, 95) - np.percentile(coarse, 5) < UNEVEN_LEVELS:
+        return gray
     shrink = min(1.0, ANALYSIS / max(height, width))
-    small = Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8)).resize(
+    small = image.resize(
         (max(1, round(width * shrink)), max(1, round(height * shrink))), Image.Resampling.BOX)
     k = max(3, round(CLOSING_FRACTION * max(small.size)) | 1)  # odd, wider than a stroke
+    light = _ink_is_dark(np.asarray(small, dtype=np.float64))
     first, then = (ImageFilter.MaxFilter, ImageFilter.MinFilter) if light else (
         ImageFilter.MinFilter, ImageFilter.MaxFilter)
     paper = small.filter(first(k)).filter(then(k)).filter(ImageFilter.GaussianBlur(1))
@@ -258,11 +263,14 @@ def flatten_background(gray: np.ndarray) -> np.ndarray:
     return 255.0 - ink if light else ink
 
 
-def _light_background(gray: np.ndarray) -> bool:
-    """Whether the background (the border's median) is nearer the lightest level than the
-    darkest: dark ink on light paper."""
-    background = float(np.median(_ring(gray)))
-    return background - float(gray.min()) > float(gray.max()) - background
+def _ink_is_dark(levels: np.ndarray) -> bool:
+    """Dark ink on light paper (or light on dark), under uneven light: with the lighting's
+    plane (a + b x + c y, least squares) taken out, the ink is the longer tail."""
+    yy, xx = np.mgrid[0:levels.shape[0], 0:levels.shape[1]]
+    basis = np.stack([np.ones(levels.size), xx.ravel(), yy.ravel()], axis=1)
+    plane = basis @ np.linalg.lstsq(basis, levels.ravel(), rcond=None)[0]
+    rest = levels.ravel() - plane
+    return -float(np.percentile(rest, 0.5)) > float(np.percentile(rest, 99.5))
 
 
 def _fit_box(crop: np.ndarray, scale: float) -> np.ndarray:
