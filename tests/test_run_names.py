@@ -38,7 +38,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for _ in range(2):
+        for n in range(2):
+            if n:  # the next second: runs/<time>-default twice (in one second: -default-2)
+                time.sleep(1.0 - time.time() % 1.0 + 0.01)
             result = run("train", "--epochs", "1", "--data-dir", idx, "-q")
             assert result.exit_code == 0, result.output
         first, second = sorted((root / "runs").iterdir())
