@@ -124,3 +124,21 @@ def test_help_shows_flags_without_a_type_and_fits(command: list[str]) -> None:
     assert "<bool>" not in result.output
     assert all(len(line) <= WIDTH for line in result.output.splitlines())
     assert "--help" in result.output
+
+
+def test_a_long_group_name_keeps_its_slash_at_80_columns() -> None:
+    from trainer.cli.runs import runs_table
+
+    group = {"kind": "group", "path": "runs/g", "name": "default+hidden-64/", "started": 0.0,
+             "network": "", "backend": "numpy", "epochs": 30, "test_accuracy": 0.9806,
+             "seconds": 1234.0, "state": "finished",
+             "configs": [{"kind": "config", "name": "hidden-64", "runs": 3, "started": 0.0,
+                          "network": "784-64-10", "backend": "numpy", "epochs": 60,
+                          "test_accuracy": 0.9714, "seconds": 28.0, "state": "finished"}]}
+    run = {"kind": "run", "path": "runs/20261204-224628-default", "name": "default",
+           "started": 0.0, "network": "784-128-10", "backend": "numpy", "epochs": 30,
+           "epochs_done": 30, "test_accuracy": 0.9806, "seconds": 20.1, "state": "interrupted"}
+    lines = rendered(runs_table([run, group], WIDTH))
+    assert all(len(line) <= WIDTH for line in lines), lines
+    assert any("default+hidden-64/" in line for line in lines), lines  # on one line
+    assert any("hidden-64 x3" in line for line in lines), lines

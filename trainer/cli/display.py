@@ -4,7 +4,6 @@ per-class table."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from trainer.cli.console import err_console, shown
+from trainer.cli.console import err_console, quiet_control_echo, shown
 from trainer.core.metrics import ClassMetrics, Report
 from trainer.data.dataset import Dataset, load_dataset
 from trainer.data.fetch import FetchProgress
@@ -77,32 +76,6 @@ def notice(text: str) -> None:
         _pending.append(text)
     else:
         err_console.print(f"\n{text}", soft_wrap=True)  # after the terminal's ^C
-
-
-@contextlib.contextmanager
-def quiet_control_echo() -> Iterator[None]:
-    """The terminal does not echo `^C` while the bars are live: echoed at the end of a full
-    80-column bar it moves the cursor a line down, and the bars are then drawn twice."""
-    try:
-        import termios
-
-        fd = sys.stdin.fileno()
-        saved = termios.tcgetattr(fd)
-    except (ImportError, OSError, ValueError, AttributeError):  # not a terminal, or Windows
-        yield
-        return
-    quiet = list(saved)
-    quiet[3] &= ~termios.ECHOCTL
-    try:
-        termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    except termios.error:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(termios.error):
-            termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 class TrainProgress:
