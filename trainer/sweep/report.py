@@ -115,10 +115,7 @@ def write_outputs(study: Any, settings: SweepSettings, elapsed: float) -> dict[s
     elif _optional(files, notes, "importances.svg", lambda: write_svg(
             settings.sweep_dir / "importances.svg",
             render_svg(_draw_importances, imp, _importance_title(settings.study, len(done))))):
-        summary["importances"] = imp
-        if len(done) < TRUSTED_TRIALS:
-            notes.append(f"importances from {len(done)} completed trials: too few to say much "
-                         f"(from {TRUSTED_TRIALS} on they say more)")
+        summary["importances"] = imp  # with fewer than TRUSTED_TRIALS: a caveat where shown
     return summary | {"files": files, "notes": notes}
 
 
