@@ -12,7 +12,7 @@ def load(device: str | None = None) -> Backend:
         import array_api_strict as xp
     except ImportError as e:
         raise ImportError(f"array-api-strict is not installed ({e}); "
-                          "pip install array-api-strict") from e
+                          "python -m pip install \".[strict]\" in the trainer checkout") from e
     dev = xp.Device()
     if device not in (None, "cpu", "CPU_DEVICE"):
         raise ImportError(f"array-api-strict has only its CPU device, not {device!r}")

@@ -14,7 +14,8 @@ def load(device: str | None = None) -> Backend:
         from array_api_compat import cupy as xp
     except ImportError as e:
         raise ImportError(
-            f"cupy is not installed ({e}); pip install 'trainer[cuda12]' or 'trainer[cuda13]'"
+            f"cupy is not installed ({e}); python -m pip install \".[cuda12]\" (or "
+            f"\".[cuda13]\") in the trainer checkout"
         ) from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()

@@ -17,7 +17,8 @@ def load(device: str | None = None) -> Backend:
         import jax
         import jax.numpy as xp
     except ImportError as e:
-        raise ImportError(f"jax is not installed ({e}); pip install 'trainer[jax]'") from e
+        raise ImportError(f"jax is not installed ({e}); python -m pip install "
+                          f"\".[jax]\" in the trainer checkout") from e
     # float64 runs and the dropout hash's int64 arithmetic need 64-bit types, which JAX turns
     # off by default. The switch is process-wide, but it only changes the types that are not
     # asked for: every array of a run is created with its dtype, and Python scalars stay weak

@@ -19,7 +19,8 @@ def load(device: str | None = None) -> Backend:
     try:
         import numba
     except ImportError as e:
-        raise ImportError(f"numba is not installed ({e}); pip install 'trainer[numba]'") from e
+        raise ImportError(f"numba is not installed ({e}); python -m pip install "
+                          f"\".[numba]\" in the trainer checkout") from e
     if _kernel("float32") is None:
         raise ImportError("numpy's BLAS offers no 64-bit-integer CBLAS GEMM for numba to call")
     return dataclasses.replace(numpy_backend.load(device), name="numba",

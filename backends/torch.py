@@ -12,7 +12,8 @@ def load(device: str | None = None) -> Backend:
         import torch
         from array_api_compat import torch as xp
     except ImportError as e:
-        raise ImportError(f"torch is not installed ({e}); pip install 'trainer[torch]'") from e
+        raise ImportError(f"torch is not installed ({e}); python -m pip install "
+                          f"\".[torch]\" in the trainer checkout") from e
     try:
         dev = torch.device(device or "cpu")
     except (RuntimeError, ValueError) as e:  # "banana": not a device string

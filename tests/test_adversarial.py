@@ -124,7 +124,7 @@ def checkpointed(trained, tmp_path: Path) -> tuple[Path, Path, Path]:
         n_train=300, n_test=100, shape=(28, 28), classes=10, seed=9))
     run_dir = tmp_path / "c"
     result = run("train", "--data-dir", data, "--run-dir", run_dir, "--epochs", 2,
-                 "--checkpoint-every", 3, "--quiet")
+                 "--checkpoint-every", 3, "--quiet", "--keep-checkpoints")
     assert result.exit_code == 0, result.output
     return run_dir, data, other
 

@@ -55,7 +55,7 @@ def test_run_files_and_svgs(trained: Path) -> None:
     names = {p.name for p in trained.iterdir()}
     assert names == {"config.json", "history.csv", "history.json", "metrics.json",
                      "model.safetensors", "history.svg", "confusion.svg",
-                     "checkpoint.safetensors", "checkpoint.prev.safetensors",
+                     "checkpoint.safetensors",  # the previous one dropped once finished
                      ".trainer-run"}  # --run-dir's claim
     metrics = json.loads((trained / "metrics.json").read_text())
     assert len(metrics["confusion_matrix"]) == 10
@@ -233,3 +233,22 @@ def test_the_per_class_table_prints_class_names_as_text() -> None:
     text = console.export_text()
     assert "[bold]x[/bold]" in text and "[red]y" in text and "a\\x1b[2Jb" in text
     assert "\x1b" not in text
+
+
+def test_the_per_class_table_has_no_accuracy_column_equal_to_recall() -> None:
+    """Per class, "accuracy" (its images recognised) is recall: one column, read back from an
+    independent count of the confusion matrix."""
+    from rich.console import Console
+
+    from trainer.cli.display import class_table
+    from trainer.core.metrics import report
+
+    confusion = np.array([[3, 1, 0], [0, 2, 0], [1, 0, 4]])
+    console = Console(record=True, width=200, color_system=None)
+    console.print(class_table(report(confusion), ["a", "b", "c"]))
+    lines = console.export_text().splitlines()
+    head = next(line for line in lines if "precision" in line)
+    assert [c for c in head.replace("┃", " ").replace("|", " ").split()] == [
+        "class", "precision", "recall", "F1", "support"]
+    row = next(line for line in lines if line.replace("│", " ").split()[:1] == ["c"])
+    assert row.replace("│", " ").split()[1:3] == [f"{4 / 4:.2%}", f"{4 / 5:.2%}"]

@@ -185,7 +185,7 @@ def test_without_the_extra_it_says_what_to_install(idx_dir: Path, tmp_path: Path
     result = run("train", a, "--seeds", "1", "--data-dir", idx_dir, "--cluster",
                  "tcp://127.0.0.1:8786", "--run-dir", tmp_path / "g")
     assert result.exit_code == 2
-    assert "pip install 'trainer[cluster]'" in " ".join(result.output.split())
+    assert 'python -m pip install ".[cluster]"' in " ".join(result.output.split())
 
 
 def test_workers_with_other_code_are_refused_before_anything_runs(

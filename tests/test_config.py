@@ -153,3 +153,15 @@ def test_random_configs_through_the_cli_exit_2(tmp_path_factory, data) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "random.json" in result.output
     assert not (path.parent / "run").exists()
+
+
+def test_a_comment_is_shown_not_kept_and_must_be_text() -> None:
+    from trainer.core.config import Config, default_config
+    from trainer.errors import ConfigError
+
+    data = default_config().to_dict()
+    read = Config.from_dict({"comment": "2 epochs, as the sweep ran it"} | data, source="b.json")
+    assert read.notes == ("b.json: 2 epochs, as the sweep ran it",)
+    assert read.to_dict() == data  # not a key of the config
+    with pytest.raises(ConfigError, match="b.json: comment must be text, got int"):
+        Config.from_dict(data | {"comment": 3}, source="b.json")

@@ -155,3 +155,23 @@ def test_load_digits_of_nothing_and_other_sizes(digits):
     large = prepare_digit(digits[0], size=56)
     assert large.shape == (56, 56) and box_side(large) == 40
     assert np.abs(centre_of_mass(large) - 28).max() <= 0.5
+
+
+def test_flattening_evens_a_lit_gradient_and_leaves_drawings_alone() -> None:
+    from trainer.data.images import flatten_background
+
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 90, (28, 28)).astype(np.float64)  # a small, noisy image: as it is
+    assert flatten_background(noisy) is noisy
+    drawing = np.zeros((140, 140))
+    drawing[30:110, 60:75] = 255  # the page's pad: an evenly black border
+    assert flatten_background(drawing) is drawing
+    xx = np.arange(300)[None, :] * np.ones((200, 1))
+    paper = 240 - 0.5 * xx  # lit from the left: 240 down to 90
+    photo = paper.copy()
+    photo[50:150, 140:160] -= 60  # a dark bar, 60 levels under the paper around it
+    flat = flatten_background(photo)
+    background = np.ones_like(flat, dtype=bool)
+    background[40:160, 130:170] = False
+    assert np.ptp(flat[background]) < 8  # the gradient gone
+    assert np.all(flat[60:140, 145:155] < 255 - 30)  # the bar kept (less the grain floor)

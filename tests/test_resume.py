@@ -326,7 +326,8 @@ def test_resume_continues_on_the_runs_own_backend(idx_dir: Path, tmp_path: Path)
     _load_or_skip("numba")
     straight = tmp_path / "straight"
     args = ["--data-dir", str(idx_dir), "--epochs", "2", "--batch-size", "32"]
-    result = runner.invoke(app, ["train", *args, "--backend", "numba", "--run-dir", str(straight)])
+    result = runner.invoke(app, ["train", *args, "--backend", "numba", "--run-dir", str(straight),
+                                 "--keep-checkpoints"])
     assert result.exit_code == 0, result.output
     for other in ("numba", "numpy"):
         cut = tmp_path / other

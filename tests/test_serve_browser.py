@@ -195,3 +195,66 @@ def test_a_late_reply_to_an_older_drawing_is_dropped(server):
         assert page.locator("#answer").get_attribute("data-seq") == shown
         assert page.evaluate("window.slowNext") is False  # the slow reply did happen
         browser.close()
+
+
+FITS = """() => ({ scroll: document.documentElement.scrollWidth, inner: window.innerWidth })"""
+THUMB_BARS = """() => [...document.querySelectorAll('#thumbs .thumb')].map((t) => {
+  const img = t.querySelector('canvas').getBoundingClientRect();
+  const bars = [...t.querySelectorAll('.mini span')].map((s) => s.getBoundingClientRect());
+  return { left: img.left, right: img.right, bars: bars.map((b) => [b.left, b.right]) };
+})"""
+SWATCHES = """() => [...document.querySelectorAll('#history rect.swatch')].map((r) => {
+  const label = r.nextElementSibling;
+  const line = [...r.parentNode.querySelectorAll('polyline')].map((p) => p.getAttribute('stroke'));
+  return { fill: r.getAttribute('fill'), label: label.textContent,
+           color: getComputedStyle(label).fill, lines: line };
+})"""
+
+
+def test_a_phone_photo_opened_on_a_phone(server, mnist, mnist_run, tmp_path):
+    """At a phone's 390 px: photos (a lit gradient, a shadow) opened with "Open image..." are
+    sent as files and read right, replacing the drawing; the page does not scroll sideways;
+    the history's legend has swatches of its lines' colours; the thumbnails' bars fit."""
+    from photos import phone_photo
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        errors, requests = [], []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(server)
+        page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        answered(page, lambda: stroke(page, [(70, 60), (210, 60)]))  # a bar, to be replaced
+        hits = []
+        for i in range(5):
+            shown = answered(page, lambda i=i: page.set_input_files("#open", files=[{
+                "name": f"photo-{i}.jpg", "mimeType": "image/jpeg",
+                "buffer": phone_photo(mnist.test_images[i], seed=i)}]))
+            hits.append(shown == str(mnist.test_labels[i]))
+            if i == 3:
+                page.screenshot(path=str(tmp_path / "phone-photo.png"), full_page=True)
+        assert sum(hits) >= 4, hits
+        assert sum(u.endswith("/api/predict/image") for u in requests) == 5
+        assert page.locator("#warning").text_content() == ""  # a photo like these is fine
+        # the photo replaced the bar: taking it away leaves nothing
+        assert answered(page, lambda: page.click("#undo")) == "–"
+
+        page.locator("#confusion td[data-actual='7'][data-predicted='7']").click()
+        page.wait_for_function("() => document.querySelectorAll('#thumbs .thumb').length > 0",
+                               timeout=10_000)
+        fits = page.evaluate(FITS)
+        assert fits["scroll"] <= fits["inner"], fits
+        for thumb in page.evaluate(THUMB_BARS):
+            assert len(thumb["bars"]) == 10
+            assert all(thumb["left"] - 0.5 <= a and b <= thumb["right"] + 0.5
+                       for a, b in thumb["bars"]), thumb
+        swatches = page.evaluate(SWATCHES)
+        assert [s["label"] for s in swatches] == ["train", "test"]  # no validation split
+        for s in swatches:
+            assert s["fill"] in s["lines"] and s["color"] != "rgb(102, 112, 133)"  # not gray
+        page.screenshot(path=str(tmp_path / "phone-page.png"), full_page=True)
+        browser.close()
+    print(f"screenshots: {tmp_path / 'phone-photo.png'}, {tmp_path / 'phone-page.png'}")
+    assert errors == [], errors

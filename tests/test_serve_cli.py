@@ -143,7 +143,7 @@ def test_trainer_works_without_the_serve_and_onnx_extras(mnist_run):
                                   f"sys.argv = ['trainer', {command!r}, {str(mnist_run)!r}]\n"
                                   "main()")
         assert result.returncode == 2, result.stderr
-        assert f"python -m pip install 'trainer[{extra}]'" in result.stderr
+        assert f'python -m pip install ".[{extra}]" in the trainer checkout' in result.stderr
         assert "Traceback" not in result.stderr
 
 

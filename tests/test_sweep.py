@@ -87,6 +87,7 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     best = study.best_trial
     assert rows[0]["trial"] == str(best.number) and float(rows[0]["value"]) == best.value
     saved = json.loads((out / "best.json").read_text())
+    assert saved.pop("comment").startswith(f"the sweep's best trial ({best.number}")
     assert saved == json.loads((out / "trials" / str(best.number) / "config.json").read_text())
     assert saved["learning_rate"] == best.params["learning_rate"]
     assert saved["layers"][1]["nodes"] == best.params["layers[1].nodes"]
@@ -104,11 +105,18 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     # 4 completed trials, every parameter varied, different scores: one bar per parameter
     importances = (out / "importances.svg").read_text()
     assert importances.count('id="importances"') == 4
-    assert all(name in importances for name in SPACE) and "Importances: " in result.output
+    assert all(name in importances for name in SPACE)
+    # 4 trials: the importances come with their caveat, in the summary and on the plot
+    assert "Importances (from 4 trials: too few to say much): " in result.output
+    assert "too few to say much" in importances
     assert f"Best: trial {best.number}" in result.output
+    full = json.loads((out / "best-full.json").read_text())
+    assert full.pop("comment") and full == saved | {"validation_split": 0.0}  # the base's
     trained = run("train", out / "best.json", "--data-dir", noisy_dir, "--run-dir",
                   tmp_path / "best-run", "--quiet")
     assert trained.exit_code == 0, trained.output
+    assert "as the sweep trained it: 1 epochs, validation_split 0.1" in " ".join(
+        trained.output.splitlines()[0].split())  # its first line says what it is
     # re-running resumes: nothing is redone, a higher target adds trials
     assert run(*args).exit_code == 0 and len(study_of(out).trials) == 4
     assert run(*args[:5], 5, *args[6:]).exit_code == 0
@@ -117,6 +125,30 @@ def test_sweep_writes_leaderboard_best_and_plots_and_best_trains(
     assert trials[4].params not in [t.params for t in trials[:4]]  # a new point, not a repeat
     changed = run(*args[:5], 5, *args[6:], "--epochs", 2)
     assert changed.exit_code == 2 and "different config" in changed.output
+
+
+def test_best_full_keeps_the_hyper_parameters_and_takes_the_base_budget(tmp_path: Path) -> None:
+    """A sweep run with --epochs 2 and a 10% validation split on a base of 10 epochs and none:
+    best.json is the trial as measured, best-full.json the base's budget; both say so."""
+    from types import SimpleNamespace
+
+    from trainer.core.config import Config
+    from trainer.sweep.report import write_best
+
+    base = default_config().replace(epochs=10)
+    swept = base.replace(epochs=2, validation_split=0.1)
+    settings = SweepSettings(swept, parse_space(SPACE, swept), 4, tmp_path, "s",
+                             full_config=base)
+    params = {"learning_rate": 0.02, "momentum": 0.5, "batch_size": 64, "layers[1].nodes": 48}
+    write_best(settings, SimpleNamespace(number=3, value=0.9, params=params))
+    best, full = (Config.from_file(tmp_path / n) for n in ("best.json", "best-full.json"))
+    assert (best.epochs, best.validation_split, full.epochs, full.validation_split) == (
+        2, 0.1, 10, 0.0)
+    for c in (best, full):
+        assert (c.learning_rate, c.momentum, c.batch_size, c.sizes[1]) == (0.02, 0.5, 64, 48)
+    assert best.notes[0].endswith("as the sweep trained it: 2 epochs, validation_split 0.1; "
+                                  "best-full.json trains it with 10 epochs, validation_split 0")
+    assert "with the base config's 10 epochs, validation_split 0" in full.notes[0]
 
 
 def test_a_report_part_that_fails_is_a_note_not_a_failed_sweep(
@@ -137,7 +169,7 @@ def test_a_report_part_that_fails_is_a_note_not_a_failed_sweep(
     assert summary["notes"] == [
         "could not write history.svg: ImportError: no module named 'plotting_lib'",
         "no importances.svg: ImportError: no module named 'plotting_lib'"]
-    assert summary["files"] == ["leaderboard.csv", "best.json"]
+    assert summary["files"] == ["leaderboard.csv", "best.json", "best-full.json"]
     assert (out / "best.json").is_file() and len(read_csv(out / "leaderboard.csv")) == 2
     assert not (out / "history.svg").exists() and not (out / "importances.svg").exists()
 
@@ -370,3 +402,11 @@ def test_a_killed_workers_trial_is_failed_and_run_again(tmp_path: Path, noisy_di
                       optuna.storages.RetryFailedTrialCallback)
     assert retried.retried_trial_number(retry) == 0
     assert json.loads(again.stdout)["trials"]["COMPLETE"] == 1
+
+
+def test_importances_carry_a_caveat_below_ten_trials() -> None:
+    from trainer.sweep.report import TRUSTED_TRIALS, _importance_title
+
+    assert TRUSTED_TRIALS == 10
+    assert _importance_title("s", 10) == "s"
+    assert _importance_title("s", 9) == "s (from 9 trials: too few to say much)"

@@ -23,3 +23,8 @@ class DataError(UsageError):
 
 class FetchError(DataError):
     """Every source for a dataset failed; the message lists what was tried."""
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra: from the checkout (on PyPI, `trainer` is another project)."""
+    return f'python -m pip install ".[{extra}]" in the trainer checkout'

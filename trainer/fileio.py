@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -93,6 +94,22 @@ def check_writable(path: str | Path, option: str) -> None:
     except OSError as e:
         raise UsageError(f"cannot write {option} {path}: {e.strerror or e}; choose another "
                          f"{option}") from None
+
+
+def new_folder(parent: str | Path) -> Path:
+    """A new, empty folder `parent/<YYYYmmdd-HHMMSS>[-n]` made for one command's output (never
+    one an earlier command wrote)."""
+    parent, stamp = Path(parent), time.strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()  # exclusive: two commands at once never share it
+                return path
+    except OSError as e:
+        raise UsageError(f"cannot create a folder under {parent}: {e.strerror or e}") from None
+    raise UsageError(f"too many folders named {stamp} under {parent}")
 
 
 MAX_JSON_BYTES = 1 << 20  # a config or a space file: far more than any needs (/dev/zero stops)

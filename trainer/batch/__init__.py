@@ -52,7 +52,7 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
                 dataset: str = "mnist",
                 data: Dataset | None = None, run_dir: Path | None = None,
                 name: str | None = None, root: Path = Path("runs"), workers: int = 1,
-                checkpoint_every: int | None = None,
+                checkpoint_every: int | None = None, keep_checkpoints: bool = False,
                 on_event: Callable[[Event], None] = lambda event: None,
                 stop_requested: Callable[[], int | None] | None = None,
                 on_group: Callable[[Path, bool], None] = lambda path, resumed: None,
@@ -82,7 +82,8 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
     assert be is not None  # loaded above whenever there is no cluster
     group, resumed = open_group(batch, fingerprint, run_dir, root)
     on_group(group, resumed)
-    place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every)
+    place = Place(group, fingerprint, data_dir, dataset, device, workers, checkpoint_every,
+                  keep_checkpoints)
     return run_batch(batch, place, data, be, on_event, stop_requested)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UsageError
+from trainer.errors import UsageError, install_hint
 
 from .remote import worker_versions
 
@@ -21,7 +21,7 @@ SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 CONNECT_TIMEOUT_SECONDS = 5  # an unreachable scheduler: exit 2 well within 10 s
 ADDRESS = re.compile(r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
                      r":(?P<port>\d{1,5})")
-INSTALL = "pip install 'trainer[cluster]'"
+INSTALL = install_hint("cluster")
 
 
 @dataclass(frozen=True)

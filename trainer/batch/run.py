@@ -46,6 +46,7 @@ class Place:
     device: str | None = None
     workers: int = 1
     checkpoint_every: int | None = None  # steps; every epoch in any case
+    keep_checkpoints: bool = False  # a finished run keeps its previous checkpoint too
 
 
 def run_member(member: Member, batch: Batch, place: Place, data: Dataset, backend: Backend,
@@ -115,7 +116,8 @@ def _train(member: Member, batch: Batch, place: Place, data: Dataset, backend: B
                                f"--batch-size or network, or fewer --workers") from None
         raise
     metrics = run_metrics(result, data.class_names, backend.version, data, place.fingerprint)
-    write_run(path, result, data.class_names, metrics, title=member.dirname)
+    write_run(path, result, data.class_names, metrics, title=member.dirname,
+              keep_checkpoints=place.keep_checkpoints)
     on_event({"event": "done", "run": member.dirname, "state": "finished",
               "test_accuracy": result.test_accuracy, "seconds": result.total_seconds})
 

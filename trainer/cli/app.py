@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import Progress
@@ -17,15 +16,16 @@ from trainer.cli.bench import bench_cmd
 from trainer.cli.console import cli_errors, console, err_console, print_json, shown
 from trainer.cli.data import data_app
 from trainer.cli.display import load_data, print_report
-from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt
+from trainer.cli.helptext import tidy_help
+from trainer.cli.options import BackendOpt, DataDirOpt, DatasetOpt, DeviceOpt, Opt, RunArg
+from trainer.cli.predict import predict_cmd
 from trainer.cli.runs import runs_app
 from trainer.cli.runs_log import log_cmd as runs_log_cmd
 from trainer.cli.serve import export_cmd, serve_cmd
 from trainer.cli.sweep import sweep_cmd
 from trainer.cli.train import train_cmd
-from trainer.data.images import image_files, load_digit, stack_digits
-from trainer.errors import DataError
-from trainer.run.inference import evaluate_model, load_run, predict_proba
+from trainer.run.catalog import resolve_run
+from trainer.run.inference import evaluate_model, load_run
 from trainer.run.train import load_backend
 
 app = typer.Typer(no_args_is_help=True,
@@ -61,7 +61,7 @@ app.command("train")(train_cmd)
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")],
+    run: RunArg,
     backend: BackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
@@ -73,6 +73,7 @@ def evaluate_cmd(
     """Load a run's model and print its test report (on the dataset it was trained on, unless
     --dataset names another)."""
     with cli_errors():
+        run_dir = resolve_run(run)
         model, metrics = load_run(run_dir)
         if dataset and model.dataset and dataset != model.dataset:
             err_console.print(f"note: the model was trained on {shown(model.dataset)}; "
@@ -97,52 +98,7 @@ def evaluate_cmd(
             console.print(f"Recorded at training: {recorded:.2%}")
 
 
-@app.command("predict")
-def predict_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")],
-    images: Annotated[list[Path], typer.Argument(help="images of digits (PNG, JPEG, PGM, TIFF, "
-                                                      "...), or folders of them")],
-    backend: BackendOpt = "numpy",
-    device: DeviceOpt = None,
-    top: Annotated[int, Opt(min=1, help="how many classes to show per image")] = 3,
-    as_json: JsonOpt = False,
-) -> None:
-    """Classify image files: the predicted class and the top probabilities of each. A file that
-    cannot be read is reported on its own line, the others classified, and the exit code is 2."""
-    with cli_errors():
-        model, _ = load_run(run_dir)
-        digits, read, failed = [], [], []
-        for path in image_files(images):
-            try:
-                digits.append(load_digit(path))
-                read.append(path)
-            except DataError as e:
-                failed.append((path, str(e)))
-        proba = predict_proba(model, stack_digits(digits), load_backend(backend, device))
-        names = model.class_names
-        rows: list[dict[str, Any]] = []
-        for path, p in zip(read, proba, strict=True):
-            order = [int(i) for i in reversed(p.argsort())][:top]
-            rows.append({"file": str(path), "prediction": names[order[0]],
-                         "top": [{"class": names[i], "probability": float(p[i])} for i in order]})
-        for _, message in failed:  # each message names its file
-            err_console.print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True)
-        if as_json:
-            print_json(rows + [{"file": str(path), "error": message} for path, message in failed])
-        elif rows:
-            _print_predictions(rows, top)
-        if failed:
-            raise typer.Exit(code=2)
-
-
-def _print_predictions(rows: list[dict[str, Any]], top: int) -> None:
-    table = Table(title="Predictions")
-    for col in ("file", "prediction", f"top {top}"):
-        table.add_column(col)
-    for row in rows:  # class names come from the model file: plain text, never markup
-        shares = "  ".join(f"{shown(t['class'])} ({t['probability']:.1%})" for t in row["top"])
-        table.add_row(shown(row["file"]), f"[bold]{shown(row['prediction'])}[/]", shares)
-    console.print(table)
+app.command("predict")(predict_cmd)
 
 
 @app.command("backends")
@@ -181,6 +137,7 @@ app.add_typer(runs_app, name="runs")
 app.command("serve")(serve_cmd)
 app.command("export")(export_cmd)
 app.add_typer(data_app, name="data")
+tidy_help(app)
 
 
 def main() -> None:

@@ -44,7 +44,8 @@ def bench_cmd(
     limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images")] = None,
     keep_blas_env: Annotated[bool, Opt("--keep-blas-env", help="keep OPENBLAS_CORETYPE and "
                                        "OPENBLAS_L2_SIZE (unset by default)")] = False,
-    out: Annotated[Path, Opt(help="JSON report")] = Path("bench.json"),
+    out: Annotated[Path, Opt(help="the JSON report (default: bench.json in the current "
+                                  "folder)")] = Path("bench.json"),
     dataset: DatasetOpt = None,
 ) -> None:
     """Time training epochs on real MNIST (or --dataset); print a table and write a JSON
@@ -62,7 +63,8 @@ def bench_cmd(
             targets.remove(target)
         if not targets:
             raise UsageError("nothing left to time: name other --backends or add --peers")
-        table = bench_table(f"s/epoch, median of {epochs} x {rounds} after {warmup} warm-up")
+        table = bench_table(f"s/epoch, median of {epochs} x {rounds} after {warmup} warm-up",
+                            targets[0])
         flagged: dict[str, list[int]] = {"diverged": [], "not_learning": []}
 
         def show(row: dict[str, Any]) -> None:
@@ -89,6 +91,7 @@ def bench_cmd(
                                warmup=warmup, rounds=rounds, limit_train=limit_train,
                                keep_blas_env=keep_blas_env, on_result=show, dataset=dataset)
         console.print(table)
+        console.print(LEGEND, highlight=False)
         for line in summary(report):
             console.print(line, soft_wrap=True, highlight=False)
         rate = f"learning rate ({cfg.learning_rate}, {cfg.loss_reduction} loss)"
@@ -106,7 +109,7 @@ def bench_cmd(
                           f"network's ({bound:.2f}), so those rows time a run that is not "
                           f"training.[/]", soft_wrap=True)
         atomic_write_json(out, report)
-        console.print(f"JSON report: {out}", soft_wrap=True)
+        console.print(f"Wrote the JSON report to {shown(str(out.resolve()))}", soft_wrap=True)
 
 
 def _check_batch_sizes(sizes: list[int], dataset: str, limit_train: int | None) -> None:
@@ -132,10 +135,12 @@ def summary(report: dict[str, Any]) -> list[str]:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     seconds = {(r["batch_size"], r["target"]): r["seconds"] for r in report["results"]
                if r.get("seconds")}
-    picks = [f"{target} at batch {bs} ({seconds[bs, target]:.3f} s)"
-             for bs, target in report["fastest"].items()]
-    if picks:
-        lines.append("Fastest of ours here: " + ", ".join(picks))
+    by_target: dict[str, list[str]] = {}  # each backend once, with the batch sizes it won
+    for bs, target in sorted(report["fastest"].items()):
+        by_target.setdefault(target, []).append(f"{bs} ({seconds[bs, target]:.3f} s)")
+    if by_target:
+        lines.append("Fastest of ours here: " + "; ".join(
+            f"{target} at batch {', '.join(won)}" for target, won in by_target.items()))
     return lines
 
 
@@ -145,14 +150,17 @@ def _loss_text(loss: float | None, diverged: bool, flagged: bool) -> str:
     return f"[red]{loss:.3g}[/]" if flagged else f"{loss:.3g}"
 
 
-def bench_table(title: str) -> Table:
-    """The benchmark's table, laid out to fit 80 columns: short headers, the target's name
-    folded onto a second line where it is long, and more width used where there is more."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+# under the table, one line at 80 columns: what the short headers mean
+LEGEND = "1st s: the first epoch, compiling included; MB: peak memory; thr: BLAS threads"
+
+
+def bench_table(title: str, first: str = "numpy") -> Table:
+    """The benchmark's table, laid out to fit 80 columns: short headers (LEGEND says what
+    they mean), figures never broken, the target's name folded where it is long. `first`:
+    the target the others' times are divided by."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     table.add_column("batch", justify="right", no_wrap=True)
     table.add_column("target", overflow="fold", min_width=12, ratio=1)
-    # 1st: the first (warm-up) epoch's seconds, compiling included; k/s: thousand samples a
-    # second; MB: peak RSS; thr: the BLAS's threads (-: its own choice)
-    for col in ("s/epoch", "1st", "k/s", "MB", "thr", "÷ ours", "loss"):
+    for col in ("s/epoch", "1st s", "kimg/s", "MB", "thr", f"÷{first}"[:8], "loss"):
         table.add_column(col, justify="right", no_wrap=True)
     return table

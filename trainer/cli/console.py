@@ -79,3 +79,29 @@ def cli_errors() -> Iterator[None]:
         err_console.print("interrupted")
         sys.stderr.flush()
         raise typer.Exit(code=130) from None
+
+
+@contextlib.contextmanager
+def quiet_control_echo() -> Iterator[None]:
+    """The terminal does not echo `^C` while the bars are live: echoed at the end of a full
+    80-column bar it moves the cursor a line down, and the bars are then drawn twice."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError):  # not a terminal, or Windows
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHOCTL
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except termios.error:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from trainer.cli.console import err_console, shown
+from trainer.cli.console import err_console, quiet_control_echo, shown
 from trainer.core.metrics import ClassMetrics, Report
 from trainer.data.dataset import Dataset, load_dataset
 from trainer.data.fetch import FetchProgress
@@ -65,6 +65,19 @@ def held_out(s: EpochStats) -> str:
     return f"test acc {s.test_accuracy:6.2%}" if s.test_accuracy is not None else ""
 
 
+# while the bars are live: notices waiting to be printed between two steps (a signal handler
+# printing in the middle of the bars' own drawing loses its line and doubles the bars)
+_pending: list[str] | None = None
+
+
+def notice(text: str) -> None:
+    """A line for the user on stderr, now, or between two steps while the bars are live."""
+    if _pending is not None:
+        _pending.append(text)
+    else:
+        err_console.print(f"\n{text}", soft_wrap=True)  # after the terminal's ^C
+
+
 class TrainProgress:
     """Rich bars over epochs and over the current epoch's batches, or plain lines per epoch.
 
@@ -91,16 +104,31 @@ class TrainProgress:
         self.batch_task = self.progress.add_task("epoch 1", total=1, rate="", figures="")
 
     def __enter__(self) -> TrainProgress:
+        global _pending
+        self._echo = quiet_control_echo() if self.live else contextlib.nullcontext()
+        self._echo.__enter__()
         self.progress.__enter__()
+        if self.live:
+            _pending = []
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
+        global _pending
+        self._flush()
+        _pending = None
         self.progress.__exit__(kind, value, tb)
+        self._echo.__exit__(None, None, None)
+
+    def _flush(self) -> None:
+        while _pending:
+            self.progress.console.print(_pending.pop(0), soft_wrap=True, highlight=False)
 
     def on_step(self, info: StepInfo) -> None:
         if not self.live:
             return
+        if _pending:
+            self._flush()
         now = time.perf_counter()
         if info.epoch != self._epoch:  # a new epoch, or the middle of one after --resume
             self._epoch = info.epoch
@@ -182,19 +210,20 @@ def confusions_table(report: Report, class_names: list[str]) -> Table:
 
 
 def class_table(report: Report, class_names: list[str]) -> Table:
+    """Precision, recall (a class's share of its images recognised: what neural-net-rs
+    called its accuracy, so not repeated as a column of its own), F1 and support."""
     table = Table(title="Per-class metrics")
-    for col in ("class", "accuracy", "precision", "recall", "F1", "support"):
+    for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="right")
 
-    def row(name: str, m: ClassMetrics, accuracy: str) -> list[str]:
-        return [name, accuracy, f"{m.precision:.2%}", f"{m.recall:.2%}", f"{m.f1:.4f}",
-                str(m.support)]
+    def row(name: str, m: ClassMetrics) -> list[str]:
+        return [name, f"{m.precision:.2%}", f"{m.recall:.2%}", f"{m.f1:.4f}", str(m.support)]
 
     for name, m in zip(class_names, report.per_class, strict=True):
-        table.add_row(*row(shown(name), m, f"{m.recall:.2%}"))
+        table.add_row(*row(shown(name), m))
     table.add_section()
-    table.add_row(*row("macro avg", report.macro, ""))
-    table.add_row(*row("weighted avg", report.weighted, ""))
+    table.add_row(*row("macro avg", report.macro))
+    table.add_row(*row("weighted avg", report.weighted))
     return table
 
 

@@ -35,3 +35,6 @@ BatchSizeOpt = Annotated[int | None, Opt(min=1, help="override batch_size")]
 LearningRateOpt = Annotated[float | None, Opt(help="override learning_rate")]
 MomentumOpt = Annotated[float | None, Opt(help="override momentum")]
 DtypeOpt = Annotated[str | None, Opt(help="float32 | float64")]
+# a run, for every command that takes one: read through trainer.run.catalog.resolve_run
+RUN_HELP = "a run: its directory, its id from `trainer runs`, or latest"
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help=RUN_HELP, show_default=False)]

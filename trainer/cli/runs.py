@@ -17,7 +17,16 @@ from trainer.batch.summary import read_group
 from trainer.cli.console import cli_errors, console, print_json, printable, shown
 from trainer.cli.options import Opt
 from trainer.errors import TrainerError, UsageError
-from trainer.run.catalog import STAMP, RunInfo, find_runs, is_run_dir, read_run
+from trainer.fileio import new_folder
+from trainer.run.catalog import (
+    STAMP,
+    RunInfo,
+    find_runs,
+    is_run_dir,
+    read_run,
+    resolve_run,
+    run_id,
+)
 from trainer.run.compare import config_differences, metric_rows, per_class_f1
 from trainer.run.plots import overlay_svg, write_svg
 
@@ -156,15 +165,17 @@ def list_cmd(
 STATE_COLORS = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
 
 
-COLUMNS = ("date", "name", "network", "backend", "epochs", "test %", "time", "state")
-# on a console narrower than 80 columns these go first, in this order, leaving room for names
+COLUMNS = ("id", "date", "name", "network", "backend", "epochs", "test %", "time", "state")
+# on a console narrower than 90 columns these go first, in this order, leaving room for names
 DROPPED_WHEN_NARROW = ("backend", "date", "time", "network")
+DROPPED_BELOW = (90, 66, 58, 48)
 
 
 def runs_table(entries: list[dict[str, Any]], width: int = 80) -> Table:
-    """The table, fitting `width` columns: at 80 every column, narrower fewer."""
+    """The table, fitting `width` columns: at 90 every column, narrower fewer (at 80 all
+    but the backend)."""
     columns = list(COLUMNS)
-    for column, below in zip(DROPPED_WHEN_NARROW, (76, 66, 58, 48), strict=True):
+    for column, below in zip(DROPPED_WHEN_NARROW, DROPPED_BELOW, strict=True):
         if width < below:
             columns.remove(column)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=0)
@@ -186,7 +197,8 @@ def _add_row(table: Table, columns: list[str], r: dict[str, Any], date: str) -> 
         f"{done}/{epochs}"
     test = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.2f}"
     state = r["state"]
-    cells = {"date": date, "name": shown(name), "network": shown(r["network"]),
+    cells = {"id": run_id(r["path"]) if r["kind"] == "run" else "", "date": date,
+             "name": shown(name), "network": shown(r["network"]),
              "backend": shown(r["backend"] or "-"), "epochs": epochs_text, "test %": test,
              "time": _duration(r["seconds"]),
              "state": f"[{STATE_COLORS.get(state, 'red')}]{shown(state)}[/]"}
@@ -195,26 +207,29 @@ def _add_row(table: Table, columns: list[str], r: dict[str, Any], date: str) -> 
 
 @runs_app.command("compare")
 def compare_cmd(
-    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN RUN...",
-                                                   help="two or more run directories")],
+    refs: Annotated[list[str], typer.Argument(
+        metavar="RUN RUN...", help="two or more runs: directories, ids from `trainer runs`, "
+                                   "or latest")],
     out: Annotated[Path | None, Opt(help="where to write the SVG of their histories "
-                                    "(default: compare.svg beside the runs)")] = None,
+                                    "(default: compare.svg in a new folder "
+                                    "compare/<time>/ beside the runs)")] = None,
     as_json: Annotated[bool, Opt("--json", help="print JSON instead")] = False,
 ) -> None:
     """The runs side by side: the config keys that differ, their metrics, per-class F1, and
-    one SVG overlaying their histories."""
+    one SVG overlaying their histories. Each run is headed by its directory."""
     with cli_errors():
-        if len(run_dirs) < 2:
-            raise UsageError("compare needs at least two run directories")
-        runs = [read_run(p) for p in run_dirs]
+        if len(refs) < 2:
+            raise UsageError("compare needs at least two runs")
+        runs = [read_run(resolve_run(ref)) for ref in refs]
         damaged = [r for r in runs if r.state == "damaged"]
         if damaged:
             raise UsageError(f"{damaged[0].path}: {damaged[0].problem}")
-        labels = _labels(runs)
-        out = out or Path(os.path.commonpath([r.path.resolve().parent for r in runs])) / \
-            "compare.svg"
-        write_svg(out, overlay_svg({printable(label): [r.history] for label, r in zip(labels, runs,
-                                                                          strict=True)},
+        labels = run_labels([r.path for r in runs])
+        if out is None:
+            out = new_folder(Path(os.path.commonpath([r.path.resolve().parent for r in runs]))
+                             / "compare") / "compare.svg"
+        write_svg(out, overlay_svg({label: [r.history] for label, r in
+                                    zip(_printable_labels(labels), runs, strict=True)},
                                    title="compare"))
         differ, metrics, f1 = (config_differences(runs), metric_rows(runs),
                                per_class_f1(runs))
@@ -229,11 +244,27 @@ def compare_cmd(
         console.print(f"Histories overlaid: {shown(str(out))}", soft_wrap=True)
 
 
-def _labels(runs: list[RunInfo]) -> list[str]:
-    """Each run's name, with its folder's where two runs share a name."""
-    names = [r.name for r in runs]
-    return [f"{r.path.parent.name}/{r.name}" if names.count(r.name) > 1 else r.name
-            for r in runs]
+def run_labels(paths: list[Path]) -> list[str]:
+    """Each run's directory: its folder's name, with as many parent folders as it takes to
+    tell it from the others (the same run given twice is labelled #1, #2)."""
+    parts = [p.resolve().parts for p in paths]
+    labels = []
+    for these in parts:
+        depth = 1
+        while depth < len(these) and any(other[-depth:] == these[-depth:] and other != these
+                                         for other in parts):
+            depth += 1
+        labels.append("/".join(these[-depth:]))
+    return [f"{label} #{labels[:i].count(label) + 1}" if labels.count(label) > 1 else label
+            for i, label in enumerate(labels)]
+
+
+def _printable_labels(labels: list[str]) -> list[str]:
+    """The labels as the SVG shows them: printable, and still one per run (two labels that
+    differ only in unprintable characters get a number)."""
+    shown_labels = [printable(label) for label in labels]
+    return [f"{label} #{i + 1}" if shown_labels.count(label) > 1 else label
+            for i, label in enumerate(shown_labels)]
 
 
 def _plain(_key: str, value: Any) -> str:

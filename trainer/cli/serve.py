@@ -12,12 +12,11 @@ import webbrowser
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from trainer.cli.console import cli_errors, console, err_console, shown
-from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt
+from trainer.cli.options import BackendOpt, DataDirOpt, DeviceOpt, Opt, RunArg
 from trainer.errors import UsageError
 from trainer.fileio import check_writable
+from trainer.run.catalog import resolve_run
 from trainer.run.train import load_backend
 from trainer.serve import require
 
@@ -25,11 +24,9 @@ from trainer.serve import require
 # hold the server forever), then stops them
 GRACE_SECONDS = 3
 
-RunDirArg = Annotated[Path, typer.Argument(help="a run directory written by `trainer train`")]
-
 
 def serve_cmd(
-    run_dir: RunDirArg,
+    run: RunArg,
     host: Annotated[str, Opt(help="address to listen on; anything but a loopback address "
                                   "lets other machines use the model")] = "127.0.0.1",
     port: Annotated[int, Opt(min=0, max=65535, help="port (0: any free one)")] = 8000,
@@ -48,6 +45,7 @@ def serve_cmd(
         from trainer.serve.app import create_app
         from trainer.serve.service import Service
 
+        run_dir = resolve_run(run)
         sock = _bind(host, port)  # first: a busy port is said before the data is read
         service = Service(run_dir, load_backend(backend, device), data_dir)
         url = f"http://{_url_host(host)}:{sock.getsockname()[1]}/"
@@ -111,9 +109,10 @@ def _url_host(host: str) -> str:
 
 
 def export_cmd(
-    run_dir: RunDirArg,
+    run: RunArg,
     format: Annotated[str, Opt("--format", help="the file format: onnx")] = "onnx",
-    out: Annotated[Path | None, Opt(help="the file to write (default RUN_DIR/model.onnx)")]
+    out: Annotated[Path | None, Opt(help="the file to write (default: model.onnx in the "
+                                         "run's directory)")]
     = None,
     force: Annotated[bool, Opt("--force", help="replace an existing --out that trainer export "
                                                "did not write (never a run's own files)")]
@@ -127,6 +126,7 @@ def export_cmd(
         require("onnx", "onnx")
         from trainer.serve.export import check_out, export_onnx
 
+        run_dir = resolve_run(run)
         out = out if out is not None else run_dir / "model.onnx"
         if run_dir.is_dir():
             check_out(out, force)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from datetime import datetime
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.live import Live
 from rich.table import Table
 
@@ -38,7 +40,7 @@ from trainer.cli.track import LogOpt, targets, tracking
 from trainer.data.datasets import get_spec
 from trainer.run.rundir import check_run_name
 from trainer.sweep.cluster import cluster_executor
-from trainer.sweep.report import note, reruns, seconds
+from trainer.sweep.report import TRUSTED_TRIALS, note, reruns, seconds
 from trainer.sweep.run import SAMPLERS, SweepSettings, load_space, run_sweep
 from trainer.sweep.settings import HEARTBEAT_SECONDS
 from trainer.track import SweepLog
@@ -93,11 +95,16 @@ class TrialTable:
             console.print(shown(line + (f"  {why}" if why else "")), soft_wrap=True)
 
     def __rich__(self) -> Table:
-        table = Table(title="Trials", title_justify="left")
-        for col in ("#", "state", "val acc", "epoch", "seconds", *self.names, "note"):
-            # folded, never cut short with an ellipsis, in a narrow terminal
-            table.add_column(col, justify="right" if col not in ("state", "note") else "left",
-                             overflow="fold")
+        # figures never break: the parameters' names do (after _ or .) when the table is
+        # wider than the terminal, and the note wraps between its words
+        fixed = ("#", "state", "val acc", "epoch", "secs")
+        split = sum(len(c) + 1 for c in (*fixed, *self.names)) + 20 > console.width
+        table = Table(title="Trials", title_justify="left", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False, padding=0)
+        for col in (*fixed, *self.names):
+            table.add_column(_breakable(col) if split else col, no_wrap=True,
+                             justify="left" if col == "state" else "right")
+        table.add_column("note", overflow="fold", min_width=8)
         done = [t for t in self.trials if t.state.name == "COMPLETE"]
         best = max(done, key=lambda t: t.value).number if done else None
         retried = reruns(self.trials)
@@ -118,6 +125,11 @@ class TrialTable:
         return table
 
 
+def _breakable(name: str) -> str:
+    """A parameter's name on a line per part: `learning_` / `rate`, `layers[1].` / `nodes`."""
+    return re.sub(r"(?<=[_.])(?=.)", "\n", name)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -136,17 +148,23 @@ def print_summary(summary: dict[str, Any]) -> None:
     if best is not None:
         gain = f" ({100 * (best['value'] - base['value']):+.2f} points)" if base else ""
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        # wrapped by rich between words (soft_wrap would leave it to the terminal: mid-word)
         console.print(f"Best: trial {best['trial']}, validation accuracy "
-                      f"{best['value']:.2%}{gain}: {shown(params)}", soft_wrap=True)
+                      f"{best['value']:.2%}{gain}: {shown(params)}")
         if "importances" in summary:
             imp = ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items())
-            console.print(f"Importances: {shown(imp)}", soft_wrap=True)
-        console.print(f"Best config: {shown(summary['sweep_dir'])}/best.json (train it with "
-                      f"`trainer train {shown(summary['sweep_dir'])}/best.json`)", soft_wrap=True)
+            done = summary["trials"].get("COMPLETE", 0)
+            caveat = f" (from {done} trials: too few to say much)" if done < TRUSTED_TRIALS \
+                else ""
+            console.print(f"Importances{caveat}: {shown(imp)}")
+        where = shown(summary["sweep_dir"])
+        console.print(f"Best config: {where}/best.json as the sweep trained it; "
+                      f"{where}/best-full.json with the base config's epochs and validation "
+                      f"split (train it with `trainer train {where}/best-full.json`)")
     for n in summary["notes"]:
         console.print(f"[yellow]note:[/] {shown(n)}", soft_wrap=True)
     console.print(f"Sweep directory: {shown(summary['sweep_dir'])} "
-                  f"({', '.join(summary['files'])}, trials/)", soft_wrap=True)
+                  f"({', '.join(summary['files'])}, trials/)")
 
 
 def sweep_cmd(
@@ -193,9 +211,10 @@ def sweep_cmd(
     """Search hyper-parameters: train trials on a validation split, keep the best config.
     With --cluster: the --workers run as tasks on a Dask cluster."""
     with cli_errors():
-        cfg = load_config(config).replace(
-            seed=seed, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-            momentum=momentum, dtype=dtype, validation_split=validation_split)
+        full = load_config(config).replace(seed=seed, batch_size=batch_size,
+                                           learning_rate=learning_rate, momentum=momentum,
+                                           dtype=dtype)
+        cfg = full.replace(epochs=epochs, validation_split=validation_split)
         if not cfg.validation_split:
             cfg = cfg.replace(validation_split=0.1)
         name = (check_run_name(study, "study name") if study is not None else
@@ -207,7 +226,7 @@ def sweep_cmd(
             storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,
             data_dir=data_dir, dataset=get_spec(dataset or "mnist").name,
             limit_train=limit_train, timeout=timeout, workers=workers,
-            heartbeat=heartbeat)
+            heartbeat=heartbeat, full_config=full)
         on_cluster = cluster_option(cluster, ship_data, tls_ca, tls_cert, tls_key, batch=True)
         executor, data = None, None
         if on_cluster is not None:

@@ -23,7 +23,7 @@ from trainer.cli.cluster import (
     cluster_option,
 )
 from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
-from trainer.cli.display import TrainProgress, held_out, load_data, print_report
+from trainer.cli.display import TrainProgress, held_out, load_data, notice, print_report
 from trainer.cli.options import (
     BatchSizeOpt,
     DataDirOpt,
@@ -42,6 +42,7 @@ from trainer.core.schedule import constant_rate
 from trainer.data.dataset import Dataset
 from trainer.errors import TrainerError, UsageError
 from trainer.fileio import atomic_write_json
+from trainer.run.catalog import resolve_run
 from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from trainer.run.results import Callbacks, DivergedError, Interrupted, TrainResult
 from trainer.run.rundir import (
@@ -99,8 +100,8 @@ def stop_on_signals() -> Iterator[Any]:
         if received:
             raise KeyboardInterrupt  # the second one: stop now; atomic writes leave no debris
         received.append(signum)
-        err_console.print(f"\n{signal.Signals(signum).name}: stopping after this step and "
-                          f"writing a checkpoint (again to stop at once)")
+        notice(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint "
+               f"(again: stop now)")  # one line at 80 columns
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -208,9 +209,13 @@ def train_cmd(
                     "validation (overrides the config's)")] = None,
     limit_train: Annotated[int | None, Opt(min=1, help="train on the first N images only")] = None,
     limit_test: Annotated[int | None, Opt(min=1, help="test on the first N images only")] = None,
-    resume: Annotated[Path | None, Opt(help="continue the run in this directory")] = None,
+    resume: Annotated[str | None, Opt(metavar="RUN", help="continue this run: its directory, "
+                                      "its id from `trainer runs`, or latest")] = None,
     checkpoint_every: Annotated[int | None, Opt(min=1, help="also checkpoint every N steps "
                                                 "(always: every epoch)")] = None,
+    keep_checkpoints: Annotated[bool, Opt("--keep-checkpoints", help="a finished run keeps "
+                                          "its previous checkpoint too (default: only the "
+                                          "latest)")] = False,
     seeds: Annotated[str | None, Opt(help="a batch: every config with seeds 0 to N-1 "
                                           "(--seeds 5) or with these (--seeds 0,1,2)")] = None,
     workers: Annotated[int, Opt(min=1, help="a batch's worker processes, each with its share "
@@ -244,7 +249,7 @@ def train_cmd(
                        "dataset": dataset or "mnist",
                        "run_dir": run_dir, "name": name, "limit_train": limit_train,
                        "limit_test": limit_test, "checkpoint_every": checkpoint_every,
-                       "cluster": on_cluster}
+                       "cluster": on_cluster, "keep_checkpoints": keep_checkpoints}
             with stop_on_signals() as stop_requested:
                 batch_cli(configs or [], seeds, workers, overrides, options, stop_requested,
                           quiet, as_json, chosen)
@@ -254,11 +259,12 @@ def train_cmd(
                              "or --seeds")
         config = configs[0] if configs else None
         state = None
-        if resume is not None:
+        resume_dir = resolve_run(resume) if resume is not None else None
+        if resume_dir is not None:
             given = overrides | {"CONFIG": config, "--limit-train": limit_train,
                                  "--limit-test": limit_test, "--name": name,
                                  "--run-dir": run_dir}
-            cfg, state, run_name, limit_train, limit_test = resumed_run(resume, given)
+            cfg, state, run_name, limit_train, limit_test = resumed_run(resume_dir, given)
         else:
             cfg = load_config(config)
             cfg = cfg.replace(**overrides)
@@ -269,14 +275,14 @@ def train_cmd(
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
         check_memory(cfg, data, loaded, limit_train, limit_test)
         fingerprint = data.fingerprint()
-        finished = _check_resume(resume, state, data, fingerprint, cfg) if state else None
+        finished = _check_resume(resume_dir, state, data, fingerprint, cfg) if state else None
         if finished:
             console.print(shown(finished), soft_wrap=True)
             return
         if not (quiet or as_json):
             print_config(cfg, run_name, loaded.name, loaded.device_name, fused_note(loaded, cfg))
-        path = resume if resume is not None else claim_run_dir(run_dir, run_name)
-        if resume is None:
+        path = resume_dir if resume_dir is not None else claim_run_dir(run_dir, run_name)
+        if resume_dir is None:
             atomic_write_json(path / "config.json", cfg.to_dict())
         elif not quiet and not as_json:
             console.print(f"Resuming at epoch {state.epoch}, step {state.step}")
@@ -286,7 +292,8 @@ def train_cmd(
         with hold_run(path), tracked_run(chosen, path, run_name, cfg, samples) as on_epoch:
             result, late_signal = _run(cfg, loaded, data, path, record, state,
                                        checkpoint_every, quiet, as_json, on_epoch)
-            _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json)
+            _report(loaded, data, path, run_name, result, fingerprint, quiet, as_json,
+                    keep_checkpoints)
         if late_signal:  # it came during the final evaluation: the run is whole, and written
             err_console.print(f"{signal.Signals(late_signal).name} came after the last "
                               f"training step: the run is complete and written to "
@@ -319,7 +326,7 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
         where = (f"after epoch {e.epoch - 1}" if e.step == 0
                  else f"in epoch {e.epoch} after step {e.step}")
         err_console.print(f"Stopped {where}; checkpoint in "
-                          f"{shown(str(path))}. Resume with:\n  trainer train --resume "
+                          f"{shown(str(path))}.\nResume with:\n  trainer train --resume "
                           f"{shown(str(path))}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except DivergedError as e:
@@ -334,10 +341,10 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
 
 
 def _report(backend: Backend, data: Dataset, path: Path, run_name: str, result: TrainResult,
-            fingerprint: str, quiet: bool, as_json: bool) -> None:
+            fingerprint: str, quiet: bool, as_json: bool, keep_checkpoints: bool) -> None:
     classes = data.class_names
     metrics = run_metrics(result, classes, backend.version, data, fingerprint)
-    write_run(path, result, classes, metrics, title=run_name)
+    write_run(path, result, classes, metrics, title=run_name, keep_checkpoints=keep_checkpoints)
     if as_json:
         print_json({"run_dir": str(path)} | metrics)
         return

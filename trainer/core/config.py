@@ -173,6 +173,8 @@ class Config(BaseModel):
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
         data, notes = _legacy(data, source)
+        data, comment = _comment(data, source)
+        notes = comment + notes
         try:
             config = cls.model_validate(data)
             config._notes = notes
@@ -204,6 +206,17 @@ def _legacy(data: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple[st
     return data | {"regularization_type": "L2"}, (
         f"{source}: regularization_rate {rate} without regularization_type: L2, as "
         f"neural-net-rs meant it before it had regularization_type (see configs/README.md)",)
+
+
+def _comment(data: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A top-level "comment" is for the reader, not the network: shown when the file is read
+    (a sweep's best.json says with it how it was trained), not kept in the config."""
+    if "comment" not in data:
+        return data, ()
+    comment = data["comment"]
+    if not isinstance(comment, str):
+        raise ConfigError(f"{source}: comment must be text, got {type(comment).__name__}")
+    return {k: v for k, v in data.items() if k != "comment"}, (f"{source}: {comment}",)
 
 
 def default_config() -> Config:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,8 @@ class RunInfo:
 
     def row(self) -> dict[str, Any]:
         """The figures `trainer runs --json` prints."""
-        return {"path": str(self.path), "name": self.name, "started": self.started,
+        return {"id": run_id(self.path), "path": str(self.path), "name": self.name,
+                "started": self.started,
                 "network": self.network, "backend": self.backend, "epochs": self.epochs,
                 "epochs_done": self.epochs_done, "test_accuracy": self.test_accuracy,
                 "seconds": self.seconds, "state": self.state, "seed": self.config.get("seed")}
@@ -167,3 +170,52 @@ def _int(value: Any) -> int:
 
 def _text(value: Any) -> str | None:
     return value[:40] if isinstance(value, str) else None
+
+
+def run_id(path: str | Path) -> str:
+    """A run's short id, as `trainer runs` shows it: 6 hex digits of a hash of its absolute
+    path (the same in every command run from anywhere; moving the run changes it)."""
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:ID_DIGITS]
+
+
+ID_DIGITS = 6
+LATEST_RUN = "latest"
+
+
+def all_runs(root: str | Path = "runs") -> list[Path]:
+    """Every run directory under `root` and in its groups (one folder deeper)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and is_run_dir(p):
+            found.append(p)
+        elif p.is_dir():
+            found += [q for q in sorted(p.iterdir()) if q.is_dir() and is_run_dir(q)]
+    return found
+
+
+def resolve_run(ref: str | Path, root: str | Path = "runs") -> Path:
+    """The run a command was given: a directory (returned as it is: the command's own checks
+    say what is wrong with it), `latest` (the run under `root` whose config was written
+    last) or a run's id from `trainer runs` (its first 3 to 6 digits will do)."""
+    text = str(ref)
+    path = Path(text)
+    if path.exists() or "/" in text or os.sep in text:
+        return path
+    runs = all_runs(root)
+    if text == LATEST_RUN:
+        if not runs:
+            raise UsageError(f"no runs under {root}/ yet, so `{LATEST_RUN}` names none: train "
+                             f"one with `trainer train`")
+        return max(runs, key=lambda p: ((p / "config.json").stat().st_mtime, str(p)))
+    if re.fullmatch(rf"[0-9a-fA-F]{{3,{ID_DIGITS}}}", text):
+        matches = [p for p in runs if run_id(p).startswith(text.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise UsageError(f"{text} is the start of the ids of {len(matches)} runs ("
+                             + ", ".join(str(p) for p in matches[:5]) + "): give more digits")
+    raise UsageError(f"{text} is not a run directory, nor a run's id under {root}/ (see "
+                     f"`trainer runs`), nor `{LATEST_RUN}`")

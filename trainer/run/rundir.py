@@ -21,6 +21,7 @@ from trainer.core.config import Config
 from trainer.data.dataset import Dataset
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json, atomic_write_text
+from trainer.run.checkpoint import PREVIOUS
 from trainer.run.model_io import SavedModel, save_model
 from trainer.run.plots import confusion_svg, history_svg, write_svg
 from trainer.run.results import DivergedError, EpochStats, TrainResult
@@ -192,9 +193,11 @@ def run_metrics(result: TrainResult, class_names: list[str], backend_version: st
 
 
 def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: dict[str, Any],
-              title: str = "") -> None:
+              title: str = "", keep_checkpoints: bool = False) -> None:
     """Write the model, the history (JSON, CSV, SVG), the confusion heatmap and the metrics
-    (`run_metrics`' dict, extended or not: its `epochs` are the history written)."""
+    (`run_metrics`' dict, extended or not: its `epochs` are the history written). Then the
+    run is whole: its previous checkpoint goes, unless `keep_checkpoints` (the latest stays:
+    `--resume` reads it to say the run is finished)."""
     # the same id in the model and in metrics.json: a model copied in from another run is found
     run_id = metrics.setdefault("run_id", uuid.uuid4().hex)
     save_model(path / "model.safetensors",
@@ -213,3 +216,5 @@ def write_run(path: Path, result: TrainResult, class_names: list[str], metrics: 
         write_svg(path / "confusion.svg",
                   confusion_svg(result.test_report.confusion, class_names, title=title))
     atomic_write_json(path / "metrics.json", metrics)
+    if not keep_checkpoints:
+        (path / PREVIOUS).unlink(missing_ok=True)

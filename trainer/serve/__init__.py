@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from trainer.errors import UsageError
+from trainer.errors import UsageError, install_hint
 
 
 def require(extra: str, *modules: str) -> None:
@@ -15,8 +15,7 @@ def require(extra: str, *modules: str) -> None:
     missing = [m for m in modules if not _importable(m)]
     if missing:
         raise UsageError(f"this needs {', '.join(missing)}, from the {extra!r} extra: "
-                         f"python -m pip install 'trainer[{extra}]' (from a checkout: "
-                         f"python -m pip install '.[{extra}]')")
+                         f"{install_hint(extra)}")
 
 
 def _importable(module: str) -> bool:

@@ -77,20 +77,25 @@ class Service:
     def predict_pixels(self, payload: Any) -> dict[str, Any]:
         """A JSON request {"pixels": [...], "width": W, "height": H} (W, H default 28):
         gray levels 0..255, row by row, prepared as `trainer predict` prepares a file."""
-        return self._answer(prepare_digit(pixels_image(payload), SIDE, source="the drawing"))
+        notes: list[str] = []
+        return self._answer(prepare_digit(pixels_image(payload), SIDE, source="the drawing",
+                                          notes=notes), notes)
 
     def predict_image(self, data: bytes, name: str = "the uploaded image") -> dict[str, Any]:
         """An image file's bytes (PNG, JPEG, ...), read and prepared as `trainer predict` does."""
         if not data:
             raise RequestError("the body is empty: send an image file (PNG, JPEG, ...)", 400)
-        return self._answer(decode_digit(data, name, SIDE))
+        notes: list[str] = []
+        return self._answer(decode_digit(data, name, SIDE, notes=notes), notes)
 
-    def _answer(self, digit: np.ndarray) -> dict[str, Any]:
+    def _answer(self, digit: np.ndarray, notes: list[str]) -> dict[str, Any]:
+        """The answer for a prepared digit, with why it is unlike the training data."""
         proba = self.predictor.proba(digit[None])[0]
         best = int(proba.argmax())
         return {"prediction": self.class_names[best], "index": best,
                 "probabilities": [round(float(p), 6) for p in proba],
-                "image": image_base64(digit)}  # what the network saw
+                "image": image_base64(digit),  # what the network saw
+                "warnings": notes}
 
     # --- the run ---
 

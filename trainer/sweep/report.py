@@ -1,4 +1,5 @@
-"""What a sweep leaves behind: best.json, leaderboard.csv, history.svg, importances.svg."""
+"""What a sweep leaves behind: best.json, best-full.json, leaderboard.csv, history.svg,
+importances.svg."""
 
 from __future__ import annotations
 
@@ -96,9 +97,8 @@ def write_outputs(study: Any, settings: SweepSettings, elapsed: float) -> dict[s
         summary["baseline"] = {"trial": base.number, "value": base.value}
     if done:
         best = max(done, key=lambda t: (t.value, -t.number))
-        config = settings.space.apply(settings.config, best.params, source=f"trial {best.number}")
-        atomic_write_json(settings.sweep_dir / "best.json", config.to_dict())
-        files.append("best.json")
+        write_best(settings, best)
+        files += ["best.json", "best-full.json"]
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
                            "run_dir": str(settings.sweep_dir / "trials" / str(best.number))}
         _optional(files, notes, "history.svg", lambda: write_svg(
@@ -114,9 +114,31 @@ def write_outputs(study: Any, settings: SweepSettings, elapsed: float) -> dict[s
         notes.append(f"no importances.svg: {imp}")
     elif _optional(files, notes, "importances.svg", lambda: write_svg(
             settings.sweep_dir / "importances.svg",
-            render_svg(_draw_importances, imp, settings.study))):
-        summary["importances"] = imp
+            render_svg(_draw_importances, imp, _importance_title(settings.study, len(done))))):
+        summary["importances"] = imp  # with fewer than TRUSTED_TRIALS: a caveat where shown
     return summary | {"files": files, "notes": notes}
+
+
+def write_best(settings: SweepSettings, best: Any) -> None:
+    """best.json: the best trial's config as the sweep trained it; best-full.json: its
+    hyper-parameters with the base config's epochs and validation split (what to train next).
+    Each says which it is in its first line, which `trainer train` prints first."""
+    source = f"trial {best.number}"
+    measured = settings.space.apply(settings.config, best.params, source=source)
+    full = settings.space.apply(settings.full_config or settings.config, best.params,
+                                source=source)
+
+    def budget(c: Any) -> str:
+        return f"{c.epochs} epochs, validation_split {c.validation_split:g}"
+
+    atomic_write_json(settings.sweep_dir / "best.json", {
+        "comment": f"the sweep's best trial ({best.number}, validation accuracy "
+                   f"{best.value:.2%}) as the sweep trained it: {budget(measured)}; "
+                   f"best-full.json trains it with {budget(full)}"} | measured.to_dict())
+    atomic_write_json(settings.sweep_dir / "best-full.json", {
+        "comment": f"the sweep's best trial ({best.number})'s hyper-parameters with the base "
+                   f"config's {budget(full)}; best.json is the trial as the sweep trained it "
+                   f"({budget(measured)})"} | full.to_dict())
 
 
 def _optional(files: list[str], notes: list[str], name: str, write: Callable[[], None]) -> bool:
@@ -134,6 +156,9 @@ def _optional(files: list[str], notes: list[str], name: str, write: Callable[[],
 # fewer than two trials in that top group it cannot tell a parameter from noise.
 TOP_QUANTILE = 0.1
 MIN_TOP_TRIALS = 2
+# below this many completed trials the importances are drawn with a caveat: a top group of 2
+# out of 5 trials tells a parameter from chance poorly
+TRUSTED_TRIALS = 10
 
 
 def importances(study: Any, done: list[Any], names: list[str]) -> dict[str, float] | str:
@@ -150,6 +175,11 @@ def importances(study: Any, done: list[Any], names: list[str]) -> dict[str, floa
     quantile = min(0.5, max(TOP_QUANTILE, MIN_TOP_TRIALS / len(done)))
     return get_param_importances(
         study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile), params=varied)
+
+
+def _importance_title(study: str, done: int) -> str:
+    return study if done >= TRUSTED_TRIALS else f"{study} (from {done} trials: too few to " \
+        f"say much)"
 
 
 def _draw_history(fig: Figure, trials: list[Any], baseline: float | None, title: str) -> None:

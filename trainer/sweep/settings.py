@@ -31,6 +31,9 @@ class SweepSettings:
     workers: int = 1
     heartbeat: int = HEARTBEAT_SECONDS  # a RUNNING trial silent for 3x this is failed, retried
     max_retry: int = 3
+    # the config best-full.json starts from: the base config with the sweep's budget (its
+    # epochs, its validation split) taken back out; None: the same as `config`
+    full_config: Config | None = None
 
     @property
     def url(self) -> str:

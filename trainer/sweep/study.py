@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.errors import TrainerError, UsageError
+from trainer.errors import TrainerError, UsageError, install_hint
 from trainer.sweep.report import retried_numbers
 from trainer.sweep.space import Space
 
@@ -33,7 +33,7 @@ def require_optuna() -> None:
         import sqlalchemy  # noqa: F401
     except ImportError as e:
         raise UsageError(f"sweeps need Optuna and SQLAlchemy ({e}): "
-                         f"pip install 'trainer[sweep]'") from None
+                         f"{install_hint('sweep')}") from None
 
 
 @contextlib.contextmanager

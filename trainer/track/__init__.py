@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from trainer.errors import UsageError
+from trainer.errors import UsageError, install_hint
 from trainer.track.groups import BatchLog, SweepLog
 from trainer.track.live import RunLog, Tracking
 from trainer.track.record import RunRecord, read_record, train_samples
@@ -34,7 +34,7 @@ def log_targets(values: list[str] | None, env: str | None = None) -> tuple[str, 
         module, extra = TARGETS[name]
         if importlib.util.find_spec(module) is None:
             raise UsageError(f"--log {name} needs {module}, which is not installed: "
-                             f"pip install 'trainer[{extra}]'")
+                             f"{install_hint(extra)}")
         if name not in out:
             out.append(name)
     return tuple(out)

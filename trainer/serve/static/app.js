@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const pad = $("pad");
 const ctx = pad.getContext("2d", { willReadFrequently: true });
 let classNames = [];
-let strokes = []; // {kind: "line", points: [[x, y], ...]} or {kind: "image", bitmap}
+let strokes = []; // {kind: "line", points: [[x, y], ...]} or {kind: "image", bitmap, file}
 let current = null; // the stroke being drawn
 let sent = 0; // sequence number of the latest request
 let shown = 0; // sequence number of the reply on screen: older replies are stale, dropped
@@ -91,16 +91,21 @@ pad.addEventListener("pointercancel", endStroke);
 
 $("clear").addEventListener("click", () => { strokes = []; redraw(); predictNow(); });
 $("undo").addEventListener("click", () => { strokes.pop(); redraw(); predictNow(); });
+// An opened image replaces the drawing, and the file itself goes to the server, which prepares
+// it as `trainer predict` prepares the same file (letterboxed onto the black pad, a light photo
+// would have black bars for a background). Drawing on it afterwards sends the pad.
 $("open").addEventListener("change", async (e) => {
   const file = e.target.files[0];
   e.target.value = "";
   if (!file) return;
+  let bitmap;
   try {
-    strokes.push({ kind: "image", bitmap: await createImageBitmap(file) });
+    bitmap = await createImageBitmap(file);
   } catch (err) {
     $("status").textContent = "cannot read that image: " + err.message;
     return;
   }
+  strokes = [{ kind: "image", bitmap, file }];
   redraw();
   predictNow();
 });
@@ -120,14 +125,22 @@ function predictNow() {
   const seq = ++sent;
   pad.dataset.seq = String(seq);
   if (!strokes.length) { show(seq, null, "draw a digit"); return; }
-  const rgba = ctx.getImageData(0, 0, pad.width, pad.height).data;
-  const pixels = new Array(pad.width * pad.height);
-  for (let i = 0; i < pixels.length; i++) pixels[i] = rgba[4 * i]; // gray: white ink on black
-  fetch("/api/predict", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ pixels, width: pad.width, height: pad.height }),
-  })
+  let request;
+  if (strokes.length === 1 && strokes[0].kind === "image") {
+    const form = new FormData();
+    form.append("image", strokes[0].file);
+    request = fetch("/api/predict/image", { method: "POST", body: form });
+  } else {
+    const rgba = ctx.getImageData(0, 0, pad.width, pad.height).data;
+    const pixels = new Array(pad.width * pad.height);
+    for (let i = 0; i < pixels.length; i++) pixels[i] = rgba[4 * i]; // gray: white on black
+    request = fetch("/api/predict", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ pixels, width: pad.width, height: pad.height }),
+    });
+  }
+  request
     .then(async (r) => {
       const body = await r.json();
       show(seq, r.ok ? body : null, r.ok ? "" : body.error);
@@ -141,6 +154,7 @@ function show(seq, reply, message) {
   $("answer").dataset.seq = String(seq);
   $("status").textContent = message || "";
   const seen = $("seen").getContext("2d");
+  $("warning").textContent = "";
   if (!reply) {
     seen.clearRect(0, 0, 28, 28);
     $("prediction").textContent = "–";
@@ -150,6 +164,7 @@ function show(seq, reply, message) {
   seen.putImageData(grayImage(reply.image, 28, 28), 0, 0);
   $("prediction").textContent = reply.prediction;
   $("status").textContent = pct(reply.probabilities[reply.index]) + " sure";
+  $("warning").textContent = (reply.warnings || []).join(" ");
   renderBars(reply.probabilities);
 }
 
@@ -249,7 +264,7 @@ function chart(title, rows, series, fixed) {
   root.append(svg("text", { x: 2, y: T + 4 }, fmt(hi)), svg("text", { x: 2, y: H - B }, fmt(lo)));
   root.append(svg("text", { x: L, y: 10 }, title));
   root.append(svg("text", { x: W - R - 40, y: H - 6 }, `epoch ${n}`));
-  let legend = L + 70;
+  let legend = L + 70; // a swatch of each line's colour, then its name
   for (const [key, color, label] of series) {
     const pts = rows.map((r, i) => (r[key] === null ? null : `${x(i)},${y(r[key])}`)).filter(Boolean);
     if (!pts.length) continue;
@@ -258,8 +273,11 @@ function chart(title, rows, series, fixed) {
       const [cx, cy] = p.split(",");
       root.append(svg("circle", { cx, cy, r: 2, fill: color }));
     }
-    if (series.length > 1) root.append(svg("text", { x: legend, y: 10, fill: color }, label));
-    legend += 50;
+    if (series.length > 1) {
+      root.append(svg("rect", { x: legend, y: 3, width: 12, height: 8, fill: color, class: "swatch" }));
+      root.append(svg("text", { x: legend + 15, y: 10, class: "legend" }, label));
+      legend += 54;
+    }
   }
   return root;
 }
