@@ -132,6 +132,12 @@ class Backend:
     # (numba_step.py's `steps`, its arguments documented there), or None where it has none for
     # that dtype; trainer/core/fused.py's FusedStep drives it for the configs it covers
     fused: Callable[[str], Any] | None = None
+    # the device library's own out-of-memory errors (the host's MemoryError is always one)
+    memory_errors: tuple[type[BaseException], ...] = ()
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether `exc` says that the host or this backend's device ran out of memory."""
+        return isinstance(exc, (MemoryError, *self.memory_errors))
 
 
 @dataclass(frozen=True)

@@ -331,4 +331,5 @@ def test_out_of_memory_in_a_batch_is_one_message(idx_dir: Path, tmp_path: Path,
     result = run("train", a, b, "--data-dir", idx_dir, "--run-dir", tmp_path / "g", "-q")
     assert result.exit_code == 1
     out = " ".join(result.output.split())
-    assert "a-seed0: out of memory at batch size 16 on numpy" in out and "Traceback" not in out
+    assert "a-seed0: out of memory training at batch size 16 on numpy" in out
+    assert "host memory" in out and "fewer --workers" not in out and "Traceback" not in out

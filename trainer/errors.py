@@ -23,3 +23,8 @@ class DataError(UsageError):
 
 class FetchError(DataError):
     """Every source for a dataset failed; the message lists what was tried."""
+
+
+class OutOfMemory(TrainerError):
+    """The host or the device ran out of memory; the message says at what batch size and how
+    much memory there was."""

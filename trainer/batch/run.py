@@ -21,8 +21,9 @@ from trainer.errors import TrainerError, UsageError
 from trainer.fileio import atomic_write_json
 from trainer.run.catalog import is_run_dir, read_run
 from trainer.run.checkpoint import LATEST, PREVIOUS, load_checkpoint, save_checkpoint
+from trainer.run.failures import recorded_failures
 from trainer.run.results import Callbacks, DivergedError, Engine, EpochStats, Interrupted
-from trainer.run.rundir import diverged_metrics, hold_run, run_metrics, run_record, write_run
+from trainer.run.rundir import hold_run, run_metrics, run_record, write_run
 from trainer.run.train import auto_blas_threads, load_backend, train
 
 from .plan import Batch, Member
@@ -97,20 +98,14 @@ def _train(member: Member, batch: Batch, place: Place, data: Dataset, backend: B
         on_epoch=on_epoch, stop_requested=stop_requested, checkpoint_every=place.checkpoint_every,
         checkpoint=lambda st: save_checkpoint(path, dataclasses.replace(st, run=record)))
     try:
-        result = train(cfg, data, backend, limit_train=batch.limit_train,
-                       limit_test=batch.limit_test, resume=state, callbacks=callbacks,
-                       engine=Engine(blas_threads=threads, prefetch=place.workers == 1))
-    except DivergedError as e:
-        atomic_write_json(path / "metrics.json", diverged_metrics(e, backend.name, cfg))
+        with recorded_failures(path, cfg, backend, place.workers):
+            result = train(cfg, data, backend, limit_train=batch.limit_train,
+                           limit_test=batch.limit_test, resume=state, callbacks=callbacks,
+                           engine=Engine(blas_threads=threads, prefetch=place.workers == 1))
+    except DivergedError as e:  # recorded in its metrics.json; the batch goes on
         on_event({"event": "done", "run": member.dirname, "state": "diverged",
                   "message": str(e)})
         return
-    except Exception as e:  # MemoryError, or a GPU library's own out-of-memory error
-        if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
-            raise TrainerError(f"{path}: out of memory at batch size {cfg.batch_size} on "
-                               f"{backend.name} ({type(e).__name__}: {e}); try a smaller "
-                               f"--batch-size or network, or fewer --workers") from None
-        raise
     metrics = run_metrics(result, data.class_names, backend.version, data, place.fingerprint)
     write_run(path, result, data.class_names, metrics, title=member.dirname)
     on_event({"event": "done", "run": member.dirname, "state": "finished",
