@@ -113,3 +113,16 @@ def test_imports_point_down(graph: dict[str, set[str]]) -> None:
             if other_rank > rank:
                 wrong.append(f"{module} ({part}) imports {target} ({other})")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_test_modules_import_no_other_test_module() -> None:
+    """Shared test code lives in helpers.py, references.py and conftest.py: a test module that
+    imports another hides where its helpers are and runs that module's imports too."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name} imports {n}" for n in names if n.startswith("test_")]
+    assert not found

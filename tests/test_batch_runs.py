@@ -15,22 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run
 from safetensors.numpy import load_file
-from typer.testing import CliRunner
 
 import trainer.batch.run
 from trainer.batch import parse_seeds
-from trainer.cli.app import app
 from trainer.core.config import default_config
 from trainer.errors import UsageError
 from trainer.run.checkpoint import LATEST, load_checkpoint
 
-runner = CliRunner()
 MEMBERS = ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def write_configs(tmp_path: Path, epochs: int = 1) -> tuple[Path, Path]:
