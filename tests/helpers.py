@@ -13,8 +13,10 @@ import pytest
 from conftest import make_dataset
 from typer.testing import CliRunner, Result
 
+from trainer import backends
 from trainer.cli.app import app
 from trainer.core.config import Config, default_config
+from trainer.core.fused import unsupported
 from trainer.data.dataset import Dataset
 from trainer.run.checkpoint import LATEST
 
@@ -42,6 +44,15 @@ def write_config(tmp_path: Path, name: str = "tiny", **changes) -> Path:
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(cfg))
     return path
+
+
+def skip_if_numpys_step(backend: backends.Backend, config: Config) -> None:
+    """Skip a comparison with numpy where `backend` trains `config` with NumPy's own step:
+    numba does, for the configs its kernel does not cover (test_numba_step checks that they
+    route there), and NumPy against itself proves nothing."""
+    why = unsupported(config) if backend.fused is not None else None
+    if why is not None:
+        pytest.skip(f"{backend.name} trains this config with NumPy's step: {why}")
 
 
 # --- configs: a tiny network for the step's reference, and the recipes of resumable runs -------

@@ -33,10 +33,12 @@ def penalty_gradient(w: np.ndarray, kind: str | None, rate: float) -> np.ndarray
 
 
 def reference_steps(cfg: Config, params, x, t, batches, lr):
-    """What the step must do, written plainly: summed loss, then v = m v - lr g, w += v."""
+    """What the step must do, written plainly: summed loss, then v = m v - lr g, w += v.
+    Returns the new weights, each step's summed loss and each step's count of rows whose true
+    class has the largest output (before the step's update)."""
     params = [p.copy() for p in params]
     velocities = [np.zeros_like(p) for p in params]
-    losses = []
+    losses, hits = [], []
     for step, idx in enumerate(batches):
         # dropout: the masks of (seed, step, layer), from the generic hash
         masks = [keep_mask(np, np.arange(len(idx) * n).reshape(len(idx), n),
@@ -44,6 +46,7 @@ def reference_steps(cfg: Config, params, x, t, batches, lr):
                  for i, (n, p) in enumerate(zip(cfg.sizes[:-1], cfg.dropouts, strict=False))]
         outs, logits = forward(params, cfg.activations, x[idx], masks)
         loss, delta = loss_and_delta(cfg.loss, cfg.activations[-1], logits, outs[-1], t[idx])
+        hits.append(int(np.sum(np.argmax(outs[-1], axis=1) == np.argmax(t[idx], axis=1))))
         if cfg.loss_reduction == "mean":
             delta = delta / len(idx)
         grads = backward(params, cfg.activations, outs, delta, masks)
@@ -53,7 +56,7 @@ def reference_steps(cfg: Config, params, x, t, batches, lr):
             v[...] = cfg.momentum * v - lr * g
             w += cfg.momentum * v - lr * g if cfg.nesterov else v
         losses.append(float(loss))
-    return params, losses
+    return params, losses, hits
 
 
 def adam_reference(cfg: Config, params, x, t, batches, lr):
@@ -95,17 +98,17 @@ def check_reference(cfg: Config, make: Callable[[list[np.ndarray]], Any],
     perm = np.array([0, 3, 5, 7, 1, 2, 9, 4, 8, 6])  # batches of 4, the last of 2
     batches = [perm[:4], perm[4:8], perm[8:]]
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
-    want_params, want_losses = reference_steps(cfg, host, x, np.eye(4)[labels], batches,
-                                               cfg.learning_rate)
+    want_params, want_losses, want_hits = reference_steps(cfg, host, x, np.eye(4)[labels],
+                                                          batches, cfg.learning_rate)
     step = make(host)
     step.begin_epoch(asarray(x), asarray(labels), asarray(perm), [cfg.learning_rate] * 3, 0)
     loss, correct, broke, last = step.run(0, 2, 0.0, 0.0)
     assert broke is None and step.global_step == 2
     assert loss == pytest.approx(sum(want_losses[:2]), rel=1e-12)
-    assert last == pytest.approx(want_losses[1], rel=1e-12)
+    assert last == pytest.approx(want_losses[1], rel=1e-12) and correct == sum(want_hits[:2])
     loss, correct, broke, last = step.run(2, 1, loss, correct)
     assert loss == pytest.approx(sum(want_losses), rel=1e-12) and step.global_step == 3
-    assert 0 <= correct <= 10 and correct == int(correct)
+    assert correct == sum(want_hits)
     for got, want in zip(step.params, want_params, strict=True):
         np.testing.assert_allclose(to_numpy(got), want, rtol=1e-11, atol=1e-13)
 

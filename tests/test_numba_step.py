@@ -129,15 +129,15 @@ def _run(cfg: Config, data, be: backends.Backend) -> Run:
     {"layers": [{"nodes": 20, "activation": "relu", "dropout": 0.2},
                 {"nodes": 8, "activation": "softmax"}, {"nodes": 4}]},
 ])
-def test_other_configs_train_as_on_numpy(numba: backends.Backend, change: dict) -> None:
-    """What the kernel does not cover runs NumPy's own step: the same bits as numpy."""
+def test_other_configs_route_to_numpys_step(numba: backends.Backend, change: dict) -> None:
+    """What the kernel does not cover runs NumPy's own step, the kind numpy picks (the bits are
+    then numpy's by construction: comparing them would compare NumPy with itself)."""
     data = make_dataset(n_train=160)
     cfg = covered_config(dtype="float32", **change)
     assert unsupported(cfg) is not None
-    assert isinstance(_run(cfg, data, numba).step, FlatStep)
-    ref, got = train(cfg, data, "numpy"), train(cfg, data, numba)
-    for r, g in zip(ref.params, got.params, strict=True):
-        assert np.array_equal(r, g)
+    kind = type(_run(cfg, data, numba).step)
+    assert kind is type(_run(cfg, data, backends.load("numpy")).step)
+    assert kind is not FusedStep and issubclass(kind, FlatStep)
 
 
 def test_same_seed_same_bits_and_another_seed_other_bits(numba: backends.Backend) -> None:

@@ -21,6 +21,13 @@ from trainer.core.network import forward, init_params
 from trainer.core.step import FlatStep, PlainStep, VelocityStep, make_step
 
 
+@pytest.fixture
+def backend(step_backend: backends.Backend) -> backends.Backend:
+    """conftest's step_backend: numba's per-batch steps are numpy's own code (NumPy against
+    itself proves nothing); its fused step is tested in test_numba_step.py."""
+    return step_backend
+
+
 def one_pass(k: backends.Kernels) -> backends.Kernels:
     """NumPy stand-ins for the kernels only CuPy offers (bias_activate, sgd_update, keep_mask,
     accumulate), each doing what its contract says with plain NumPy: the step's use of them is
@@ -72,7 +79,7 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
     t = np.eye(4)[labels]
     batches = [np.array([0, 3, 5, 7]), np.array([1, 2, 9, 4]), np.array([8, 6])]  # last partial
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
-    want_params, want_losses = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
+    want_params, want_losses, _ = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
     for mode, (kind, kernels) in kernel_sets(backend).items():
         params = [backend.asarray(p.copy()) for p in host]  # numpy's asarray does not copy
         velocities = [backend.asarray(np.zeros_like(p)) for p in host]
