@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from trainer import backends
 from trainer.cli.app import app
 from trainer.core.config import Config, default_config
-from trainer.core.fused import unsupported
+from trainer.core.step import select_step
 from trainer.data.dataset import Dataset
 from trainer.run.checkpoint import LATEST
 
@@ -50,7 +50,7 @@ def skip_if_numpys_step(backend: backends.Backend, config: Config) -> None:
     """Skip a comparison with numpy where `backend` trains `config` with NumPy's own step:
     numba does, for the configs its kernel does not cover (test_numba_step checks that they
     route there), and NumPy against itself proves nothing."""
-    why = unsupported(config) if backend.fused is not None else None
+    why = select_step(config, backend).fallback
     if why is not None:
         pytest.skip(f"{backend.name} trains this config with NumPy's step: {why}")
 

@@ -198,7 +198,8 @@ def test_live_bar_after_a_resume_mid_epoch(monkeypatch: pytest.MonkeyPatch) -> N
     from trainer import backends
     from trainer.cli import display
     from trainer.cli.display import TrainProgress
-    from trainer.run.results import RunningSums, StepInfo
+    from trainer.core.step.sums import RunningSums
+    from trainer.run.results import StepInfo
 
     now = [100.0]
     monkeypatch.setattr(display, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))

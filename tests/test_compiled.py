@@ -31,9 +31,9 @@ from references import (
 )
 
 from trainer import backends
-from trainer.core.compiled import CompiledStep
 from trainer.core.config import Config
 from trainer.core.network import init_params
+from trainer.core.step import CompiledStep
 from trainer.run.checkpoint import load_checkpoint
 from trainer.run.results import Callbacks, StepInfo
 from trainer.run.train import train
@@ -67,10 +67,10 @@ def test_compiled_adam_matches_hand_computation(jax: backends.Backend, optimizer
     want = adam_reference(cfg, host, x, np.eye(3)[labels], [perm[:4], perm[4:8], perm[8:]],
                           0.01)
     step = compiled(jax, cfg, host)
-    step.begin_epoch(jax.asarray(x), jax.asarray(labels), jax.asarray(perm), [0.01] * 3, 0)
-    step.run(0, 1, 0.0, 0.0)  # one stretch a step: Adam's t must follow the global step
-    step.run(1, 1, 0.0, 0.0)
-    step.run(2, 1, 0.0, 0.0)
+    step.begin_epoch(jax.asarray(x), jax.asarray(labels), jax.asarray(perm), [0.01] * 3, 0,
+                     0.0, 0.0)
+    for s in range(3):  # one stretch a step: Adam's t must follow the global step
+        step.run(s, 1)
     for got, w in zip(step.params, want, strict=True):
         np.testing.assert_allclose(jax.to_numpy(got), w, rtol=1e-10, atol=1e-12)
 

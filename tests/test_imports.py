@@ -75,7 +75,8 @@ def layer(module: str) -> tuple[str, int]:
 
 def test_the_graph_sees_the_layers(graph: dict[str, set[str]]) -> None:
     assert "trainer.core.step" in graph and "trainer.backends.numpy" in graph
-    assert "trainer.core.config" in graph["trainer.core.step"]
+    assert "trainer.core.config" in graph["trainer.core.step.state"]
+    assert "trainer.core.step.select" in graph["trainer.core.step"]  # a package: its __init__
     assert "trainer.backends.ndkernels" in graph["trainer.backends.numpy"]  # relative imports
     assert all(layer(m)[0] in LAYERS for m in graph)
 

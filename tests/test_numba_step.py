@@ -1,4 +1,4 @@
-"""The numba backend's fused step (backends/numba_step.py, trainer/core/fused.py): its exp and
+"""The numba backend's fused step (backends/numba_step.py, trainer/core/step/fused.py): its exp and
 tanh against NumPy's in float64, its steps against the plain float64 reference of test_step,
 NumPy's runs, and itself (seeds, resumes, where its stretches of steps are cut)."""
 
@@ -15,9 +15,8 @@ from references import check_divergence, check_reference, check_resume, check_se
 
 from trainer import backends
 from trainer.core.config import Config
-from trainer.core.fused import FusedStep, unsupported
 from trainer.core.network import init_params
-from trainer.core.step import FlatStep
+from trainer.core.step import FlatStep, FusedStep, unsupported
 from trainer.run.loop import Run
 from trainer.run.results import Callbacks, Engine
 from trainer.run.train import train
@@ -86,8 +85,8 @@ def test_correct_counts_the_rows_whose_true_class_is_largest(numba: backends.Bac
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
     want = int(np.sum(np.argmax(x @ host[0] + host[1], axis=1) == labels))
     step = fused(numba, cfg, host)
-    step.begin_epoch(x, labels, np.arange(12), [0.0] * 3, 0)  # rate 0: the weights stay
-    assert step.run(0, 3, 0.0, 0.0)[1] == want
+    step.begin_epoch(x, labels, np.arange(12), [0.0] * 3, 0, 0.0, 0.0)  # rate 0: weights stay
+    assert step.run(0, 3) is None and step.sums.correct == want
 
 
 def test_float64_weights_match_the_plain_step_after_60_steps(numba: backends.Backend) -> None:

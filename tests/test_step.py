@@ -15,10 +15,10 @@ from references import reference_steps
 
 from trainer import backends
 from trainer.backends import numpy_blas
-from trainer.core import step as step_module
 from trainer.core.dropout import keep_mask
 from trainer.core.network import forward, init_params
 from trainer.core.step import FlatStep, PlainStep, VelocityStep, make_step
+from trainer.core.step import flat as step_module
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_softmax_xent_kernel_takes_an_unhashable_device() -> None:
 def test_running_sums_on_a_device_add_up_as_on_the_host() -> None:
     """Device sums are float64 (by pairs with an accumulate kernel): the same figures as the
     host's Python floats, and a step's loss is read every DEVICE_LOSS_CHECK steps only."""
-    from trainer.run.results import DEVICE_LOSS_CHECK, RunningSums
+    from trainer.core.step.sums import DEVICE_LOSS_CHECK, RunningSums
 
     numpy = backends.load("numpy")
     device = dataclasses.replace(numpy, on_host=False, kernels=backends.Kernels())

@@ -29,8 +29,8 @@ from trainer.cli.options import (
     Opt,
 )
 from trainer.core.config import Config
-from trainer.core.fused import unsupported
 from trainer.core.schedule import constant_rate
+from trainer.core.step import select_step
 from trainer.data.dataset import Dataset
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json
@@ -65,15 +65,6 @@ def print_config(config: Config, name: str, backend: str, device: str, how: str 
             table.add_row(key, str(value))
     table.add_row("backend", f"{backend} ({device}{'; ' + how if how else ''})")
     console.print(table)
-
-
-def fused_note(backend: Backend, config: Config) -> str:
-    """For a backend with a fused kernel (numba): whether this config's steps run compiled,
-    or why they run NumPy's step instead."""
-    if backend.fused is None:
-        return ""
-    why = unsupported(config)
-    return "whole steps compiled" if why is None else f"NumPy's step: {why}"
 
 
 @contextlib.contextmanager
@@ -234,7 +225,8 @@ def train_cmd(
             console.print(escape(finished), soft_wrap=True)
             return
         if not (quiet or as_json):
-            print_config(cfg, run_name, loaded.name, loaded.device_name, fused_note(loaded, cfg))
+            print_config(cfg, run_name, loaded.name, loaded.device_name,
+                         select_step(cfg, loaded).note)
         path = resume if resume is not None else claim_run_dir(run_dir, run_name)
         if resume is None:
             atomic_write_json(path / "config.json", cfg.to_dict())
