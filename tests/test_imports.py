@@ -127,3 +127,15 @@ def test_test_modules_import_no_other_test_module() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{path.name} imports {n}" for n in names if n.startswith("test_")]
     assert not found
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject lists the packages by hand: a new one left out would be missing once
+    installed (from a checkout every import still works)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "trainer").rglob(
+        "__init__.py") if "backends" not in p.relative_to(ROOT).parts}
+    assert found | {"trainer.backends"} == listed
