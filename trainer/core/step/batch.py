@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from trainer.backends import Backend, Kernel
+from trainer.backends import Backend, Kernel, Kernels
+from trainer.core.config import Config
 from trainer.core.losses import diverged
 from trainer.core.step.reference import train_batch
 from trainer.core.step.state import Divergence, Step
@@ -27,8 +28,9 @@ class BatchStep(Step):
     step on the host and now and then on a device.
     """
 
-    def __init__(self, config: Any, xp: Any, params: Sequence[Array],
-                 velocities: Sequence[Array]) -> None:
+    def __init__(self, config: Config, xp: Any, params: Sequence[Array],
+                 velocities: Sequence[Array], kernels: Kernels | None = None) -> None:
+        """(`kernels`: the backend's, for the fast steps; the plain step uses none.)"""
         super().__init__(config, xp, params, velocities)
         self.backend: Backend | None = None  # where the sums live (None: the host)
         # (x, perm, batch_size, first_step) -> the batches' rows gathered ahead, in a thread

@@ -40,7 +40,7 @@ class FlatStep(BatchStep):
     def __init__(self, config: Config, xp: Any, params: Sequence[Array],
                  velocities: Sequence[Array], kernels: Kernels,
                  in_gemm: Sequence[bool] | None = None) -> None:
-        super().__init__(config, xp, params, velocities)
+        super().__init__(config, xp, params, velocities, kernels)
         self.kernels = kernels
         self.hash_kernel, self.keep_mask_kernel = kernels.hash32, kernels.keep_mask
         self.fused_ce = config.loss == "cross_entropy"

@@ -74,7 +74,4 @@ def batch_step_class(config: Config, kernels: Kernels | None) -> type[BatchStep]
 def make_step(config: Config, xp: Any, params: Sequence[Array], velocities: Sequence[Array],
               kernels: Kernels | None = None) -> BatchStep:
     """batch_step_class's step, built (tests build each kind with kernels of their choice)."""
-    cls = batch_step_class(config, kernels)
-    if cls is PlainStep:
-        return PlainStep(config, xp, params, velocities)
-    return cls(config, xp, params, velocities, kernels)
+    return batch_step_class(config, kernels)(config, xp, params, velocities, kernels)
