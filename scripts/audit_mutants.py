@@ -72,7 +72,7 @@ def main() -> None:
         # would make every mutant look caught, so the mutants' runs leave it out
         baseline = subprocess.run(command, cwd=copy, capture_output=True, text=True)
         failing = re.findall(r"^FAILED (\S+)", baseline.stdout, re.M)
-        if baseline.returncode not in (0, 1) or len(failing) > 5:
+        if baseline.returncode not in (0, 1) or len(failing) > 25:
             sys.exit("error: the unmutated copy fails its tests:\n" + baseline.stdout[-2000:])
         for test in failing:
             print(f"fails unmutated here, left out: {test}")
