@@ -25,7 +25,7 @@ Kernel = Callable[..., Any]
 
 @dataclass(frozen=True)
 class Kernels:
-    """Optional accelerations the training step uses where present (trainer/core/step.py); a
+    """Optional accelerations the training step uses where present (trainer/core/step/); a
     field left None is done in plain array-API code. Each names the reference it mirrors.
 
     With `matmul` and `sum0` the step keeps its parameters as views of one flat buffer, so the
@@ -89,7 +89,7 @@ class Kernels:
 
 @dataclass(frozen=True)
 class Compiler:
-    """What a backend that compiles whole functions offers (jax): trainer/core/step.py's
+    """What a backend that compiles whole functions offers (jax): trainer/core/step/compiled.py's
     CompiledStep traces the plain step once with it and runs many steps as one loop on the
     device, so no step pays Python's dispatch of each of its ~40 array operations."""
 
@@ -130,8 +130,14 @@ class Backend:
     compiler: Compiler | None = None
     # (dtype name) -> a kernel that runs a stretch of whole training steps on host arrays
     # (numba_step.py's `steps`, its arguments documented there), or None where it has none for
-    # that dtype; trainer/core/fused.py's FusedStep drives it for the configs it covers
+    # that dtype; trainer/core/step/fused.py's FusedStep drives it for the configs it covers
     fused: Callable[[str], Any] | None = None
+    # the device library's own out-of-memory errors (the host's MemoryError is always one)
+    memory_errors: tuple[type[BaseException], ...] = ()
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether `exc` says that the host or this backend's device ran out of memory."""
+        return isinstance(exc, (MemoryError, *self.memory_errors))
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def load(device: str | None = None) -> Backend:
         version=cupy.__version__, asarray=asarray, to_numpy=cupy.asnumpy,
         synchronize=dev.synchronize, on_host=False, memory=memory, scope=lambda: dev,
         devices=tuple(f"cuda:{i}" for i in range(count)), kernels=kernels,
+        memory_errors=(cupy.cuda.memory.OutOfMemoryError,),
     )
 
 

@@ -29,6 +29,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import numpy_blas
+from .fused_args import IDENTITY, RELU, SIGMOID, TANH, FusedArgs
 
 ROW_MAJOR, NO_TRANS, TRANS = numpy_blas.ROW_MAJOR, numpy_blas.NO_TRANS, numpy_blas.TRANS
 # exp(x) for x below these is taken as 0 (float32: e^-60 ~ 1e-26; float64: e^-600 ~ 1e-261,
@@ -160,13 +161,13 @@ def _bias_activate(z: np.ndarray, b: np.ndarray, act: int) -> None:
         row = z[r]
         for j in range(h):
             row[j] += b[j]
-        if act == 1:  # sigmoid as activations.sigmoid: 0.5 (tanh(z / 2) + 1)
+        if act == SIGMOID:  # as activations.sigmoid: 0.5 (tanh(z / 2) + 1)
             for j in range(h):
                 row[j] = half * vtanh(half * row[j]) + half
-        elif act == 2:
+        elif act == TANH:
             for j in range(h):
                 row[j] = vtanh(row[j])
-        elif act == 3:
+        elif act == RELU:
             for j in range(h):
                 row[j] = max(row[j], zero)
 
@@ -179,13 +180,13 @@ def _activate_grad(g: np.ndarray, a: np.ndarray, act: int) -> None:
     zero = g.dtype.type(0.0)
     for r in range(n):
         gr, ar = g[r], a[r]
-        if act == 1:
+        if act == SIGMOID:
             for j in range(h):
                 gr[j] *= ar[j] * (one - ar[j])
-        elif act == 2:
+        elif act == TANH:
             for j in range(h):
                 gr[j] *= one - ar[j] * ar[j]
-        elif act == 3:
+        elif act == RELU:
             for j in range(h):
                 gr[j] = gr[j] if ar[j] > zero else zero
 
@@ -274,25 +275,16 @@ def make_kernel(dtype: np.dtype) -> Callable[..., Any] | None:
 
 def _build(gemm: Any) -> Callable[..., Any]:
     @njit(boundscheck=False, nogil=True, error_model="numpy")
-    def steps(x_all: np.ndarray, labels_all: np.ndarray, perm: np.ndarray, scales: np.ndarray,
-              first: int, count: int, batch: int, batch_size: int, sizes: np.ndarray,
-              acts: np.ndarray, w: np.ndarray, v: np.ndarray, offsets: np.ndarray,
-              momentum: float, xbuf: np.ndarray, hbuf: np.ndarray, dbuf: np.ndarray,
-              labels: np.ndarray, sums: np.ndarray, diverged_nats: float,
-              check_nats: bool) -> tuple[int, float]:
-        """Steps first .. first + count - 1 of an epoch, step s on the `batch` rows
-        perm[s * batch_size:] of x_all (inputs) and labels_all (integer classes), its delta
-        factor scales[s] (trainer/core/step.py's Step._scale: -lr, or -lr / n for a mean loss).
-
-        The network: layer sizes `sizes`, hidden activations `acts` (one code per layer, the
-        last ignored: 0 identity, 1 sigmoid, 2 tanh, 3 relu; trainer/core/fused.py's HIDDEN),
-        weights and biases in the flat buffer w ([W0, b0, W1, b1, ...], W_i of shape (fan_in,
-        fan_out) row-major, starting at offsets[2 i] and b_i at offsets[2 i + 1]), their
-        velocities laid out alike in v, momentum `momentum`. Work buffers: xbuf (batch_size x
-        sizes[0]), hbuf (batch_size x sum(sizes[1:])), dbuf (2 x batch_size x the widest hidden
-        layer), labels (batch_size). sums[0] += each step's summed loss, sums[1] += its correct
-        count (float64). Stops after a step whose mean loss is not finite or (check_nats) above
-        diverged_nats. Returns (that step or -1, the last step's summed loss)."""
+    def steps(args: FusedArgs, first: int, count: int, batch: int) -> tuple[int, float]:
+        """Steps first .. first + count - 1 of an epoch, each on `batch` rows (FusedArgs says
+        what each of `args` is): forward, softmax cross-entropy, backward and momentum SGD,
+        each step's summed loss and correct count added to args.sums. Stops after a step whose
+        mean loss is not finite or above args.bound (losses.diverged's rule). Returns (that
+        step or -1, the last step's summed loss)."""
+        x_all, labels_all, perm, scales = args.x_all, args.labels_all, args.perm, args.scales
+        batch_size, sizes, acts, offsets = args.batch_size, args.sizes, args.acts, args.offsets
+        w, v, xbuf, hbuf, dbuf = args.w, args.v, args.xbuf, args.hbuf, args.dbuf
+        labels, sums, momentum = args.labels, args.sums, args.momentum
         layers = acts.shape[0]
         d = sizes[0]
         m = w.dtype.type(momentum)
@@ -315,7 +307,7 @@ def _build(gemm: Any) -> Callable[..., Any]:
                 gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, fo, fi, one, a_in.ctypes.data, fi,
                      wi.ctypes.data, fo, zero, z.ctypes.data, fo)
                 _bias_activate(z, w[offsets[2 * i + 1]:offsets[2 * i + 1] + fo],
-                               acts[i] if i < layers - 1 else 0)
+                               acts[i] if i < layers - 1 else IDENTITY)
                 a_in = z
                 h0 += n * fo
             loss, correct = _softmax_xent(a_in, labels[:n], scales[s])
@@ -343,7 +335,7 @@ def _build(gemm: Any) -> Callable[..., Any]:
                     delta = down
             _add(w, v)  # optim.sgd's w += v
             mean = loss / n
-            if not np.isfinite(mean) or (check_nats and mean > diverged_nats):
+            if not np.isfinite(mean) or mean > args.bound:
                 return s, last
         return -1, last
 

@@ -40,7 +40,7 @@ def _sgd_update(w: np.ndarray, v: np.ndarray, g: np.ndarray, m: float, nesterov:
                 rest: int) -> None:
     """optim.sgd over the flat buffers (below `rest` v is already updated: VelocityStep), a
     chunk at a time: the rule's very operations, so the same bits, but each chunk comes from
-    memory once instead of once per pass (scripts/sgd_update_ab.py: epochs of
+    memory once instead of once per pass (BENCHMARKS.md, by a since retired A/B script: epochs of
     configs/mnist-99.json, 1.3 million weights, 0.93x the time)."""
     scratch = _scratch(w.dtype)  # made once: nothing allocated per step
     for lo in range(0, w.shape[0], CHUNK):

@@ -43,4 +43,5 @@ def load(device: str | None = None) -> Backend:
         version=torch.__version__, asarray=asarray, to_numpy=to_numpy,
         synchronize=torch.cuda.synchronize if cuda else nop, on_host=not cuda,
         memory=memory if cuda else None, devices=devices,
+        memory_errors=(torch.cuda.OutOfMemoryError,),
     )

@@ -19,12 +19,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+# this checkout's own constants (the trees measured are run in their own processes)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from trainer.bench.run import BLAS_TRAPS  # noqa: E402
+
 # the worker's module moved with the layout of 2026-11-30; either tree may be the older one
 WORKER = ("import json, sys\n"
           "try:\n    from trainer.bench.run import worker\n"
           "except ImportError:\n    from trainer.bench import worker\n"
           "print(json.dumps(worker(json.loads(sys.argv[1]))))")
-BLAS_TRAPS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # force an old, slow kernel when set
 
 
 def measure(tree: Path, spec: dict) -> list[float]:

@@ -39,7 +39,18 @@ def backend(request: pytest.FixtureRequest) -> backends.Backend:
 
 @pytest.fixture(params=_params(CPU_BACKENDS[1:], GPU_BACKENDS))
 def other_backend(request: pytest.FixtureRequest) -> backends.Backend:
-    """Every backend but numpy, to compare with numpy (numpy against itself proves nothing)."""
+    """Every backend but numpy, to compare with numpy (numpy against itself proves nothing):
+    numba only for the configs its kernel covers (helpers.skip_if_numpys_step)."""
+    return _load_param(request)
+
+
+# numba's per-batch steps are numpy's own code (its own is the fused step: test_numba_step.py)
+STEP_BACKENDS = [b for b in CPU_BACKENDS if b != "numba"]
+
+
+@pytest.fixture(params=_params(STEP_BACKENDS, GPU_BACKENDS))
+def step_backend(request: pytest.FixtureRequest) -> backends.Backend:
+    """Every backend whose per-batch training step is code of its own."""
     return _load_param(request)
 
 

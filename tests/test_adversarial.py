@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run as cli_run
 from PIL import Image
-from typer.testing import CliRunner
 
-from trainer.cli.app import app
 from trainer.run.model_io import SavedModel, load_model, save_model
 
-runner = CliRunner()
 ROOT = Path(__file__).parent.parent
 
 
 def run(*args: object, input: str | None = None):
-    return runner.invoke(app, [str(a) for a in args], input=input, terminal_width=200)
+    """The CLI at 200 columns: no message here is cut by wrapping."""
+    return cli_run(*args, input=input, width=200)
 
 
 # Runs the CLI in a fresh process and reports its peak RSS from /proc (VmHWM: the exec'd

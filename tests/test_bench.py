@@ -18,10 +18,11 @@ ROOT = Path(__file__).parent.parent
 def test_bench_script_writes_a_table_and_json(mnist, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--batch-sizes", "32,128",
+        [sys.executable, "-m", "trainer", "bench", "--batch-sizes", "32,128",
          "--backends", "numpy,array-api-strict", "--limit-train", "1000", "--epochs", "1",
          "--warmup", "0", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     rows = {(r["batch_size"], r["target"]): r for r in report["results"]}

@@ -11,18 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_data_folder
+from helpers import run
 from PIL import Image
-from typer.testing import CliRunner
+from references import numpy_forward_predict
 
-from trainer.cli.app import app
 from trainer.errors import UsageError
 from trainer.run.rundir import check_run_name, claim_run_dir
-
-runner = CliRunner()
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +169,6 @@ def test_train_json_is_machine_readable(mnist_dir: Path, tmp_path: Path) -> None
     # the accuracy of the saved model, run through an independent NumPy forward pass
     from safetensors import safe_open
     from safetensors.numpy import load_file
-    from test_cli_train import numpy_forward_predict
 
     from trainer.data.idx import read_images, read_labels
 

@@ -7,35 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run, write_config
+from references import numpy_forward_predict
 from safetensors.numpy import load_file
-from typer.testing import CliRunner
 
 from trainer.cli.app import app
-from trainer.core.config import Config, default_config
+from trainer.core.config import Config
 from trainer.data.dataset import load_dataset
 from trainer.data.idx import read_images, read_labels
 from trainer.run.results import Engine
 from trainer.run.train import train
-
-runner = CliRunner()
-
-
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def write_config(tmp_path: Path, name: str = "tiny", **changes) -> Path:
-    cfg = default_config().to_dict() | {"epochs": 2, "batch_size": 16} | changes
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(cfg))
-    return path
-
-
-def numpy_forward_predict(weights: dict, scaling: dict, images: np.ndarray) -> np.ndarray:
-    """An independent plain-NumPy forward pass of the saved 784-sigmoid-128-softmax-10 model."""
-    x = (images.reshape(len(images), -1) / 255.0 - scaling["mean"]) / scaling["std"]
-    h = 1.0 / (1.0 + np.exp(-(x @ weights["layers.0.weight"] + weights["layers.0.bias"])))
-    return np.argmax(h @ weights["layers.1.weight"] + weights["layers.1.bias"], axis=1)
 
 
 def test_train_writes_a_run_that_reproduces_its_accuracy(idx_dir: Path, tmp_path: Path) -> None:
@@ -217,7 +198,8 @@ def test_live_bar_after_a_resume_mid_epoch(monkeypatch: pytest.MonkeyPatch) -> N
     from trainer import backends
     from trainer.cli import display
     from trainer.cli.display import TrainProgress
-    from trainer.run.results import RunningSums, StepInfo
+    from trainer.core.step.sums import RunningSums
+    from trainer.run.results import StepInfo
 
     now = [100.0]
     monkeypatch.setattr(display, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_dataset, write_data_folder
+from helpers import isolate
 from typer.testing import CliRunner
 
 from trainer.cli.app import app
@@ -27,8 +28,7 @@ from trainer.errors import ConfigError, DataError
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch) -> None:
     """No test sees the user's real cache or data dir, and none may download anything."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("TRAINER_DATA_DIR", raising=False)
+    isolate(monkeypatch, tmp_path)
 
     def no_fetch(*args, **kwargs):
         raise AssertionError("tests must not fetch")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_dataset, write_data_folder
+from helpers import isolate
 from typer.testing import CliRunner
 
 from trainer.cli.data import data_app
@@ -18,8 +19,7 @@ SMALL = make_dataset(n_train=30, n_test=12, shape=(4, 5), classes=4)
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch) -> list[Path]:
     """A private cache, no data dir, and a fake fetch that records where it was asked to write."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("TRAINER_DATA_DIR", raising=False)
+    isolate(monkeypatch, tmp_path)
     fetched: list[Path] = []
 
     def fake_fetch(dataset: object, dest: Path, progress: object = None) -> str:

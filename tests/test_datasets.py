@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_publishers import Behaviour, make_publishers, serve
+from helpers import isolate
 
 from trainer.data.dataset import load_dataset, read_dataset
 from trainer.data.datasets import DATASETS, EMNIST_SPLITS, read_mapping
@@ -27,9 +28,7 @@ def pub():
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("TRAINER_DATA_DIR", raising=False)
-    monkeypatch.delenv("TRAINER_MIRROR", raising=False)
+    isolate(monkeypatch, tmp_path)
 
 
 def listing(folder: Path) -> list[str]:

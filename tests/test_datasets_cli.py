@@ -196,7 +196,7 @@ def test_bench_and_sweep_pass_the_dataset_on(tmp_path: Path, monkeypatch) -> Non
         return {"results": [], "versions": {}, "fastest": {},
                 "machine": {"cpu": {"model": "a CPU", "cores": 2, "simd": "AVX2"}}}
 
-    def fake_run_sweep(settings, on_update):
+    def fake_run_sweep(settings, *_args, **_kwargs):
         seen["sweep"] = settings.dataset
         raise SystemExit(0)
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from trainer import backends
-from trainer.core import step as step_module
 from trainer.core.activations import ACTIVATIONS
 from trainer.core.config import Config
 from trainer.core.losses import loss_and_delta
 from trainer.core.network import backward, forward
+from trainer.core.step import flat as step_module
 from trainer.core.step import make_step
 
 HIDDEN = list(ACTIVATIONS)

@@ -76,7 +76,8 @@ def layer(module: str) -> tuple[str, int]:
 
 def test_the_graph_sees_the_layers(graph: dict[str, set[str]]) -> None:
     assert "trainer.core.step" in graph and "trainer.backends.numpy" in graph
-    assert "trainer.core.config" in graph["trainer.core.step"]
+    assert "trainer.core.config" in graph["trainer.core.step.state"]
+    assert "trainer.core.step.select" in graph["trainer.core.step"]  # a package: its __init__
     assert "trainer.backends.ndkernels" in graph["trainer.backends.numpy"]  # relative imports
     assert all(layer(m)[0] in LAYERS for m in graph)
 
@@ -123,3 +124,28 @@ def test_the_cli_prints_what_it_did_not_write_through_one_function() -> None:
     for path in cli.glob("*.py"):
         if path.name != "console.py":
             assert "rich.markup import escape" not in path.read_text(), path.name
+
+
+def test_test_modules_import_no_other_test_module() -> None:
+    """Shared test code lives in helpers.py, references.py and conftest.py: a test module that
+    imports another hides where its helpers are and runs that module's imports too."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name} imports {n}" for n in names if n.startswith("test_")]
+    assert not found
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject lists the packages by hand: a new one left out would be missing once
+    installed (from a checkout every import still works)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "trainer").rglob(
+        "__init__.py") if "backends" not in p.relative_to(ROOT).parts}
+    assert found | {"trainer.backends"} == listed

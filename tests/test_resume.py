@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_dataset
+from helpers import RECIPES, resume_config, resume_data, train_until_checkpointed
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
@@ -29,30 +30,9 @@ from trainer.run.train import train
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()
 
-RECIPES = {
-    "sgd-dropout-shift-val": {"momentum": 0.9, "augment": {"shift": 1},
-                              "validation_split": 0.2},
-    "sgd-elastic-shift-val": {"momentum": 0.9, "validation_split": 0.2, "augment": {
-        "shift": 1, "elastic_alpha": 4.0, "elastic_sigma": 1.5, "rotate": 8.0, "scale": 0.1}},
-    "adam": {"optimizer": "adam", "learning_rate": 0.003,
-             "lr_schedule": {"type": "cosine", "warmup_epochs": 1}},
-}
-
-
-def config(recipe: str, epochs: int = 4) -> Config:
-    return Config.from_dict({
-        "layers": [{"nodes": 36, "activation": "relu", "dropout": 0.1},
-                   {"nodes": 12, "activation": "softmax", "dropout": 0.2}, {"nodes": 4}],
-        "learning_rate": 0.01, "batch_size": 16, "epochs": epochs} | RECIPES[recipe])
-
-
-def data():
-    return make_dataset(n_train=200, n_test=50, shape=(6, 6), classes=4, seed=5)
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_resume_after_an_epoch_is_bitwise_equal(recipe: str, tmp_path: Path) -> None:
-    cfg, d = config(recipe), data()
+    cfg, d = resume_config(recipe), resume_data()
     straight = train(cfg, d, "numpy")
     calls = []
 
@@ -74,7 +54,7 @@ def test_resume_after_an_epoch_is_bitwise_equal(recipe: str, tmp_path: Path) -> 
 
 
 def test_resume_at_an_epoch_boundary_is_bitwise_equal(tmp_path: Path) -> None:
-    cfg, d = config("sgd-dropout-shift-val"), data()
+    cfg, d = resume_config("sgd-dropout-shift-val"), resume_data()
     states: list[LoopState] = []
     straight = train(cfg, d, "numpy", callbacks=Callbacks(checkpoint=states.append))
     save_checkpoint(tmp_path, states[1])  # after epoch 2, through a file and back
@@ -85,7 +65,7 @@ def test_resume_at_an_epoch_boundary_is_bitwise_equal(tmp_path: Path) -> None:
 
 def test_checkpoint_every_n_steps(tmp_path: Path) -> None:
     states: list[LoopState] = []
-    train(config("adam", epochs=1), data(), "numpy",
+    train(resume_config("adam", epochs=1), resume_data(), "numpy",
           callbacks=Callbacks(checkpoint=states.append, checkpoint_every=5))
     assert [(s.epoch, s.step) for s in states] == [(1, 5), (1, 10), (2, 0)]
 
@@ -220,17 +200,6 @@ while True:
     i += 1
     save_checkpoint(sys.argv[1], LoopState(epoch=i, params=[np.full((300, 300), i, np.float32)]))
 """
-
-
-def train_until_checkpointed(cmd: list[str], run_dir: Path,
-                             wait: float = 60) -> subprocess.Popen:
-    """The training process `cmd`, started, once its run directory holds a checkpoint (or after
-    `wait` seconds): the moment the signal tests interrupt it."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + wait
-    while not (run_dir / LATEST).exists() and time.time() < deadline:
-        time.sleep(0.05)
-    return proc
 
 
 @pytest.mark.slow

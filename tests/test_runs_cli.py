@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import make_dataset, write_data_folder
-from typer.testing import CliRunner
+from helpers import run
 
-from trainer.cli.app import app
 from trainer.cli.console import console
 from trainer.core.config import default_config
 from trainer.run.rundir import hold_run
-
-runner = CliRunner()
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -96,18 +96,25 @@ def stroke(page, points, steps: int = 12) -> None:
     page.mouse.up()
 
 
+def open_page(p, server: str, width: int, height: int):
+    """Chromium at that viewport on the served page, once it is ready: (browser, page, the
+    page's errors, the URLs it requested)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(server)
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    return browser, page, errors, requests
+
+
 def test_draw_digits_and_open_a_confusion_cell(server, mnist, mnist_run, tmp_path):
     metrics = json.loads((mnist_run / "metrics.json").read_text())
     matrix = metrics["confusion_matrix"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        errors, requests = [], []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(server)
-        page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        browser, page, errors, requests = open_page(p, server, 1300, 1000)
         assert page.locator("#summary").text_content().startswith("784 -> 128 (sigmoid)")
         assert page.locator("#bars li").count() == 10
 
@@ -218,14 +225,7 @@ def test_a_phone_photo_opened_on_a_phone(server, mnist, mnist_run, tmp_path):
     from photos import phone_photo
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 390, "height": 844})
-        errors, requests = [], []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(server)
-        page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        browser, page, errors, requests = open_page(p, server, 390, 844)
         answered(page, lambda: stroke(page, [(70, 60), (210, 60)]))  # a bar, to be replaced
         hits = []
         for i in range(5):

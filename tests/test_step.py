@@ -10,72 +10,22 @@ import weakref
 
 import numpy as np
 import pytest
+from helpers import VARIANTS, step_config
+from references import reference_steps
 
 from trainer import backends
 from trainer.backends import numpy_blas
-from trainer.core import step as step_module
-from trainer.core.config import Config
-from trainer.core.dropout import keep_mask, step_key
-from trainer.core.losses import loss_and_delta
-from trainer.core.network import backward, forward, init_params
+from trainer.core.dropout import keep_mask
+from trainer.core.network import forward, init_params
 from trainer.core.step import FlatStep, PlainStep, VelocityStep, make_step
-
-VARIANTS = {
-    "sgd": {},
-    "nesterov": {"nesterov": True},
-    "l2": {"regularization_type": "L2", "regularization_rate": 0.01},
-    "l1": {"regularization_type": "L1", "regularization_rate": 0.01},
-    "mse-mean": {"loss": "mse", "loss_reduction": "mean",
-                 "layers": [{"nodes": 6, "activation": "relu"}, {"nodes": 5, "activation": "tanh"},
-                            {"nodes": 3, "activation": "sigmoid"}, {"nodes": 4}]},
-    # no in-place derivative kernel for leaky ReLU: the generic backward takes over
-    "leaky-identity": {"layers": [{"nodes": 6, "activation": "leaky_relu"},
-                                  {"nodes": 5, "activation": "identity"},
-                                  {"nodes": 3, "activation": "softmax"}, {"nodes": 4}]},
-    "dropout": {"layers": [{"nodes": 6, "activation": "sigmoid", "dropout": 0.2},
-                           {"nodes": 5, "activation": "relu", "dropout": 0.5},
-                           {"nodes": 3, "activation": "softmax", "dropout": 0.3}, {"nodes": 4}]},
-}
+from trainer.core.step import flat as step_module
 
 
-def config(**changes) -> Config:
-    return Config.from_dict({
-        "layers": [{"nodes": 6, "activation": "Sigmoid"}, {"nodes": 5, "activation": "Tanh"},
-                   {"nodes": 3, "activation": "Softmax"}, {"nodes": 4}],
-        "learning_rate": 0.05, "momentum": 0.7, "batch_size": 4, "epochs": 1,
-        "dtype": "float64"} | changes)
-
-
-def penalty_gradient(w: np.ndarray, kind: str | None, rate: float) -> np.ndarray:
-    """neural-net-rs's penalty gradients (test_gradients checks the step's against finite
-    differences of the penalized loss)."""
-    if kind == "L2":
-        return rate * w
-    return rate * np.sign(w) if kind == "L1" else np.zeros_like(w)
-
-
-def reference_steps(cfg: Config, params, x, t, batches, lr):
-    """What the step must do, written plainly: summed loss, then v = m v - lr g, w += v."""
-    params = [p.copy() for p in params]
-    velocities = [np.zeros_like(p) for p in params]
-    losses = []
-    for step, idx in enumerate(batches):
-        # dropout: the masks of (seed, step, layer), from the generic hash
-        masks = [keep_mask(np, np.arange(len(idx) * n).reshape(len(idx), n),
-                           step_key(cfg.seed, step, i), p, np.float64) if p else None
-                 for i, (n, p) in enumerate(zip(cfg.sizes[:-1], cfg.dropouts, strict=False))]
-        outs, logits = forward(params, cfg.activations, x[idx], masks)
-        loss, delta = loss_and_delta(cfg.loss, cfg.activations[-1], logits, outs[-1], t[idx])
-        if cfg.loss_reduction == "mean":
-            delta = delta / len(idx)
-        grads = backward(params, cfg.activations, outs, delta, masks)
-        for i, (w, v, g) in enumerate(zip(params, velocities, grads, strict=True)):
-            if i % 2 == 0:
-                g = g + penalty_gradient(w, cfg.regularization_type, cfg.regularization_rate)
-            v[...] = cfg.momentum * v - lr * g
-            w += cfg.momentum * v - lr * g if cfg.nesterov else v
-        losses.append(float(loss))
-    return params, losses
+@pytest.fixture
+def backend(step_backend: backends.Backend) -> backends.Backend:
+    """conftest's step_backend: numba's per-batch steps are numpy's own code (NumPy against
+    itself proves nothing); its fused step is tested in test_numba_step.py."""
+    return step_backend
 
 
 def one_pass(k: backends.Kernels) -> backends.Kernels:
@@ -122,14 +72,14 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # these weights are small: acc_min 0 sends them through the velocity GEMM all the same
     monkeypatch.setattr(step_module, "GEMM_ACC_MIN", acc_min)
-    cfg = config(**VARIANTS[variant])
+    cfg = step_config(**VARIANTS[variant])
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, (10, 6))
     labels = rng.integers(0, 4, 10)
     t = np.eye(4)[labels]
     batches = [np.array([0, 3, 5, 7]), np.array([1, 2, 9, 4]), np.array([8, 6])]  # last partial
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
-    want_params, want_losses = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
+    want_params, want_losses, _ = reference_steps(cfg, host, x, t, batches, cfg.learning_rate)
     for mode, (kind, kernels) in kernel_sets(backend).items():
         params = [backend.asarray(p.copy()) for p in host]  # numpy's asarray does not copy
         velocities = [backend.asarray(np.zeros_like(p)) for p in host]
@@ -147,7 +97,7 @@ def test_step_matches_reference_in_every_mode(backend: backends.Backend, variant
 
 
 def test_correct_count_is_the_argmax_hits(backend: backends.Backend) -> None:
-    cfg = config()
+    cfg = step_config()
     rng = np.random.default_rng(5)
     x, labels = rng.normal(0, 1, (8, 6)), rng.integers(0, 4, 8)
     host = init_params(cfg.sizes, cfg.activations, "xavier", rng, "float64")
@@ -166,10 +116,10 @@ def test_numpy_offers_the_velocity_gemm() -> None:
     numpy = backends.load("numpy")
     assert numpy.kernels.gemm_acc is not None and numpy.kernels.axpy is not None
     shapes = [(6, 5), (5,), (5, 3), (3,), (3, 4), (4,)]
-    step = make_step(config(), numpy.xp, [np.zeros(s) for s in shapes],
+    step = make_step(step_config(), numpy.xp, [np.zeros(s) for s in shapes],
                      [np.zeros(s) for s in shapes], numpy.kernels)
     assert type(step) is VelocityStep and step._add_velocity is not None
-    assert type(make_step(config(), numpy.xp, step.params, step.velocities)) is PlainStep
+    assert type(make_step(step_config(), numpy.xp, step.params, step.velocities)) is PlainStep
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -270,7 +220,7 @@ def test_softmax_xent_kernel_takes_an_unhashable_device() -> None:
 def test_running_sums_on_a_device_add_up_as_on_the_host() -> None:
     """Device sums are float64 (by pairs with an accumulate kernel): the same figures as the
     host's Python floats, and a step's loss is read every DEVICE_LOSS_CHECK steps only."""
-    from trainer.run.results import DEVICE_LOSS_CHECK, RunningSums
+    from trainer.core.step.sums import DEVICE_LOSS_CHECK, RunningSums
 
     numpy = backends.load("numpy")
     device = dataclasses.replace(numpy, on_host=False, kernels=backends.Kernels())

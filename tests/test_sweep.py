@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import run
 
-from trainer.cli.app import app
 from trainer.core.config import default_config
 from trainer.data.dataset import load_dataset
 
@@ -30,11 +29,6 @@ from trainer.sweep.study import perturb_sampler  # noqa: E402
 ROOT = Path(__file__).parent.parent
 SPACE = {"learning_rate": {"log_uniform": [0.003, 0.1]}, "momentum": {"uniform": [0.3, 0.95]},
          "batch_size": {"choice": [16, 32, 64]}, "layers[1].nodes": {"int": [16, 128], "log": True}}
-runner = CliRunner()
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

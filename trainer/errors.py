@@ -28,3 +28,8 @@ class FetchError(DataError):
 def install_hint(extra: str) -> str:
     """How to install an extra: from the checkout (on PyPI, `trainer` is another project)."""
     return f'python -m pip install ".[{extra}]" in the trainer checkout'
+
+
+class OutOfMemory(TrainerError):
+    """The host or the device ran out of memory; the message says at what batch size and how
+    much memory there was."""

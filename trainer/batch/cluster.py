@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.dataset import Dataset
-from trainer.errors import UsageError
 from trainer.run.catalog import is_run_dir, read_run
 from trainer.run.checkpoint import LATEST, PREVIOUS
 from trainer.run.results import Interrupted
@@ -21,7 +20,7 @@ from trainer.run.rundir import hold_run
 from .connect import Cluster, check_workers, connect, wants_gpu
 from .plan import Batch, Member, open_group
 from .remote import Task, run_task
-from .run import Event, Place
+from .run import Event, Place, kept
 from .rundirs import write_run_dir
 from .summary import summarise, write_summary
 
@@ -89,15 +88,9 @@ def _plan(batch: Batch, place: Place, on_event: Callable[[Event], None]
     todo = []
     for member in batch.members():
         path, files = place.group / member.dirname, {}
-        if path.is_dir() and is_run_dir(path):
-            info = read_run(path)
-            if info.state in ("finished", "diverged"):
-                on_event({"event": "kept", "run": member.dirname, "state": info.state,
-                          "test_accuracy": info.test_accuracy, "seconds": info.seconds})
-                continue
-            if info.state == "damaged":
-                raise UsageError(f"{path} is damaged ({info.problem}): remove it and run the "
-                                 f"command again to train it anew")
+        if kept(path, member.dirname, on_event):
+            continue
+        if is_run_dir(path):
             files = {n: (path / n).read_bytes() for n in ("config.json", LATEST, PREVIOUS)
                      if (path / n).is_file()}
         todo.append((member, files))

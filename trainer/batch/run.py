@@ -23,8 +23,9 @@ from trainer.errors import TrainerError, UsageError
 from trainer.fileio import atomic_write_json
 from trainer.run.catalog import is_run_dir, read_run
 from trainer.run.checkpoint import LATEST, PREVIOUS, load_checkpoint, save_checkpoint
+from trainer.run.failures import recorded_failures
 from trainer.run.results import Callbacks, DivergedError, Engine, EpochStats, Interrupted
-from trainer.run.rundir import diverged_metrics, hold_run, run_metrics, run_record, write_run
+from trainer.run.rundir import hold_run, run_metrics, run_record, write_run
 from trainer.run.train import auto_blas_threads, load_backend, train
 
 from .plan import Batch, Member
@@ -49,6 +50,22 @@ class Place:
     keep_checkpoints: bool = False  # a finished run keeps its previous checkpoint too
 
 
+def kept(path: Path, dirname: str, on_event: Callable[[Event], None]) -> bool:
+    """Whether a member's run directory holds a finished or diverged run, which is kept (and
+    said so); a damaged one is refused (UsageError). False: train it (or resume it)."""
+    if not (path.is_dir() and is_run_dir(path)):
+        return False
+    info = read_run(path)
+    if info.state in ("finished", "diverged"):
+        on_event({"event": "kept", "run": dirname, "state": info.state,
+                  "test_accuracy": info.test_accuracy, "seconds": info.seconds})
+        return True
+    if info.state == "damaged":
+        raise UsageError(f"{path} is damaged ({info.problem}): remove it and run the command "
+                         f"again to train it anew")
+    return False
+
+
 def run_member(member: Member, batch: Batch, place: Place, data: Dataset, backend: Backend,
                on_event: Callable[[Event], None],
                stop_requested: Callable[[], int | None] | None = None) -> None:
@@ -57,21 +74,14 @@ def run_member(member: Member, batch: Batch, place: Place, data: Dataset, backen
     a divergence is recorded in the run's metrics.json and reported as its state."""
     path, cfg = place.group / member.dirname, member.config
     state = None
-    if path.is_dir() and is_run_dir(path):
-        info = read_run(path)
-        if info.state in ("finished", "diverged"):
-            on_event({"event": "kept", "run": member.dirname, "state": info.state,
-                      "test_accuracy": info.test_accuracy, "seconds": info.seconds})
-            return
-        if info.state == "damaged":
-            raise UsageError(f"{path} is damaged ({info.problem}): remove it and run the "
-                             f"command again to train it anew")
-        if (path / LATEST).exists() or (path / PREVIOUS).exists():
-            state = load_checkpoint(path)
-            if state.run.get("config") != cfg.to_dict() or state.run.get("data") != \
-                    place.fingerprint:
-                raise UsageError(f"{path}: its checkpoint is of another config or other data "
-                                 f"than this batch's; remove it to train it anew")
+    if kept(path, member.dirname, on_event):
+        return
+    if is_run_dir(path) and ((path / LATEST).exists() or (path / PREVIOUS).exists()):
+        state = load_checkpoint(path)
+        if state.run.get("config") != cfg.to_dict() or state.run.get("data") != \
+                place.fingerprint:
+            raise UsageError(f"{path}: its checkpoint is of another config or other data "
+                             f"than this batch's; remove it to train it anew")
     path.mkdir(parents=True, exist_ok=True)
     record = run_record(cfg, member.dirname, batch.limit_train, batch.limit_test, data,
                         place.fingerprint, backend.name)
@@ -101,20 +111,14 @@ def _train(member: Member, batch: Batch, place: Place, data: Dataset, backend: B
         on_epoch=on_epoch, stop_requested=stop_requested, checkpoint_every=place.checkpoint_every,
         checkpoint=lambda st: save_checkpoint(path, dataclasses.replace(st, run=record)))
     try:
-        result = train(cfg, data, backend, limit_train=batch.limit_train,
-                       limit_test=batch.limit_test, resume=state, callbacks=callbacks,
-                       engine=Engine(blas_threads=threads, prefetch=place.workers == 1))
-    except DivergedError as e:
-        atomic_write_json(path / "metrics.json", diverged_metrics(e, backend.name, cfg))
+        with recorded_failures(path, cfg, backend, place.workers):
+            result = train(cfg, data, backend, limit_train=batch.limit_train,
+                           limit_test=batch.limit_test, resume=state, callbacks=callbacks,
+                           engine=Engine(blas_threads=threads, prefetch=place.workers == 1))
+    except DivergedError as e:  # recorded in its metrics.json; the batch goes on
         on_event({"event": "done", "run": member.dirname, "state": "diverged",
                   "message": str(e)})
         return
-    except Exception as e:  # MemoryError, or a GPU library's own out-of-memory error
-        if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
-            raise TrainerError(f"{path}: out of memory at batch size {cfg.batch_size} on "
-                               f"{backend.name} ({type(e).__name__}: {e}); try a smaller "
-                               f"--batch-size or network, or fewer --workers") from None
-        raise
     metrics = run_metrics(result, data.class_names, backend.version, data, place.fingerprint)
     write_run(path, result, data.class_names, metrics, title=member.dirname,
               keep_checkpoints=place.keep_checkpoints)

@@ -101,20 +101,18 @@ def not_covered(targets: list[str], config: Config) -> dict[str, str]:
     """The targets that would train `config` on another backend's step, with the reason: a
     backend whose fused kernel (Backend.fused: numba) does not cover the config runs NumPy's
     step, so its time would be NumPy's under another name."""
-    from trainer.core.fused import unsupported
+    from trainer.core.step import select_step
 
-    why = unsupported(config)
-    if why is None:
-        return {}
     found = {}
     for target in targets:
         if target.startswith("peer:"):
             continue
         try:
-            fused = backends.load(target).fused
+            backend = backends.load(target)
         except ImportError:  # not here: its worker says so in the table
             continue
-        if fused is not None:
+        why = select_step(config, backend).fallback
+        if why is not None:
             found[target] = f"it trains this config with NumPy's step ({why})"
     return found
 

@@ -37,18 +37,18 @@ from trainer.cli.options import (
 )
 from trainer.cli.track import LogOpt, chain, targets, tracked_run
 from trainer.core.config import Config
-from trainer.core.fused import unsupported
 from trainer.core.schedule import constant_rate
+from trainer.core.step import select_step
 from trainer.data.dataset import Dataset
-from trainer.errors import TrainerError, UsageError
+from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json
 from trainer.run.catalog import resolve_run
 from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from trainer.run.results import Callbacks, DivergedError, Interrupted, TrainResult
+from trainer.run.failures import recorded_failures
+from trainer.run.results import Callbacks, Interrupted, TrainResult
 from trainer.run.rundir import (
     check_run_name,
     claim_run_dir,
-    diverged_metrics,
     hold_run,
     run_metrics,
     run_record,
@@ -56,10 +56,6 @@ from trainer.run.rundir import (
 )
 from trainer.run.train import check_data, check_memory, load_backend, train
 from trainer.track import train_samples
-
-
-class OutOfMemory(TrainerError):
-    """The host or the device ran out of memory."""
 
 
 def print_config(config: Config, name: str, backend: str, device: str, how: str = "") -> None:
@@ -79,15 +75,6 @@ def print_config(config: Config, name: str, backend: str, device: str, how: str 
             table.add_row(key, str(value))
     table.add_row("backend", f"{backend} ({device}{'; ' + how if how else ''})")
     console.print(table)
-
-
-def fused_note(backend: Backend, config: Config) -> str:
-    """For a backend with a fused kernel (numba): whether this config's steps run compiled,
-    or why they run NumPy's step instead."""
-    if backend.fused is None:
-        return ""
-    why = unsupported(config)
-    return "whole steps compiled" if why is None else f"NumPy's step: {why}"
 
 
 @contextlib.contextmanager
@@ -157,23 +144,6 @@ def _check_resume(path: Path, state: LoopState, data: Dataset, fingerprint: str,
         return (f"{path} is finished: {cfg.epochs} epochs trained, its model and metrics "
                 f"written; nothing to resume, nothing changed")
     return None
-
-
-def memory_error(e: BaseException, cfg: Config, backend: Backend) -> OutOfMemory:
-    """One clear message with the batch size and what memory there was."""
-    figures = ""
-    with contextlib.suppress(Exception):
-        if backend.memory is not None:
-            free, total = backend.memory()
-            figures = f"device memory: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
-        else:
-            with open("/proc/meminfo") as f:
-                info = dict(line.split(":", 1) for line in f)
-            figures = (f"host memory: {info['MemAvailable'].strip()} available of "
-                       f"{info['MemTotal'].strip()}")
-    return OutOfMemory(f"out of memory training at batch size {cfg.batch_size} on "
-                       f"{backend.name} ({type(e).__name__}: {e}); {figures}; try a smaller "
-                       f"--batch-size or network")
 
 
 def _run_name(name: str | None, config: Path | None) -> str:
@@ -280,7 +250,8 @@ def train_cmd(
             console.print(shown(finished), soft_wrap=True)
             return
         if not (quiet or as_json):
-            print_config(cfg, run_name, loaded.name, loaded.device_name, fused_note(loaded, cfg))
+            print_config(cfg, run_name, loaded.name, loaded.device_name,
+                         select_step(cfg, loaded).note)
         path = resume_dir if resume_dir is not None else claim_run_dir(run_dir, run_name)
         if resume_dir is None:
             atomic_write_json(path / "config.json", cfg.to_dict())
@@ -310,10 +281,11 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
     def checkpoint(loop_state: LoopState) -> None:
         save_checkpoint(path, dataclasses.replace(loop_state, run=record))
 
+    bars = TrainProgress(console, cfg.epochs, live=not quiet and console.is_terminal,
+                         silent=as_json, show_lr=constant_rate(cfg) is None)
     try:
-        with stop_on_signals() as stop_requested, TrainProgress(
-                console, cfg.epochs, live=not quiet and console.is_terminal, silent=as_json,
-                show_lr=constant_rate(cfg) is None) as progress:
+        with recorded_failures(path, cfg, backend), stop_on_signals() as stop_requested, \
+                bars as progress:
             callbacks = Callbacks(
                 on_step=progress.on_step if progress.live else None,
                 on_epoch=chain(progress.on_epoch, on_epoch), on_test_chunk=progress.on_test_chunk,
@@ -329,15 +301,6 @@ def _run(cfg: Config, backend: Backend, data: Dataset, path: Path, record: dict[
                           f"{shown(str(path))}.\nResume with:\n  trainer train --resume "
                           f"{shown(str(path))}", soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
-    except DivergedError as e:
-        atomic_write_json(path / "metrics.json", diverged_metrics(e, backend.name, cfg))
-        raise
-    except MemoryError as e:
-        raise memory_error(e, cfg, backend) from None
-    except Exception as e:  # the GPU libraries' own out-of-memory errors
-        if "OutOfMemory" in type(e).__name__:
-            raise memory_error(e, cfg, backend) from None
-        raise
 
 
 def _report(backend: Backend, data: Dataset, path: Path, run_name: str, result: TrainResult,

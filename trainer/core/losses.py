@@ -40,11 +40,23 @@ def log_softmax(z: Array) -> Array:
 DIVERGED_NATS = 1000.0
 
 
+def divergence_bound(loss: str) -> float:
+    """The mean loss above which training has diverged: DIVERGED_NATS for cross-entropy; none
+    (infinity) for MSE, which is bounded by its outputs."""
+    return DIVERGED_NATS if loss == "cross_entropy" else math.inf
+
+
 def diverged(mean: float, loss: str) -> bool:
     """Whether a mean loss (over a batch or an epoch) says that training diverged: it is not
-    finite, or it is a cross-entropy above DIVERGED_NATS. The one definition: the training loop
-    stops on it, the benchmark marks its rows with it."""
-    return not math.isfinite(mean) or (loss == "cross_entropy" and mean > DIVERGED_NATS)
+    finite, or it is above divergence_bound. The one definition: the training loop stops on
+    it, the benchmark marks its rows with it; a compiled step asks diverged_on_device, a fused
+    kernel is handed the bound (backends/fused_args.py)."""
+    return not math.isfinite(mean) or mean > divergence_bound(loss)
+
+
+def diverged_on_device(xp: Any, mean: Array, loss: str) -> Array:
+    """`diverged` on a device scalar, as a boolean array (inside a compiled loop)."""
+    return ~xp.isfinite(mean) | (mean > divergence_bound(loss))
 
 
 def untrained_loss(loss: str, classes: int) -> float | None:

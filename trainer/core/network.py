@@ -2,8 +2,8 @@
 
 Parameters are a flat list [W0, b0, W1, b1, ...] with W of shape (fan_in, fan_out), so a layer is
 `a @ W + b`. Nothing here imports numpy for math: `xp` comes from the arrays. `forward` serves
-prediction; `forward` + `backward` are also the training step's own math (trainer/core/step.py's
-PlainStep), checked against finite differences; the fast steps are tested against them.
+prediction; `forward` + `backward` are also the training step's own math (trainer/core/step/
+reference.py), checked against finite differences; the fast steps are tested against them.
 """
 
 from __future__ import annotations

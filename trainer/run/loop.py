@@ -11,16 +11,15 @@ from typing import Any
 import numpy as np
 
 from trainer.backends import Backend
-from trainer.core.augment import Shifter, chain
-from trainer.core.compiled import CompiledStep
+from trainer.core.augment import Shifter
 from trainer.core.config import Config
 from trainer.core.elastic import ElasticWarp
-from trainer.core.fused import FusedStep, unsupported
 from trainer.core.losses import diverged
 from trainer.core.metrics import evaluate
 from trainer.core.network import init_params
 from trainer.core.schedule import constant_rate, learning_rate
-from trainer.core.step import Step, StretchStep, make_step
+from trainer.core.step import Step, select_step
+from trainer.core.step.sums import ReadSums, RunningSums
 from trainer.data.dataset import Dataset, InputScaling, split
 from trainer.run.checkpoint import LoopState
 from trainer.run.results import (
@@ -29,17 +28,11 @@ from trainer.run.results import (
     Engine,
     EpochStats,
     Interrupted,
-    ReadSums,
-    RunningSums,
     StepInfo,
     TrainResult,
 )
 
 Array = Any
-# a compiled step's stretch of steps between two looks from the host: long enough that the
-# call costs nothing next to it, short enough for the bars, Ctrl-C and the loss checks
-STRETCH_SECONDS = 0.25
-FIRST_STRETCH = 16  # steps: the first stretch also compiles, and measures a step's time
 
 
 class Run:
@@ -58,53 +51,18 @@ class Run:
         self.rngs = {"shuffle": shuffle, "augment": augment}
         train_idx, val_idx = split(config, len(data.train_labels), split_rng)
         self.n_train = len(train_idx)
-
-        def on_device(images: np.ndarray, labels: np.ndarray) -> tuple[Array, Array]:
-            return (backend.asarray(scaling.apply(images, dtype=config.dtype)),
-                    backend.asarray(labels.astype(np.int64)))
-
-        self.x_train, self.y_train = on_device(data.train_images[train_idx],
-                                               data.train_labels[train_idx])
-        self.x_val, self.y_val = on_device(data.train_images[val_idx],
-                                           data.train_labels[val_idx])
-        self.x_test, self.y_test = on_device(data.test_images, data.test_labels)
-
+        self._put_data(data, scaling, train_idx, val_idx)
         host = init_params(config.sizes, config.activations, config.init, init_rng,
                            config.dtype)
-        params = [backend.asarray(p) for p in host]
-        velocities = [backend.asarray(np.zeros_like(p)) for p in host]
-        kernel = (backend.fused(config.dtype) if backend.fused is not None and engine.fast
-                  and unsupported(config) is None else None)
-        if backend.compiler is not None and engine.fast:  # the backend compiles whole steps
-            self.step: Step = CompiledStep(config, self.xp, params, velocities, backend.compiler)
-        elif kernel is not None:  # the backend runs whole steps of this config compiled
-            self.step = FusedStep(config, self.xp, params, velocities, kernel)
-        else:
-            self.step = make_step(config, self.xp, params, velocities,
-                                  backend.kernels if engine.fast else None)
-        self.params = self.step.params  # the step may have moved them into a flat buffer
-        # a thread gathering the next batches' rows (host arrays only: backends/prefetch.py),
-        # on a core the BLAS leaves free (competing with BLAS threads it costs more than it saves)
+        # a thread gathering the next batches' rows, on a core the BLAS leaves free (competing
+        # with BLAS threads it costs more than it saves)
         spare_core = blas_threads is not None and blas_threads < (os.cpu_count() or 1)
-        self.prefetch = (backend.kernels.prefetch if engine.fast and engine.prefetch
-                         and spare_core and not isinstance(self.step, FusedStep) else None)
-        self.shifter = self.warp = None
-        aug = config.augment
-        blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
-        if aug.warps:  # warped first, then shifted
-            self.warp = ElasticWarp(
-                self.xp, backend.asarray, data.image_shape, alpha=aug.elastic_alpha,
-                sigma=aug.elastic_sigma, rotate=aug.rotate, scale=aug.scale, background=blank,
-                seed=config.seed, dtype=self.dtype,
-                hash_kernel=backend.kernels.hash32 if engine.fast else None,
-                kernel=backend.kernels.elastic if engine.fast else None)
-        if aug.shift:
-            self.shifter = Shifter(self.xp, backend.asarray, data.image_shape, aug.shift, blank,
-                                   self.dtype)
-        if isinstance(self.step, CompiledStep):  # traced into its loop, one by one
-            self.step.warp, self.step.shifter = self.warp, self.shifter
-        else:
-            self.step.augment = chain(self.warp, self.shifter)
+        choice = select_step(config, backend, engine.fast, engine.prefetch and spare_core)
+        self.step: Step = choice.build([backend.asarray(p) for p in host],
+                                       [backend.asarray(np.zeros_like(p)) for p in host])
+        self.params = self.step.params  # the step may have moved them into a flat buffer
+        self._augmentations(data, scaling, engine.fast)
+        self.step.augment_with(self.warp, self.shifter)
         self.result = TrainResult(config, backend.name, backend.device_name, scaling, host,
                                   train_samples=self.n_train, blas_threads=blas_threads,
                                   validation_samples=len(val_idx))
@@ -115,6 +73,37 @@ class Run:
         self.start = time.perf_counter() - self.state.elapsed
         # the constant rate, looked up once (None: the schedule says per step)
         self.constant_lr = constant_rate(config)
+
+    def _put_data(self, data: Dataset, scaling: InputScaling, train_idx: np.ndarray,
+                  val_idx: np.ndarray) -> None:
+        """The training, validation and test images, scaled, and their labels on the device."""
+        def on_device(images: np.ndarray, labels: np.ndarray) -> tuple[Array, Array]:
+            return (self.backend.asarray(scaling.apply(images, dtype=self.config.dtype)),
+                    self.backend.asarray(labels.astype(np.int64)))
+
+        self.x_train, self.y_train = on_device(data.train_images[train_idx],
+                                               data.train_labels[train_idx])
+        self.x_val, self.y_val = on_device(data.train_images[val_idx],
+                                           data.train_labels[val_idx])
+        self.x_test, self.y_test = on_device(data.test_images, data.test_labels)
+
+    def _augmentations(self, data: Dataset, scaling: InputScaling, fast: bool) -> None:
+        """The config's elastic warp and shifts (None where it has none)."""
+        config, backend = self.config, self.backend
+        self.shifter: Shifter | None = None
+        self.warp: ElasticWarp | None = None
+        aug = config.augment
+        blank = float(scaling.apply(np.zeros((1, 1, 1), np.uint8), dtype=np.float64)[0, 0])
+        if aug.warps:  # warped first, then shifted
+            self.warp = ElasticWarp(
+                self.xp, backend.asarray, data.image_shape, alpha=aug.elastic_alpha,
+                sigma=aug.elastic_sigma, rotate=aug.rotate, scale=aug.scale, background=blank,
+                seed=config.seed, dtype=self.dtype,
+                hash_kernel=backend.kernels.hash32 if fast else None,
+                kernel=backend.kernels.elastic if fast else None)
+        if aug.shift:
+            self.shifter = Shifter(self.xp, backend.asarray, data.image_shape, aug.shift, blank,
+                                   self.dtype)
 
     def _restore(self, state: LoopState) -> None:
         """Continue exactly where a checkpoint left off."""
@@ -140,79 +129,47 @@ class Run:
         if self.warp is not None:  # its fields follow from (seed, epoch, image): nothing to save
             self.warp.use(epoch)
         steps = -(-self.n_train // size)
-        if isinstance(self.step, StretchStep):
-            loss_sum, correct_sum, lr = self._stretches(epoch, steps, perm, t0)
-        else:
-            loss_sum, correct_sum, lr = self._steps(epoch, steps, perm, t0)
+        loss_sum, correct_sum, lr = self._train(epoch, steps, perm, t0)
         backend.synchronize()  # the epoch's time includes all of its work on a device
         seconds = time.perf_counter() - t0
         val, test = self._held_out()
         return EpochStats(epoch, loss_sum / self.n_train, correct_sum / self.n_train, test,
                           seconds, val, lr)
 
-    def _steps(self, epoch: int, steps: int, perm: Array, t0: float
-               ) -> tuple[float, float, float | None]:
-        """The epoch's steps (from the one a resume starts at), one call each: its summed
-        loss, correct count and last learning rate."""
-        config, state, callbacks = self.config, self.state, self.callbacks
-        size = config.batch_size
-        sums = RunningSums(self.backend, self.x_train, state.loss_sum, state.correct)
-        on_step, add = callbacks.on_step, sums.add
-        mid_epoch = callbacks.stop_requested is not None or bool(callbacks.checkpoint_every)
-        ahead = (self.prefetch(self.x_train, state.perm, size, state.step) if self.prefetch
-                 else None)
-        batches = iter(ahead) if ahead is not None else None
-        lr = self.constant_lr
-        try:
-            for step in range(state.step, steps):
-                lo, hi = step * size, min(step * size + size, self.n_train)
-                lr = self.constant_lr or learning_rate(config, epoch, step, steps)
-                x = next(batches) if batches is not None else None
-                loss, correct = self.step(self.x_train, self.y_train, perm[lo:hi], lr, x)
-                value = add(loss, correct, step + 1, step + 1 == steps)
-                if value is not None and diverged(value / (hi - lo), config.loss):
-                    raise self._diverged(value, hi - lo, epoch, step + 1, steps, lr,
-                                         sums.every_step)
-                if on_step is not None:
-                    on_step(StepInfo(epoch, step + 1, steps, hi, sums))
-                if mid_epoch:
-                    self._maybe_stop(epoch, step + 1, steps, sums, t0, hi, lr)
-        finally:
-            if ahead is not None:
-                ahead.close()
-        return (*sums.values(), lr)
-
-    def _stretches(self, epoch: int, steps: int, perm: Array, t0: float
-                   ) -> tuple[float, float, float | None]:
-        """The epoch's steps on a compiled step: stretches of consecutive steps, each one call
-        that loops on the device for about STRETCH_SECONDS, so that between them the bars move,
-        a stop request is heard, --checkpoint-every is kept to the step and the loss is looked
-        at. Returns what `_steps` does."""
+    def _train(self, epoch: int, steps: int, perm: Array, t0: float
+               ) -> tuple[float, float, float]:
+        """The epoch's steps (from the one a resume starts at), in stretches of at most
+        step.stretch steps (one for a per-batch step), cut where a checkpoint is due and where
+        the partial last batch starts; between them the bars move, a stop request is heard and
+        the loss is looked at. Returns the epoch's summed loss, correct count and last rate."""
         config, state, callbacks, step = self.config, self.state, self.callbacks, self.step
-        size, every = config.batch_size, callbacks.checkpoint_every
+        size, every, on_step = config.batch_size, callbacks.checkpoint_every, callbacks.on_step
         lrs = [self.constant_lr or learning_rate(config, epoch, s, steps) for s in range(steps)]
-        step.begin_epoch(self.x_train, self.y_train, perm, lrs, state.step)
+        step.begin_epoch(self.x_train, self.y_train, perm, lrs, state.step, state.loss_sum,
+                         state.correct)
         full = self.n_train // size  # steps on a full batch; the last, partial one alone
         mid_epoch = callbacks.stop_requested is not None or bool(every)
-        sums, done, stretch = ReadSums(state.loss_sum, state.correct), state.step, FIRST_STRETCH
-        while done < steps:
-            count = min(stretch, (full if done < full else steps) - done)
-            if every:  # end on the step a checkpoint is due after
-                count = min(count, every - step.global_step % every)
-            started = time.perf_counter()
-            loss, correct, broke, last = step.run(done, count, sums.loss, sums.correct)
-            if broke is not None:
-                n = min(size, self.n_train - broke * size)
-                raise self._diverged(last, n, epoch, broke + 1, steps, lrs[broke], True)
-            done += count
-            # a stretch of the same length again lasts about as long (the first one compiles)
-            stretch = max(1, int(count * STRETCH_SECONDS / (time.perf_counter() - started)))
-            sums, seen = ReadSums(loss, correct), min(done * size, self.n_train)
-            if callbacks.on_step is not None:
-                callbacks.on_step(StepInfo(epoch, done, steps, seen, sums))
-            if mid_epoch:
-                self._maybe_stop(epoch, done, steps, sums, t0, seen, lrs[done - 1])
-        return sums.loss, sums.correct, lrs[-1]
+        done = state.step
+        try:
+            while done < steps:
+                count = min(step.stretch, (full if done < full else steps) - done)
+                if every:  # end on the step a checkpoint is due after
+                    count = min(count, every - step.global_step % every)
+                broke = step.run(done, count)
+                if broke is not None:
+                    n = min(size, self.n_train - broke.step * size)
+                    raise self._diverged(broke.loss, n, epoch, broke.step + 1, steps,
+                                         lrs[broke.step], step.sums.every_step)
+                done += count
+                if on_step is not None or mid_epoch:
+                    seen = min(done * size, self.n_train)
+                    if on_step is not None:
+                        on_step(StepInfo(epoch, done, steps, seen, step.sums))
+                    if mid_epoch:
+                        self._maybe_stop(epoch, done, steps, step.sums, t0, seen, lrs[done - 1])
+        finally:
+            step.end_epoch()
+        return (*step.sums.values(), lrs[-1])
 
     def _diverged(self, value: float, n: int, epoch: int, step: int, steps: int, lr: float,
                   every_step: bool) -> DivergedError:

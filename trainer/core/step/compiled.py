@@ -1,4 +1,4 @@
-"""The compiled step: the plain step's math (Step.train_batch) traced once by a backend that
+"""The compiled step: the step's math (reference.train_batch) traced once by a backend that
 compiles whole functions (Backend.compiler: jax), and run as loops of steps on the device."""
 
 from __future__ import annotations
@@ -14,23 +14,25 @@ from trainer.core.augment import Shifter, offsets, shift
 from trainer.core.config import Config
 from trainer.core.dropout import keep_mask, step_key
 from trainer.core.elastic import ElasticWarp
-from trainer.core.losses import DIVERGED_NATS
-from trainer.core.step import Rates, State, StretchStep
+from trainer.core.losses import diverged_on_device
+from trainer.core.step.reference import train_batch
+from trainer.core.step.state import Rates, State
+from trainer.core.step.stretch import StretchStep
 
 Array = Any
 
 
 class CompiledStep(StretchStep):
-    """PlainStep's math (train_batch), traced once by the backend's compiler and run as a loop
-    over consecutive batches on the device (Backend.compiler: jax): no step pays Python's
-    dispatch of its ~40 array operations, only each run of steps pays one call.
+    """reference.train_batch, traced once by the backend's compiler and run as a loop over
+    consecutive batches on the device (Backend.compiler: jax): no step pays Python's dispatch
+    of its ~40 array operations, only each stretch of steps pays one call.
 
-    The loop calls `begin_epoch` with the epoch's batch order and learning rates, then `run`
-    for each stretch of steps. Each step's scalars (Rates) and dropout keys are worked out on
-    the host per epoch, as the other steps do per call, and handed to the device as tables.
-    Every step of a full batch runs in the same compiled loop body wherever a stretch starts,
-    so where the stretches are cut (bars, checkpoints, a resume) changes no bit.
+    Each step's scalars (Rates) and dropout keys are worked out on the host per epoch, as the
+    other steps do per call, and handed to the device as tables. Every step of a full batch
+    runs in the same compiled loop body wherever a stretch starts.
     """
+
+    kind = "compiled"
 
     def __init__(self, config: Config, xp: Any, params: Sequence[Array],
                  velocities: Sequence[Array], compiler: Compiler) -> None:
@@ -43,20 +45,22 @@ class CompiledStep(StretchStep):
         self.warp: ElasticWarp | None = None
         self.shifter: Shifter | None = None
 
-    def begin_epoch(self, x_all: Array, y_all: Array, perm: Array, lrs: Sequence[float],
-                    done: int) -> None:
-        """StretchStep.begin_epoch, with each step's scalars and dropout keys worked out here,
-        on the host, as tables for the device."""
-        c, n = self.config, perm.shape[0]
-        first = self.global_step - done  # the global step of the epoch's first step
-        dtype = np.dtype(c.dtype)
-        rows, keys = [], []
-        for i, lr in enumerate(lrs):
-            r = self.rates(lr, min(c.batch_size, n - i * c.batch_size), first + i)
+    def augment_with(self, warp: ElasticWarp | None, shifter: Shifter | None) -> None:
+        """Traced into the loop's body, one by one (warped first, then shifted)."""
+        self.warp = warp
+        self.shifter = shifter
+
+    def _begin(self, x_all: Array, y_all: Array, perm: Array, rates: Sequence[Rates],
+               first_global: int) -> None:
+        """StretchStep._begin: each step's scalars and dropout keys as tables for the device."""
+        c = self.config
+        rows = []
+        for r in rates:
             a = r.adam or optim.AdamRates(0.0, 1.0, None)
             rows.append((r.scale, r.penalty, a.step, a.bias2, 1.0 if a.decay is None
                          else a.decay))
-            keys.append([step_key(c.seed, first + i, layer) for layer in range(len(self.acts))])
+        keys = [[step_key(c.seed, first_global + i, layer) for layer in range(len(self.acts))]
+                for i in range(len(rates))]
         shifts = ((self.shifter.table, self.shifter.shifts) if self.shifter is not None
                   else ())
         # the epoch's warp key as an array: one compiled loop for every epoch
@@ -64,14 +68,13 @@ class CompiledStep(StretchStep):
                     if self.warp is not None else None)
         # Python floats rounded to the weights' dtype here, as the other steps' are where
         # they meet an array
-        self._epoch = (x_all, y_all, perm, self.xp.asarray(np.asarray(rows, dtype=dtype)),
+        self._epoch = (x_all, y_all, perm,
+                       self.xp.asarray(np.asarray(rows, dtype=np.dtype(c.dtype))),
                        self.xp.asarray(np.asarray(keys, dtype=np.int64)), warp_key, *shifts)
 
-    def run(self, first: int, count: int, loss_sum: float, correct: float
-            ) -> tuple[float, float, int | None, float]:
-        """StretchStep.run: one call of the compiled loop."""
-        size, n = self.config.batch_size, self._epoch[2].shape[0]
-        batch = min(size, n - first * size)
+    def _stretch(self, first: int, count: int, batch: int, loss_sum: float, correct: float
+                 ) -> tuple[float, float, int | None, float]:
+        """StretchStep._stretch: one call of the compiled loop."""
         state = (self.params, self.velocities, self.second)
         state, sums, broke, last = self._loop(state, self._epoch, first, count, loss_sum,
                                               correct, batch)
@@ -79,12 +82,11 @@ class CompiledStep(StretchStep):
             mine[:] = new
         loss_sum, correct = (float(v) for v in np.asarray(sums))
         broke = int(broke)
-        self.global_step += count if broke < 0 else broke - first + 1
         return loss_sum, correct, None if broke < 0 else broke, float(last)
 
     def _steps(self, state: State, epoch: tuple[Array, ...], first: Array, count: Array,
                loss_sum: Array, correct: Array, batch: int) -> tuple[State, Array, Array, Array]:
-        """What `run` compiles: a loop over the steps, each one train_batch."""
+        """What `_stretch` compiles: a loop over the steps, each one train_batch."""
         xp, c, k = self.xp, self.config, self.compiler
         x_all, y_all, perm, rates, keys, warp_key, *shifts = epoch
         starts = offsets(xp, batch, shifts[0].shape[1]) if shifts else None
@@ -107,14 +109,10 @@ class CompiledStep(StretchStep):
             r = rates[i]
             adam = optim.AdamRates(r[2], r[3], r[4] if c.weight_decay and c.optimizer ==
                                    "adamw" else None) if self.adam else None
-            state, loss, hit = self.train_batch(state, x, onehot, masks,
-                                                Rates(r[0], r[1], adam))
+            state, loss, hit = train_batch(c, state, x, onehot, masks, Rates(r[0], r[1], adam))
             loss64 = xp.astype(loss, xp.float64)
             sums = sums + xp.stack([loss64, xp.astype(hit, xp.float64)])
-            mean = loss64 / batch  # losses.diverged, on the device
-            broke = ~xp.isfinite(mean)
-            if c.loss == "cross_entropy":
-                broke = broke | (mean > DIVERGED_NATS)
+            broke = diverged_on_device(xp, loss64 / batch, c.loss)
             return i + 1, state, sums, xp.where(broke, i, -1), loss64
 
         def going(carry: tuple) -> Array:

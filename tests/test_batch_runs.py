@@ -16,22 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run
 from safetensors.numpy import load_file
-from typer.testing import CliRunner
 
 import trainer.batch.run
 from trainer.batch import parse_seeds
-from trainer.cli.app import app
 from trainer.core.config import default_config
 from trainer.errors import UsageError
 from trainer.run.checkpoint import LATEST, load_checkpoint
 
-runner = CliRunner()
 MEMBERS = ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def write_configs(tmp_path: Path, epochs: int = 1) -> tuple[Path, Path]:
@@ -391,7 +385,8 @@ def test_out_of_memory_in_a_batch_is_one_message(idx_dir: Path, tmp_path: Path,
     result = run("train", a, b, "--data-dir", idx_dir, "--run-dir", tmp_path / "g", "-q")
     assert result.exit_code == 1
     out = " ".join(result.output.split())
-    assert "a-seed0: out of memory at batch size 16 on numpy" in out and "Traceback" not in out
+    assert "a-seed0: out of memory training at batch size 16 on numpy" in out
+    assert "host memory" in out and "fewer --workers" not in out and "Traceback" not in out
 
 
 def test_an_edited_config_under_the_same_name_is_another_batch(idx_dir: Path, tmp_path: Path,
