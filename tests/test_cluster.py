@@ -277,3 +277,25 @@ def test_a_run_directory_from_a_worker_arrives_whole_or_not_at_all(
     write_run_dir(run_dir, {"config.json": b"new", "metrics.json": b"{}"})  # replaced whole
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-seed0"]
+
+
+@pytest.mark.slow
+def test_a_cluster_batch_is_logged_to_tensorboard_as_its_runs_arrive(
+        dask_cluster, cluster_data: Path, tmp_path: Path) -> None:
+    """--log with --cluster: a run trains on a worker and arrives whole at the end, so it is
+    logged then, from its run directory (the epochs' scalars equal its history)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    a, _ = configs(tmp_path, epochs=2)
+    group = tmp_path / "g"
+    result = run("train", a, "--seeds", "2", "--data-dir", cluster_data, "--limit-train", 300,
+                 "-q", "--run-dir", group, "--cluster", dask_cluster.address,
+                 "--log", "tensorboard")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output.lower(), result.output
+    for name in ("a-seed0", "a-seed1"):
+        events = EventAccumulator(str(group / name / "tensorboard"))
+        events.Reload()
+        history = json.loads((group / name / "history.json").read_text())
+        logged = [(e.step, e.value) for e in events.Scalars("loss")]
+        assert logged == [(h["epoch"], pytest.approx(h["loss"], rel=1e-6)) for h in history]

@@ -37,7 +37,7 @@ class BatchLog:
     def _on_event(self, group: GroupLog, event: dict[str, Any]) -> None:
         kind, name = event["event"], event["run"]
         path = group.path / name
-        if kind == "start":
+        if kind == "start" and (path / "config.json").is_file():
             cfg = read_config(path)
             self.runs[name] = self.tracking.run(path, name, cfg, self.samples(cfg),
                                                 group.parent, group.path.name)
@@ -45,7 +45,8 @@ class BatchLog:
             self.runs[name].on_epoch(event["stats"])
         elif kind == "done" and name in self.runs:
             self.runs.pop(name).finish()
-        elif kind == "kept":
+        elif kind in ("kept", "done"):  # done: trained elsewhere (a cluster's worker), and
+            # arrived whole just now: logged from its run directory, as `trainer runs log` does
             group.log_finished(read_record(path, group.path.name))
 
     def finish(self) -> None:
