@@ -122,6 +122,11 @@ def _collect(client: Any, futures: dict[Any, Member], place: Place, events: queu
             if failure:
                 failed.append(failure)
         time.sleep(POLL_SECONDS)
+    for future, member in pending.items():  # past the grace: no checkpoint came back from it
+        future.cancel()
+        on_event({"event": "cancelled", "run": member.dirname,
+                  "message": f"no checkpoint came back within {STOP_GRACE_SECONDS} s; the same "
+                             f"command again trains it from its last one in the group, if any"})
     if stopped:
         raise Interrupted(stopped, 0, 0)
     return failed

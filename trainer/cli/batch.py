@@ -64,7 +64,8 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
                                       **options)
         except Interrupted as e:
             err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed "
-                              f"in {shown(str(where.get('group', '')))}. Run the same command "
+                              f"(any that could not be is said above) in "
+                              f"{shown(str(where.get('group', '')))}. Run the same command "
                               f"again to continue.", soft_wrap=True)
             raise typer.Exit(code=e.exit_code) from None
         finally:
