@@ -33,11 +33,13 @@ def penalty_gradient(w: np.ndarray, kind: str | None, rate: float) -> np.ndarray
 
 
 def reference_steps(cfg: Config, params, x, t, batches, lr):
-    """What the step must do, written plainly: summed loss, then v = m v - lr g, w += v.
+    """What the step must do, written plainly: summed loss, then v = m v - lr g, w += v (or
+    Nesterov's w += m v - lr g, or Adam's and AdamW's bias-corrected moments and step).
     Returns the new weights, each step's summed loss and each step's count of rows whose true
     class has the largest output (before the step's update)."""
     params = [p.copy() for p in params]
     velocities = [np.zeros_like(p) for p in params]
+    second = [np.zeros_like(p) for p in params]  # Adam's (velocities: its first moments)
     losses, hits = [], []
     for step, idx in enumerate(batches):
         # dropout: the masks of (seed, step, layer), from the generic hash
@@ -53,6 +55,15 @@ def reference_steps(cfg: Config, params, x, t, batches, lr):
         for i, (w, v, g) in enumerate(zip(params, velocities, grads, strict=True)):
             if i % 2 == 0:
                 g = g + penalty_gradient(w, cfg.regularization_type, cfg.regularization_rate)
+            if cfg.optimizer in ("adam", "adamw"):  # bias-corrected moments, then the step
+                k = step + 1  # Adam's t
+                v[...] = cfg.beta1 * v + (1 - cfg.beta1) * g
+                second[i][...] = cfg.beta2 * second[i] + (1 - cfg.beta2) * g * g
+                if cfg.optimizer == "adamw":
+                    w -= lr * cfg.weight_decay * w
+                w -= lr * (v / (1 - cfg.beta1 ** k)) / (
+                    np.sqrt(second[i] / (1 - cfg.beta2 ** k)) + cfg.epsilon)
+                continue
             v[...] = cfg.momentum * v - lr * g
             w += cfg.momentum * v - lr * g if cfg.nesterov else v
         losses.append(float(loss))

@@ -21,7 +21,11 @@ from trainer.run.loop import Run
 from trainer.run.results import Callbacks, Engine
 from trainer.run.train import train
 
-# the kinds of network the kernel covers (test_step's layers are sigmoid, tanh, softmax)
+# the kinds of network the kernel covers (test_step's layers are sigmoid, tanh, softmax), each
+# of its features on its own and the recipes' mixes
+DROPOUT = [{"nodes": 6, "activation": "sigmoid", "dropout": 0.2},
+           {"nodes": 5, "activation": "tanh", "dropout": 0.5},
+           {"nodes": 3, "activation": "softmax", "dropout": 0.3}, {"nodes": 4}]
 COVERED = {
     "sgd": {},
     "relu-identity-mean": {"loss_reduction": "mean",
@@ -29,6 +33,38 @@ COVERED = {
                                       {"nodes": 5, "activation": "identity"},
                                       {"nodes": 3, "activation": "softmax"}, {"nodes": 4}]},
     "one-layer": {"layers": [{"nodes": 6, "activation": "softmax"}, {"nodes": 4}]},
+    "nesterov": {"nesterov": True},
+    "l2": {"regularization_type": "L2", "regularization_rate": 0.05},
+    "l1": {"regularization_type": "L1", "regularization_rate": 0.05},
+    "l2-nesterov": {"nesterov": True, "regularization_type": "L2", "regularization_rate": 0.05},
+    "leaky-relu": {"layers": [{"nodes": 6, "activation": "leaky_relu"},
+                              {"nodes": 5, "activation": "relu"},
+                              {"nodes": 3, "activation": "softmax"}, {"nodes": 4}]},
+    "dropout": {"layers": DROPOUT},
+    "dropout-nesterov-mean": {"layers": DROPOUT, "nesterov": True, "loss_reduction": "mean"},
+    "adam": {"optimizer": "adam", "learning_rate": 0.01},
+    "adam-l1-dropout": {"optimizer": "adam", "learning_rate": 0.01, "layers": DROPOUT,
+                        "regularization_type": "L1", "regularization_rate": 0.05},
+    "adamw-mean": {"optimizer": "adamw", "learning_rate": 0.01, "weight_decay": 0.1,
+                   "loss_reduction": "mean"},
+}
+# small networks with the recipes' features (make_dataset's 4x5 images), for the checks
+# against itself and against NumPy's runs
+RECIPE_LAYERS = [{"nodes": 20, "activation": "relu", "dropout": 0.1},
+                 {"nodes": 16, "activation": "leaky_relu", "dropout": 0.2},
+                 {"nodes": 12, "activation": "softmax", "dropout": 0.2}, {"nodes": 4}]
+RECIPES = {
+    "nesterov-dropout-l2-mean": {
+        "layers": RECIPE_LAYERS, "nesterov": True, "loss_reduction": "mean",
+        "regularization_type": "L2", "regularization_rate": 0.001, "learning_rate": 0.1,
+        "lr_schedule": {"type": "cosine", "warmup_epochs": 1}},
+    "adamw-dropout-augmented": {
+        "layers": RECIPE_LAYERS, "optimizer": "adamw", "learning_rate": 0.003,
+        "weight_decay": 0.01, "augment": {"shift": 1, "elastic_alpha": 3.0,
+                                          "elastic_sigma": 1.5, "rotate": 5.0}},
+    "nesterov-augmented-l1": {
+        "nesterov": True, "regularization_type": "L1", "regularization_rate": 0.0005,
+        "augment": {"shift": 1, "elastic_alpha": 3.0, "elastic_sigma": 1.5}},
 }
 
 
@@ -89,15 +125,21 @@ def test_correct_counts_the_rows_whose_true_class_is_largest(numba: backends.Bac
     assert step.run(0, 3) is None and step.sums.correct == want
 
 
-def test_float64_weights_match_the_plain_step_after_60_steps(numba: backends.Backend) -> None:
-    """Against NumPy's plain step (the reference math, one array operation at a time), with a
-    learning-rate schedule (a rate per step) and the best epoch's weights put back."""
+@pytest.mark.parametrize("recipe", ["plain", *RECIPES])
+def test_float64_weights_match_the_plain_step_after_60_steps(numba: backends.Backend,
+                                                             recipe: str) -> None:
+    """Against NumPy's plain step (the reference math, one array operation at a time, with the
+    array-API dropout masks and augmentation), with a learning-rate schedule (a rate per step)
+    and the best epoch's weights put back."""
     data = make_dataset(n_train=400)  # 320 after the split: 20 steps per epoch, 3 epochs
-    cfg = covered_config(validation_split=0.2, restore_best_weights=True, epochs=3,
-                 lr_schedule={"type": "cosine", "warmup_epochs": 1})
+    cfg = covered_config(**{"validation_split": 0.2, "restore_best_weights": True, "epochs": 3,
+                            "lr_schedule": {"type": "cosine", "warmup_epochs": 1}}
+                         | RECIPES.get(recipe, {}))
     ref = train(cfg, data, "numpy", engine=Engine(fast=False))
     got = train(cfg, data, numba)
-    assert isinstance(_run(cfg, data, numba).step, FusedStep)
+    step = _run(cfg, data, numba).step
+    assert isinstance(step, FusedStep) and (step.augment is not None) == bool(
+        cfg.augment.shift)
     for r, g in zip(ref.params, got.params, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
     assert got.history[-1].loss == pytest.approx(ref.history[-1].loss, rel=1e-10)
@@ -120,12 +162,8 @@ def _run(cfg: Config, data, be: backends.Backend) -> Run:
 
 
 @pytest.mark.parametrize("change", [
-    {"nesterov": True}, {"optimizer": "adam"}, {"regularization_type": "L2",
-                                                "regularization_rate": 0.01},
-    {"augment": {"shift": 1}}, {"loss": "mse"},
-    {"layers": [{"nodes": 20, "activation": "leaky_relu", "dropout": 0.0},
-                {"nodes": 8, "activation": "softmax"}, {"nodes": 4}]},
-    {"layers": [{"nodes": 20, "activation": "relu", "dropout": 0.2},
+    {"loss": "mse"},
+    {"layers": [{"nodes": 20, "activation": "softmax", "dropout": 0.1},
                 {"nodes": 8, "activation": "softmax"}, {"nodes": 4}]},
 ])
 def test_other_configs_route_to_numpys_step(numba: backends.Backend, change: dict) -> None:
@@ -139,16 +177,24 @@ def test_other_configs_route_to_numpys_step(numba: backends.Backend, change: dic
     assert kind is not FusedStep and issubclass(kind, FlatStep)
 
 
-def test_same_seed_same_bits_and_another_seed_other_bits(numba: backends.Backend) -> None:
-    check_seeds(numba, covered_config(dtype="float32", validation_split=0.2), make_dataset)
+@pytest.mark.parametrize("recipe", ["plain", *RECIPES])
+def test_same_seed_same_bits_and_another_seed_other_bits(numba: backends.Backend,
+                                                         recipe: str) -> None:
+    check_seeds(numba, covered_config(dtype="float32", validation_split=0.2,
+                                      **RECIPES.get(recipe, {})), make_dataset)
 
 
-def test_where_the_stretches_end_changes_no_bit(numba: backends.Backend) -> None:
-    check_stretches(numba, covered_config(dtype="float32"), make_dataset)
+@pytest.mark.parametrize("recipe", ["plain", *RECIPES])
+def test_where_the_stretches_end_changes_no_bit(numba: backends.Backend, recipe: str) -> None:
+    check_stretches(numba, covered_config(dtype="float32", **RECIPES.get(recipe, {})),
+                    make_dataset)
 
 
-def test_resume_mid_epoch_is_bitwise_equal(numba: backends.Backend, tmp_path: Path) -> None:
-    check_resume(numba, covered_config(dtype="float32", epochs=3), make_dataset, tmp_path)
+@pytest.mark.parametrize("recipe", ["plain", *RECIPES])
+def test_resume_mid_epoch_is_bitwise_equal(numba: backends.Backend, tmp_path: Path,
+                                           recipe: str) -> None:
+    check_resume(numba, covered_config(dtype="float32", epochs=3, **RECIPES.get(recipe, {})),
+                 make_dataset, tmp_path)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -163,13 +209,12 @@ def test_train_says_which_step_a_numba_run_uses(numba: backends.Backend, idx_dir
                    "--run-dir", tmp_path / "a", "--backend", "numba")
     assert compiled.exit_code == 0, compiled.output
     assert "numba (cpu; whole steps compiled)" in compiled.output
-    dropout = write_config(tmp_path, "drop", epochs=1, layers=[
-        {"nodes": 784, "activation": "sigmoid", "dropout": 0.2},
-        {"nodes": 32, "activation": "softmax"}, {"nodes": 10}])
-    numpy_step = run("train", dropout, "--data-dir", idx_dir, "--run-dir", tmp_path / "b",
+    mse = write_config(tmp_path, "mse", epochs=1, loss="mse")
+    numpy_step = run("train", mse, "--data-dir", idx_dir, "--run-dir", tmp_path / "b",
                      "--backend", "numba")
     assert numpy_step.exit_code == 0, numpy_step.output
-    assert "numba (cpu; NumPy's step: it has dropout)" in " ".join(numpy_step.output.split())
+    assert ("numba (cpu; NumPy's step: its output is not softmax with cross-entropy)"
+            in " ".join(numpy_step.output.split()))
 
 
 def test_bench_does_not_time_numba_on_configs_its_kernel_does_not_cover(
@@ -189,23 +234,21 @@ def test_bench_does_not_time_numba_on_configs_its_kernel_does_not_cover(
             "model": "x", "cores": 2, "simd": "AVX2"}}}
 
     monkeypatch.setattr(cli_bench, "run_bench", fake_run_bench)
-    dropout = tmp_path / "dropout.json"
-    dropout.write_text(json.dumps(covered_config(layers=[
-        {"nodes": 784, "activation": "relu", "dropout": 0.2},
-        {"nodes": 16, "activation": "softmax"}, {"nodes": 10}]).to_dict()))
+    uncovered = tmp_path / "mse.json"
+    uncovered.write_text(json.dumps(covered_config(loss="mse").to_dict()))
     args = ["bench", "--backends", "numpy,numba", "--batch-sizes", "32", "--out",
             str(tmp_path / "b.json")]
-    result = CliRunner().invoke(app, [*args[:1], str(dropout), *args[1:]], terminal_width=200)
+    result = CliRunner().invoke(app, [*args[:1], str(uncovered), *args[1:]], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "numba: not timed: it trains this config with NumPy's step (it has dropout)" in (
-        result.output)
+    assert ("numba: not timed: it trains this config with NumPy's step (its output is not "
+            "softmax with cross-entropy)") in " ".join(result.output.split())
     covered = CliRunner().invoke(app, args, terminal_width=200)  # the default config
     assert covered.exit_code == 0, covered.output
     assert timed == [["numpy"], ["numpy", "numba"]] and "not timed" not in covered.output
-    alone = CliRunner().invoke(app, [*args[:1], str(dropout), "--backends", "numba"])
+    alone = CliRunner().invoke(app, [*args[:1], str(uncovered), "--backends", "numba"])
     assert alone.exit_code == 2 and "nothing left to time" in alone.output
     # a backend named but not loadable here (cupy without a GPU) is left to its worker to report
-    named = CliRunner().invoke(app, [*args[:1], str(dropout), "--backends", "numba,cupy",
+    named = CliRunner().invoke(app, [*args[:1], str(uncovered), "--backends", "numba,cupy",
                                      *args[3:]])
     assert named.exit_code == 0, named.output
     assert timed[-1] == ["cupy"]
