@@ -4,6 +4,7 @@ kernel on host arrays (Backend.fused: the numba backend's backends/numba_step.py
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ class FusedStep(StretchStep):
     alone."""
 
     kind = "fused"
+    overlap = True  # augment the next batch while the kernel trains (see _augmented)
 
     def __init__(self, config: Config, xp: Any, params: Sequence[Array],
                  velocities: Sequence[Array], kernel: Callable[..., Any]) -> None:
@@ -90,6 +92,10 @@ class FusedStep(StretchStep):
             ibuf=aligned_empty(xp, (inputs,), like), mbuf=aligned_empty(xp, (inputs,), like),
             labels=np.empty(bs, dtype=np.int64), sums=np.zeros(2, dtype=np.float64),
             bound=divergence_bound(c.loss))
+        # the second input buffer, and the thread that fills one while the kernel reads the
+        # other (made on the first augmented stretch)
+        self._spare = (aligned_empty(xp, (bs * sizes[0],), like), np.empty(bs, dtype=np.int64))
+        self._pool: ThreadPoolExecutor | None = None
         self._ready = False
 
     def _begin(self, x_all: Array, y_all: Array, perm: Array, rates: Sequence[Rates],
@@ -123,18 +129,45 @@ class FusedStep(StretchStep):
         if self.augment is None:
             broke, last = self.kernel(args, first, count, batch, False)
         else:
-            for s in range(first, first + count):
-                broke, last = self.kernel(args, s, 1, batch, self._gather(s, batch))
-                if broke >= 0:
-                    break
+            broke, last = self._augmented(first, count, batch)
         sums = args.sums
         return float(sums[0]), float(sums[1]), None if broke < 0 else int(broke), float(last)
 
-    def _gather(self, s: int, batch: int) -> bool:
-        """Step s's batch, augmented, into the kernel's input buffer and labels."""
+    def _augmented(self, first: int, count: int, batch: int) -> tuple[int, float]:
+        """The kernel a step at a time, each step's batch gathered and augmented beforehand:
+        in a thread, while the kernel trains the step before it, where `overlap` is set
+        (into the other of two input buffers)."""
+        args = self.args
+        buffers = [(args.xbuf, args.labels), self._spare]
+        if not self.overlap:
+            for s in range(first, first + count):
+                self._gather(s, batch, *buffers[0])
+                broke, last = self.kernel(args, s, 1, batch, True)
+                if broke >= 0:
+                    break
+            return broke, last
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="augment")
+        pending = self._pool.submit(self._gather, first, batch, *buffers[0])
+        try:
+            for k, s in enumerate(range(first, first + count)):
+                pending.result()
+                x, labels = buffers[k % 2]
+                if s + 1 < first + count:
+                    pending = self._pool.submit(self._gather, s + 1, batch,
+                                                *buffers[(k + 1) % 2])
+                broke, last = self.kernel(args._replace(xbuf=x, labels=labels), s, 1, batch,
+                                          True)
+                if broke >= 0:
+                    break
+        finally:
+            pending.result()  # nothing writes a buffer after the stretch
+        return broke, last
+
+    def _gather(self, s: int, batch: int, xbuf: np.ndarray, labels: np.ndarray) -> None:
+        """Step s's batch, augmented, into an input buffer and its labels."""
         args = self.args
         rows = args.perm[s * args.batch_size:s * args.batch_size + batch]
         x = self.augment(np.take(args.x_all, rows, axis=0), rows)
-        args.xbuf[:x.size] = x.reshape(-1)
-        np.take(args.labels_all, rows, out=args.labels[:batch])
-        return True
+        xbuf[:x.size] = x.reshape(-1)
+        np.take(args.labels_all, rows, out=labels[:batch])
