@@ -67,6 +67,27 @@ MUTANTS = {
     "class names as markup in the per-class table": (
         "trainer/cli/display.py", "table.add_row(*row(shown(name), m))",
         "table.add_row(*row(name, m))"),
+    # issue 31: the fused kernel's new features, each broken once
+    "numba's Nesterov step is plain momentum": (
+        "trainer/backends/numba_step.py", "w[j] += m * vj + g[j]", "w[j] += vj"),
+    "numba's dropout forgets the mask going down": (
+        "trainer/backends/numba_step.py", "_times(down, args.mbuf", "_times(down, 0 * args.mbuf"),
+    "numba's dropout keys restart each epoch": (
+        "trainer/core/step/fused.py", "step_key(seed, first_global + s, i)",
+        "step_key(seed, s, i)"),
+    "numba's L1 penalty ignores negative weights": (
+        "trainer/backends/numba_step.py",
+        "sign = one if w[j] > zero else (-one if w[j] < zero else zero)",
+        "sign = one if w[j] > zero else zero"),
+    "numba's AdamW forgets its decay": (
+        "trainer/backends/numba_step.py", "wj = w[j] * decay if decays else w[j]", "wj = w[j]"),
+    "numba's leaky ReLU is a ReLU going down": (
+        "trainer/backends/numba_step.py", "gr[j] = gr[j] if ar[j] > zero else leak * gr[j]",
+        "gr[j] = gr[j] if ar[j] > zero else zero"),
+    "numba trains the batch before augmenting it": (
+        "trainer/core/step/fused.py",
+        "x = self.augment(np.take(args.x_all, rows, axis=0), rows)",
+        "x = np.take(args.x_all, rows, axis=0)"),
 }
 
 
