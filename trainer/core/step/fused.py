@@ -120,6 +120,11 @@ class FusedStep(StretchStep):
                             dtype=np.int64).reshape(len(rates), layers))
         self._ready = True
 
+    def end_epoch(self) -> None:
+        if self._pool is not None:  # (a sweep builds many steps in one process)
+            self._pool.shutdown()
+            self._pool = None
+
     def _stretch(self, first: int, count: int, batch: int, loss_sum: float, correct: float
                  ) -> tuple[float, float, int | None, float]:
         if not self._ready:
