@@ -1,7 +1,7 @@
 """numba: NumPy arrays on the CPU, with each stretch of training steps compiled whole by numba
 (numba_step.py) where the config is one that kernel covers; any other config trains exactly as
-on the numpy backend (its kernels and steps). The elastic warp is its own kernel
-(numba_elastic.py), with the numpy kernel's bits."""
+on the numpy backend (its kernels and steps). The elastic warp and the shifts are
+its own kernels (numba_elastic.py), with numpy's bits."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ def load(device: str | None = None) -> Backend:
                           f"\".[numba]\" in the trainer checkout") from e
     if _kernel("float32") is None:
         raise ImportError("numpy's BLAS offers no 64-bit-integer CBLAS GEMM for numba to call")
-    from .numba_elastic import ElasticKernel
+    from .numba_elastic import ElasticKernel, ShiftKernel
 
     base = numpy_backend.load(device)
-    # numpy's kernels, but the elastic warp in compiled passes (numba_elastic.py: the same bits)
-    kernels = dataclasses.replace(base.kernels, elastic=ElasticKernel)
+    # numpy's kernels, but the elastic warp and the shifts compiled (numba_elastic.py: the
+    # same bits)
+    kernels = dataclasses.replace(base.kernels, elastic=ElasticKernel, shift=ShiftKernel)
     return dataclasses.replace(base, name="numba", version=numba.__version__, kernels=kernels,
                                fused=_kernel)
 

@@ -1,4 +1,5 @@
-"""trainer/core/elastic.py's warp for the numba backend, in three compiled passes.
+"""trainer/core/elastic.py's warp for the numba backend in three compiled passes, and
+trainer/core/augment.py's shifts in one.
 
 The numpy kernel (numpy_elastic.py) runs the array-API warp's ~25 operations one after the
 other, each a pass over a batch-sized array. Here the same arithmetic takes three passes:
@@ -13,6 +14,8 @@ other, each a pass over a batch-sized array. Here the same arithmetic takes thre
   the same bits; tests/test_numba_elastic.py also reads the compiled code for FMAs).
 
 So it returns the same bits as ElasticWarp.warp and the numpy kernel, in float32 and float64.
+The shifts that follow (augment.Shifter) are one gather through the shift table: a copy of
+values, exact, in place of the array-API code's four batch-sized passes on fresh memory.
 This module imports numba, which the `numba` extra installs.
 """
 
@@ -154,3 +157,36 @@ class ElasticKernel:
                     self.grid_r, self.grid_c, self.consts, self.turned, b["padded"], b["out"],
                     b["at"], b["fraction_r"], b["fraction_c"])
         return b["out"]
+
+
+@njit(**JIT)
+def shift_pass(x: Any, idx: Any, shifts: Any, table: Any, background: Any, out: Any) -> None:
+    """Row i of `out` is x's row i through the table row of its image's shift: each output
+    pixel the input pixel the table names, or the background (augment.shift)."""
+    n, pixels = out.shape
+    bg = background[0]
+    for i in range(n):
+        row = table[shifts[idx[i]]]
+        for p in range(pixels):
+            j = row[p]
+            out[i, p] = x[i, j] if j < pixels else bg
+
+
+class ShiftKernel:
+    """Made from a Shifter (its table); called as (x, idx, shifts) -> the shifted batch, one
+    gather in place of augment.shift's four batch-sized passes (each on fresh memory), into an
+    array this kernel owns and overwrites on its next call."""
+
+    def __init__(self, shifter: Any) -> None:
+        self.table = np.ascontiguousarray(shifter.table, dtype=np.int64)
+        self.background = shifter.background
+        self.buffers: dict[tuple[int, np.dtype], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, x: np.ndarray, idx: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        if (n, x.dtype) not in self.buffers:  # the background as the reference's full() has it
+            self.buffers[n, x.dtype] = (np.full(1, self.background, dtype=x.dtype),
+                                        np.empty((n, self.table.shape[1]), x.dtype))
+        background, out = self.buffers[n, x.dtype]
+        shift_pass(x, np.asarray(idx, dtype=np.int64), shifts, self.table, background, out)
+        return out

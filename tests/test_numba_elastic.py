@@ -14,6 +14,7 @@ import pytest
 from conftest import _load_or_skip, make_dataset
 
 from trainer import backends
+from trainer.core.augment import Shifter
 from trainer.core.config import Config
 from trainer.core.elastic import ElasticWarp
 from trainer.core.step import select_step
@@ -49,28 +50,45 @@ def batches(n: int, size: int, seed: int) -> list[np.ndarray]:
     return [perm[lo:lo + size] for lo in range(0, n, size)]
 
 
-def test_the_numba_backend_warps_with_its_own_kernel(numba: backends.Backend) -> None:
+def counting(monkeypatch: pytest.MonkeyPatch, kernel: type) -> list[int]:
+    """The batch sizes each call of `kernel` gets from now on."""
+    calls: list[int] = []
+    original = kernel.__call__
+
+    def counted(self, x, *args):  # noqa: ANN001, ANN002, ANN202
+        calls.append(x.shape[0])
+        return original(self, x, *args)
+    monkeypatch.setattr(kernel, "__call__", counted)
+    return calls
+
+
+def test_the_numba_backend_warps_and_shifts_with_its_own_kernels(
+        numba: backends.Backend) -> None:
     assert numba.kernels.elastic is numba_elastic.ElasticKernel
-    assert backends.load("numpy").kernels.elastic is not numba_elastic.ElasticKernel
+    assert numba.kernels.shift is numba_elastic.ShiftKernel
+    numpy_kernels = backends.load("numpy").kernels
+    assert numpy_kernels.elastic is not numba_elastic.ElasticKernel
+    assert numpy_kernels.shift is None
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_the_numba_kernel_has_the_reference_bits(option: str, dtype: str,
-                                                 numba: backends.Backend) -> None:
+                                                 numba: backends.Backend,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Against ElasticWarp.warp (array-API code, Python's hash) and the numpy kernel: several
-    epochs, batch sizes 16 and 5 with their partial last batches, one kernel throughout (its
+    epochs, batch sizes 16 and 6 with their partial last batches, one kernel throughout (its
     buffers reused from one size to the next)."""
     options = OPTIONS[option]
     plain = make_warp(dtype, **options)
     numpy_kernel = make_warp(dtype, backends.load("numpy").kernels.elastic, **options)
     fast = make_warp(dtype, numba.kernels.elastic, **options)
-    assert isinstance(fast.kernel, numba_elastic.ElasticKernel)
+    calls = counting(monkeypatch, numba_elastic.ElasticKernel)
     images = IMAGES.astype(dtype).reshape(len(IMAGES), -1)
     for epoch in (1, 2, 9):
         for warp in (plain, numpy_kernel, fast):
             warp.use(epoch)
-        for size in (16, 5):
+        for size in (16, 6):
             for idx in batches(len(IMAGES), size, seed=epoch * size):
                 x = np.ascontiguousarray(images[idx])
                 want = plain(x, idx)
@@ -79,6 +97,8 @@ def test_the_numba_kernel_has_the_reference_bits(option: str, dtype: str,
                 np.testing.assert_array_equal(got, want)
                 np.testing.assert_array_equal(got, numpy_kernel(x, idx))
                 assert not np.allclose(got, x, atol=0.05)  # it does move the pixels
+    # `fast` warped with it, the partial batches too
+    assert len(calls) == 3 * (3 + 7) and 8 in calls and 4 in calls
     if option == "clipped":  # some sources lie beyond the frame, and were clipped
         src_r, src_c = plain.sources(np.arange(len(IMAGES)), getattr(np, dtype), plain.key)
         assert src_r.min() < 0 and src_c.max() > SHAPE[1] + 1
@@ -122,6 +142,31 @@ def test_no_fused_multiply_add_in_the_compiled_passes(numba: backends.Backend) -
     assert any("fmul" in llvm for llvm in sample.values())  # the search sees the arithmetic
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_numba_shift_has_the_reference_bits(dtype: str, numba: backends.Backend,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against augment.shift's array-API gathers: shifts up to 2 on 9x11 images (pixels from
+    the background on every side), two epochs' draws, batches of 16 and 6 with partial ones."""
+    made = [Shifter(np, np.ascontiguousarray, SHAPE, 2, -0.5, getattr(np, dtype), kernel=k)
+            for k in (None, numba.kernels.shift)]
+    calls = counting(monkeypatch, numba_elastic.ShiftKernel)
+    images = IMAGES.astype(dtype).reshape(len(IMAGES), -1)
+    for epoch in (1, 2):
+        ids = made[0].draw(np.random.default_rng(epoch), len(IMAGES))
+        for shifter in made:
+            shifter.use(ids)
+        for size in (16, 6):
+            for idx in batches(len(IMAGES), size, seed=epoch + size):
+                x = np.ascontiguousarray(images[idx])
+                want = made[0](x, idx)
+                got = made[1](x, idx)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want)
+                assert (got == np.asarray(-0.5, dtype)).any()  # the background came in
+    # made[1] shifted with it, the partial batches too
+    assert len(calls) == 2 * (3 + 7) and 8 in calls and 4 in calls
+
+
 ELASTIC = {"shift": 1, "elastic_alpha": 4.0, "elastic_sigma": 1.5, "rotate": 8.0, "scale": 0.1}
 
 
@@ -136,26 +181,26 @@ def uncovered_config(dtype: str, augment: dict) -> Config:
         "validation_split": 0.1})
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_numba_run_with_elastic_has_numpys_bits(dtype: str, numba: backends.Backend,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("dtype", "augment"), [("float32", ELASTIC), ("float64", ELASTIC),
+                                                ("float32", {"shift": 2})],
+                         ids=["elastic-float32", "elastic-float64", "shift-float32"])
+def test_a_numba_run_that_augments_has_numpys_bits(dtype: str, augment: dict,
+                                                   numba: backends.Backend,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """180 training images in batches of 16: a partial last batch each epoch."""
     data = make_dataset(n_train=200, shape=(6, 6), classes=4)
-    cfg = uncovered_config(dtype, ELASTIC)
+    cfg = uncovered_config(dtype, augment)
     assert select_step(cfg, numba).fallback is not None  # both train with NumPy's step
-    calls: list[int] = []
-    original = numba_elastic.ElasticKernel.__call__
-
-    def counted(self, x, idx, key):  # noqa: ANN001, ANN202
-        calls.append(x.shape[0])
-        return original(self, x, idx, key)
-    monkeypatch.setattr(numba_elastic.ElasticKernel, "__call__", counted)
+    warps = counting(monkeypatch, numba_elastic.ElasticKernel)
+    shifts = counting(monkeypatch, numba_elastic.ShiftKernel)
     ref = train(cfg, data, "numpy")
-    assert calls == []  # numpy warps with its own kernel
+    assert warps == shifts == []  # numpy augments with its own code
     got = train(cfg, data, numba)
-    assert len(calls) == 2 * 12 and 4 in calls  # every batch of both epochs, the partial too
-    plain = train(cfg.replace(augment={"shift": 1}), data, "numpy")
-    assert not np.allclose(plain.params[0], ref.params[0])  # the warp was on
+    # every batch of both epochs, the partial one too
+    assert len(shifts) == 2 * 12 and 4 in shifts
+    assert warps == (shifts if "elastic_alpha" in augment else [])
+    plain = train(cfg.replace(augment={"shift": 0}), data, "numpy")
+    assert not np.allclose(plain.params[0], ref.params[0])  # the augmentation was on
     for r, g in zip(ref.params, got.params, strict=True):
         np.testing.assert_array_equal(g, r)
     np.testing.assert_array_equal(got.test_predictions, ref.test_predictions)
