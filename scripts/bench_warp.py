@@ -6,11 +6,14 @@ configs/mnist-99.3.json's augmentation (elastic alpha 34, sigma 4, then shifts u
 stages: the elastic warp alone, the shift alone, and the warp then the shift (what a run of
 that config does to each batch). Only the augmentation calls are timed (the batch is gathered
 outside the clock). The 3 stages x 2 backends are interleaved within each round (the order
-rotates from round to round), then medians and numba/numpy ratios per batch size. Each
+rotates from round to round), then medians and numba/numpy ratios per batch size. Both
+backends' smoothings are the same GEMMs: on a loaded machine a second BLAS thread that is
+descheduled stalls them, so --blas-threads 1 gives steadier figures. Each
 backend's output is checked bit for bit against the other's first. Writes the table as JSON.
 
     flock /tmp/trainer-bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
-        python scripts/bench_warp.py [--batch-sizes 32 128 512] [--rounds 7] [--json-out FILE]
+        python scripts/bench_warp.py [--batch-sizes 32 128 512] [--rounds 7] [--blas-threads 1]
+        [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -95,8 +98,14 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--blas-threads", type=int, default=None,
+                        help="limit the BLAS (the smoothings' GEMMs) to this many threads")
     parser.add_argument("--json-out", type=Path, default=Path("bench_warp.json"))
     args = parser.parse_args()
+    if args.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
     loaded = {name: backends.load(name) for name in ("numpy", "numba")}
     rng = np.random.default_rng(0)
     images = rng.random((args.images, SHAPE[0] * SHAPE[1]), dtype=np.float32)
@@ -123,7 +132,8 @@ def report(times: dict[int, dict[str, list[float]]], args: argparse.Namespace,
     medians = {size: {v: statistics.median(t) for v, t in runs.items()}
                for size, runs in times.items()}
     print(f"\n{args.images} float32 28x28 images an epoch, {args.rounds} rounds interleaved; "
-          f"medians; {about['cpu']}, load {about['load'][0]:.2f}, commit {about['commit']}\n")
+          f"medians; {about['cpu']}, BLAS threads {about['blas_threads']}, load "
+          f"{about['load'][0]:.2f}, commit {about['commit']}\n")
     print("| batch | stage | numpy (ms/epoch) | numba (ms/epoch) | numba / numpy |")
     print("| --- | --- | --- | --- | --- |")
     for size, med in medians.items():
