@@ -89,8 +89,8 @@ def machine() -> dict[str, object]:
                             text=True, cwd=Path(__file__).parent).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "load": list(os.getloadavg()),
             "commit": commit, "numpy": np.__version__,
-            "blas_threads": [p["num_threads"] for p in threadpool_info()
-                             if p["user_api"] == "blas"]}
+            "blas_threads": {Path(p["filepath"]).name: p["num_threads"]
+                             for p in threadpool_info() if p["user_api"] == "blas"}}
 
 
 def main() -> None:
@@ -102,10 +102,6 @@ def main() -> None:
                         help="limit the BLAS (the smoothings' GEMMs) to this many threads")
     parser.add_argument("--json-out", type=Path, default=Path("bench_warp.json"))
     args = parser.parse_args()
-    if args.blas_threads is not None:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=args.blas_threads, user_api="blas")
     loaded = {name: backends.load(name) for name in ("numpy", "numba")}
     rng = np.random.default_rng(0)
     images = rng.random((args.images, SHAPE[0] * SHAPE[1]), dtype=np.float32)
@@ -116,6 +112,10 @@ def main() -> None:
         check_bits(made, images, size)
         for v in variants:  # compiled, buffers made: warm
             epoch_seconds(made[v], images, np.arange(2 * size), size)
+        if args.blas_threads is not None:  # every BLAS is loaded by now
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=args.blas_threads, user_api="blas")
         times[size] = {f"{n} {s}": [] for n, s in variants}
         for r in range(args.rounds):
             perm = np.random.default_rng(r).permutation(args.images)
