@@ -74,6 +74,9 @@ class Kernels:
     # (warp) -> a callable (x, idx, key) -> trainer/core/elastic.py's ElasticWarp(x, idx) with
     # the fields of `key` (the same bits), made from the warp's constants
     elastic: Kernel | None = None
+    # (shifter) -> a callable (x, idx, shifts) -> trainer/core/augment.py's Shifter(x, idx)
+    # with the epoch's `shifts` (the same bits), made from the shifter's table
+    shift: Kernel | None = None
     # kernels a load-time self-test left out, with the reason: (name, why)
     dropped: tuple[tuple[str, str], ...] = ()
 

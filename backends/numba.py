@@ -1,6 +1,7 @@
 """numba: NumPy arrays on the CPU, with each stretch of training steps compiled whole by numba
 (numba_step.py) where the config is one that kernel covers; any other config trains exactly as
-on the numpy backend (its kernels and steps)."""
+on the numpy backend (its kernels and steps). The elastic warp and the shifts are
+its own kernels (numba_elastic.py), with numpy's bits."""
 
 from __future__ import annotations
 
@@ -23,8 +24,14 @@ def load(device: str | None = None) -> Backend:
                           f"\".[numba]\" in the trainer checkout") from e
     if _kernel("float32") is None:
         raise ImportError("numpy's BLAS offers no 64-bit-integer CBLAS GEMM for numba to call")
-    return dataclasses.replace(numpy_backend.load(device), name="numba",
-                               version=numba.__version__, fused=_kernel)
+    from .numba_elastic import ElasticKernel, ShiftKernel
+
+    base = numpy_backend.load(device)
+    # numpy's kernels, but the elastic warp and the shifts compiled (numba_elastic.py: the
+    # same bits)
+    kernels = dataclasses.replace(base.kernels, elastic=ElasticKernel, shift=ShiftKernel)
+    return dataclasses.replace(base, name="numba", version=numba.__version__, kernels=kernels,
+                               fused=_kernel)
 
 
 @functools.cache

@@ -40,6 +40,12 @@ MUTANTS = {
     "a wrong sigmoid derivative in the fused NumPy kernel": (
         "backends/ndkernels.py", "nx.subtract(1.0, a, out=tmp)\n            tmp *= a",
         "nx.add(1.0, a, out=tmp)\n            tmp *= a"),
+    "numba's elastic warp blends in another order": (
+        "backends/numba_elastic.py", "top, bottom = a + fc * (b - a), d + fc * (e - d)",
+        "top, bottom = a * (1 - fc) + fc * b, d + fc * (e - d)"),
+    "numba's elastic warp takes a wrong neighbour": (
+        "backends/numba_elastic.py", "flat[k + width], flat[k + width + 1]",
+        "flat[k + width], flat[k + width + 2]"),
     "numba quietly trains with NumPy's step": (
         "trainer/core/step/select.py", "    if kernel is not None:\n",
         "    if kernel is not None and False:\n"),

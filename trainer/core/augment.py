@@ -32,13 +32,14 @@ class Shifter:
     """Shift each training image by its own (dx, dy) in [-max_shift, max_shift]^2 this epoch."""
 
     def __init__(self, xp: Any, asarray: Any, shape: tuple[int, int], max_shift: int,
-                 background: float, dtype: Any) -> None:
+                 background: float, dtype: Any, kernel: Any = None) -> None:
         self.xp, self.asarray, self.dtype = xp, asarray, dtype
         self.table = asarray(shift_table(*shape, max_shift))
         self.pixels = shape[0] * shape[1]
         self.background = background
         self.shifts: Array = None
         self._offsets: dict[int, Array] = {}
+        self.kernel = kernel(self) if kernel is not None else None  # a backend's Kernels.shift
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """An epoch's shifts: an index into the table for each of the n images."""
@@ -50,6 +51,8 @@ class Shifter:
 
     def __call__(self, x: Array, idx: Array) -> Array:
         """The batch `x` (rows `idx` of the training set), each row shifted by its own shift."""
+        if self.kernel is not None:
+            return self.kernel(x, idx, self.shifts)
         n = x.shape[0]
         if n not in self._offsets:
             self._offsets[n] = offsets(self.xp, n, self.pixels, device(x))

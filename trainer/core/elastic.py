@@ -126,14 +126,19 @@ class ElasticWarp:
         grid, turned and scaled about the centre when asked; (rows, 1 or n, cols)."""
         if not (self.rotate or self.scale):
             return self.home_r, self.home_c
+        cos, sin = self.turns(idx, dtype, key)
+        gr, gc = self.grid_r, self.grid_c  # source = s R(theta) (r, c) + centre + field
+        return (cos * gr + sin * gc + self.centre[0], cos * gc - sin * gr + self.centre[1])
+
+    def turns(self, idx: Array, dtype: Any, key: Any) -> tuple[Array, Array]:
+        """s cos(theta) and s sin(theta) of each image's rotation theta and scaling s,
+        (1, n, 1) (a backend's kernel that blends them into its own pass takes them here)."""
         xp = self.xp
         u = self._noise(xp.reshape(idx, (-1, 1)) * self.per_image + self.extra, dtype, key)
         u = u * 2.0**-31  # uniform in [-1, 1)
         theta = xp.reshape(u[:, 0] * self.rotate, (1, -1, 1))
         s = 1.0 + xp.reshape(u[:, 1] * self.scale, (1, -1, 1))
-        cos, sin = s * xp.cos(theta), s * xp.sin(theta)
-        gr, gc = self.grid_r, self.grid_c  # source = s R(theta) (r, c) + centre + field
-        return (cos * gr + sin * gc + self.centre[0], cos * gc - sin * gr + self.centre[1])
+        return s * xp.cos(theta), s * xp.sin(theta)
 
     def sources(self, idx: Array, dtype: Any, key: Any) -> tuple[Array, Array]:
         """(rows, n, cols) row and column, in the padded image, that each output pixel shows."""

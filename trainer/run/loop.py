@@ -103,7 +103,7 @@ class Run:
                 kernel=backend.kernels.elastic if fast else None)
         if aug.shift:
             self.shifter = Shifter(self.xp, backend.asarray, data.image_shape, aug.shift, blank,
-                                   self.dtype)
+                                   self.dtype, kernel=backend.kernels.shift if fast else None)
 
     def _restore(self, state: LoopState) -> None:
         """Continue exactly where a checkpoint left off."""
