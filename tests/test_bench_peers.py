@@ -116,3 +116,135 @@ def test_the_project_step_here_is_the_independent_reference() -> None:
     torch_got = torch_steps(cfg, params, x, y, lrs)
     for w, g in zip(want, torch_got, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+DROPPED = [{"nodes": 40, "activation": "sigmoid", "dropout": 0.3},
+           {"nodes": 30, "activation": "tanh"},
+           {"nodes": 20, "activation": "softmax", "dropout": 0.5}, {"nodes": 4}]
+
+
+def dropout_config() -> Config:
+    return Config.from_dict({"layers": DROPPED, "learning_rate": 0.1, "epochs": 1,
+                             "batch_size": 400, "dtype": "float64"})
+
+
+def check_dropped(before: np.ndarray, after: np.ndarray, p: float) -> None:
+    """`after` is `before` with a share p of its elements zeroed and the rest over 1 - p."""
+    assert np.all(before != 0)  # (sigmoid, tanh of random inputs, positive x: never 0)
+    ratio = after / before
+    dropped = ratio == 0
+    np.testing.assert_allclose(ratio[~dropped], 1 / (1 - p), rtol=1e-12)
+    sigma = np.sqrt(p * (1 - p) / ratio.size)
+    assert abs(dropped.mean() - p) < 5 * sigma, (dropped.mean(), p)
+
+
+def test_torch_drops_the_inputs_the_config_drops() -> None:
+    """Each Linear's input against what fed it (x, the activation before): a share p zeroed,
+    the rest scaled by 1/(1-p); none dropped where the config drops nothing."""
+    from trainer.bench.peer_torch import build
+
+    cfg = dropout_config()
+    model, _ = build(cfg, init_params(cfg.sizes, cfg.activations, "xavier",
+                                      np.random.default_rng(0), "float64"))
+    inputs: list[np.ndarray] = []  # each Linear's input
+    fed: list[np.ndarray] = []  # each activation's output: what feeds the next connection
+    for module in model:
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_pre_hook(
+                lambda m, args: inputs.append(args[0].detach().numpy().copy()))
+        elif not isinstance(module, torch.nn.Dropout):
+            module.register_forward_hook(
+                lambda m, args, out: fed.append(out.detach().numpy().copy()))
+    x = np.random.default_rng(1).uniform(0.5, 1.5, (400, 40))
+    model.train()
+    model(torch.from_numpy(x))
+    fed.insert(0, x)
+    assert len(inputs) == len(fed) == 3
+    for i, p in enumerate(cfg.dropouts[:3]):
+        if p:
+            check_dropped(fed[i], inputs[i], p)
+        else:
+            np.testing.assert_array_equal(inputs[i], fed[i])
+
+
+def test_jax_drops_the_inputs_the_config_drops() -> None:
+    from trainer.bench.peer_jax import ACTIVATION, build, forward
+
+    cfg = dropout_config()
+    state = build(cfg, init_params(cfg.sizes, cfg.activations, "xavier",
+                                   np.random.default_rng(0), "float64"))
+    x = np.random.default_rng(1).uniform(0.5, 1.5, (400, 40))
+    inputs = [np.asarray(a) for a in forward(cfg, state[0], x, jax.random.key(5))[1]]
+    for i, p in enumerate(cfg.dropouts[:3]):
+        w, b = state[0][i - 1] if i else (None, None)
+        before = x if i == 0 else np.asarray(ACTIVATION[cfg.activations[i - 1]](
+            inputs[i - 1] @ w + b))
+        if p:
+            check_dropped(before, inputs[i], p)
+        else:
+            np.testing.assert_array_equal(inputs[i], before)
+    no_key = forward(cfg, state[0], x)[1]  # no key: no dropout (what a test step uses)
+    np.testing.assert_array_equal(np.asarray(no_key[0]), x)
+
+
+def feed_config(**changes) -> Config:
+    """A 36-12-3 network on 6x6 images, warped and shifted, Adam on a cosine schedule."""
+    return Config.from_dict({
+        "layers": [{"nodes": 36, "activation": "relu"}, {"nodes": 12, "activation": "softmax"},
+                   {"nodes": 3}],
+        "learning_rate": 0.01, "epochs": 2, "batch_size": 16, "optimizer": "adam",
+        "lr_schedule": {"type": "cosine", "warmup_epochs": 0.5},
+        "augment": {"shift": 1, "elastic_alpha": 8.0, "elastic_sigma": 1.5}} | changes)
+
+
+def make_feed(cfg: Config, n: int = 70):
+    from trainer.bench.peer_feed import Feed
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(n, 36)).astype(cfg.dtype)
+    return Feed(cfg, x, rng.integers(0, 3, n), (6, 6), -0.5)
+
+
+def test_the_feed_warps_then_shifts_each_batch_as_a_run_does() -> None:
+    """A batch from the feed against the project's augmentation in plain array-API code
+    (ElasticWarp without the numpy kernel, then Shifter), with the epoch's shifts; and the
+    schedule's rate per step."""
+    from array_api_compat import numpy as xp
+
+    from trainer.core.augment import Shifter
+    from trainer.core.elastic import ElasticWarp
+    from trainer.core.schedule import learning_rate
+
+    cfg = feed_config()
+    feed = make_feed(cfg)
+    perm = feed.begin(2)
+    got, labels = feed.batch(1)
+    idx = perm[16:32]
+    warp = ElasticWarp(xp, np.asarray, (6, 6), alpha=8.0, sigma=1.5, rotate=0.0, scale=0.0,
+                       background=-0.5, seed=cfg.seed, dtype=np.float32)
+    warp.use(2)
+    shifter = Shifter(xp, np.asarray, (6, 6), 1, -0.5, np.float32)
+    shifter.use(np.asarray(feed.shifter.shifts))
+    want = shifter(warp(feed.x[idx], idx), idx)
+    assert not np.allclose(want, feed.x[idx])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(labels, feed.y[idx])
+    assert feed.steps == 5 and len(feed.lrs) == 5  # 70 rows: four of 16 and one of 6
+    assert feed.lrs == [learning_rate(cfg, 2, s, 5) for s in range(5)]
+    assert len(set(feed.lrs)) == 5
+
+
+@pytest.mark.parametrize("augment", [True, False], ids=["augmented", "plain"])
+def test_torch_and_jax_peers_train_the_same_run(augment: bool) -> None:
+    """Whole peers on one feed (no dropout): from the same weights, in the same order, on the
+    same augmented batches with the same rates, the last partial batch included, the three
+    report the same loss; without the partial batch it would differ."""
+    from trainer.bench.peer_jax import jax_scan, jax_step
+    from trainer.bench.peer_torch import eager
+
+    cfg = feed_config(**({} if augment else {"augment": {}}))
+    runs = {peer.__name__: peer(cfg, make_feed(cfg), 2) for peer in (eager, jax_step, jax_scan)}
+    losses = [run.loss for run in runs.values()]
+    assert all(len(run.times) == 2 and min(run.times) > 0 for run in runs.values())
+    assert 0.1 < losses[0] < 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert losses[1] == pytest.approx(losses[2], rel=1e-4)
