@@ -5,6 +5,8 @@ features a peer cannot express said as such."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from references import reference_steps
@@ -248,3 +250,24 @@ def test_torch_and_jax_peers_train_the_same_run(augment: bool) -> None:
     assert all(len(run.times) == 2 and min(run.times) > 0 for run in runs.values())
     assert 0.1 < losses[0] < 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert losses[1] == pytest.approx(losses[2], rel=1e-4)
+
+
+def test_what_each_peer_cannot_express() -> None:
+    from trainer.bench.peers import PEERS, cannot_express
+
+    recipe = Config.from_file(Path(__file__).parent.parent / "configs" / "mnist-99.3.json")
+    assert {name: cannot_express(name, recipe) for name in PEERS} == {
+        "torch": None, "torch-compile": None, "jax-step": None, "jax-scan": None,
+        "gemm-floor": None,
+        "sklearn": "dropout; a cosine schedule with warm-up; augmentation (fit takes a fixed "
+                   "training set)"}
+    mixed = recipe.replace(layers=[{"nodes": 784, "activation": "leaky_relu"},
+                                   {"nodes": 20, "activation": "softmax"},
+                                   {"nodes": 10, "activation": "softmax"}, {"nodes": 10}],
+                           optimizer="adamw", regularization_type="L1",
+                           regularization_rate=0.1, augment={}, lr_schedule={})
+    assert cannot_express("torch", mixed) == "hidden activation softmax"
+    assert cannot_express("sklearn", mixed) == (
+        "hidden activation leaky_relu, softmax; a different activation per hidden layer; "
+        "an L1 penalty; AdamW")
+    assert cannot_express("gemm-floor", mixed) is None

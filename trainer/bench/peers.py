@@ -69,30 +69,29 @@ def cannot_express(name: str, config: Config) -> str | None:
     kind = PEERS[name].kind
     if kind == "floor":
         return None
-    why = _trainer_limits(config)
-    if kind == "sklearn":
+    sklearn = kind == "sklearn"
+    why = _network_limits(config, set(SKLEARN_ACT) if sklearn else set(HIDDEN))
+    if sklearn:
         why += _sklearn_limits(config)
     return "; ".join(why) or None
 
 
-def _trainer_limits(config: Config) -> list[str]:
+def _network_limits(config: Config, hidden: set[str]) -> list[str]:
     why = []
     acts = config.activations
     if acts[-1] != "softmax" or config.loss != "cross_entropy":
         why.append(f"a {acts[-1]} output with the {config.loss} loss (only a softmax output "
                    f"with cross-entropy)")
-    other = sorted(set(acts[:-1]) - set(HIDDEN))
+    other = sorted(set(acts[:-1]) - hidden)
     if other:
         why.append(f"hidden activation {', '.join(other)}")
     return why
 
 
 def _sklearn_limits(config: Config) -> list[str]:
-    why, hidden = [], set(config.activations[:-1])
-    if len(hidden) > 1:
+    why = []
+    if len(set(config.activations[:-1])) > 1:
         why.append("a different activation per hidden layer")
-    if hidden - set(SKLEARN_ACT):
-        why.append(f"hidden activation {', '.join(sorted(hidden - set(SKLEARN_ACT)))}")
     if any(config.dropouts):
         why.append("dropout")
     if config.regularization_type == "L1" and config.regularization_rate:
