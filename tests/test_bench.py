@@ -257,3 +257,35 @@ def test_the_last_line_names_ours_when_ours_is_fastest() -> None:
               "results": rows}
     assert summary(report)[-1] == ("Fastest at batch 128: numba (0.500 s); ours: numba 0.62x "
                                    "the fastest peer, peer:jax-scan (0.800 s)")
+
+
+@pytest.mark.slow
+def test_bench_times_the_peers_on_the_recipe(mnist, tmp_path: Path) -> None:
+    """A real (tiny) `bench --peers` of configs/mnist-99.3.json: the torch and jax peers train
+    its features on the images ours train on; scikit-learn's row says what it cannot express;
+    the last line names the fastest row."""
+    import importlib.util
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "bench", "configs/mnist-99.3.json", "--peers",
+         "--backends", "numpy", "--batch-sizes", "128", "--limit-train", "300", "--epochs",
+         "1", "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["target"]: r for r in json.loads(out.read_text())["results"]}
+    for target in ("numpy", "peer:torch", "peer:jax-step", "peer:jax-scan", "peer:gemm-floor"):
+        assert rows[target]["train_samples"] == 300 and rows[target]["seconds"] > 0, target
+    for target in ("peer:torch", "peer:jax-step", "peer:jax-scan"):  # they learn, as ours
+        assert 0 < rows[target]["loss"] < rows["numpy"]["loss"] + 0.5, rows[target]
+        assert rows[target]["not_learning"] is False and rows[target]["diverged"] is False
+    compiled = rows["peer:torch-compile"]  # a row either way: timed, or why it failed
+    assert compiled.get("seconds") or compiled["error"] in proc.stdout
+    if importlib.util.find_spec("sklearn"):
+        assert rows["peer:sklearn"]["cannot"].startswith("dropout; a cosine schedule")
+        assert "peer:sklearn: can't express: dropout" in proc.stdout
+    fastest = next(x for x in proc.stdout.splitlines() if x.startswith("Fastest at batch 128"))
+    best = min((r for t, r in rows.items() if r.get("seconds") and t != "peer:gemm-floor"),
+               key=lambda r: r["seconds"])
+    assert f"Fastest at batch 128: {best['target']} ({best['seconds']:.3f} s)" in fastest
