@@ -283,7 +283,7 @@ def judge(config: Config, loss: float | None) -> dict[str, bool]:
     training loop's own definition) or `not_learning` (a cross-entropy over twice an untrained
     network's: far worse than guessing, where a network early in training sits near it, just
     above or below). Either way the row times saturated, often denormal, arithmetic rather than
-    training. A peer reports no loss: nothing is said."""
+    training. Where a row has no loss (scikit-learn, the GEMM floor) nothing is said."""
     if loss is None:
         return {"diverged": False, "not_learning": False}
     untrained = untrained_loss(config.loss, config.sizes[-1])

@@ -155,7 +155,7 @@ def summary(report: dict[str, Any]) -> list[str]:
 
 
 def _loss_text(loss: float | None, diverged: bool, flagged: bool) -> str:
-    if loss is None:  # a peer reports none; a diverged run's was not finite
+    if loss is None:  # scikit-learn and the floor report none; a diverged run's was not finite
         return "[red]not finite[/]" if diverged else ""
     return f"[red]{loss:.3g}[/]" if flagged else f"{loss:.3g}"
 
