@@ -271,3 +271,21 @@ def test_what_each_peer_cannot_express() -> None:
         "hidden activation leaky_relu, softmax; a different activation per hidden layer; "
         "an L1 penalty; AdamW")
     assert cannot_express("gemm-floor", mixed) is None
+
+
+def test_a_peer_that_fails_says_why_in_one_line(mnist, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile failing inside the worker (no C++ compiler, say): the worker reports the
+    exception's type and first line, which the row shows, not the traceback's last hint."""
+    from trainer.bench.run import worker
+    from trainer.core.config import default_config
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CppCompileError: C++ compile error\n(the compiler's log)\n")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    spec = {"config": default_config().to_dict(), "batch_size": 100, "epochs": 1,
+            "warmup": 0, "limit_train": 200, "target": "peer:torch-compile"}
+    assert worker(spec) == {"error": "RuntimeError: CppCompileError: C++ compile error"}
+    result = worker(spec | {"target": "peer:torch"})  # eager: trains
+    assert len(result["times"]) == 1 and result["train_samples"] == 200
+    assert 0 < result["loss"] < 2.31 * 2

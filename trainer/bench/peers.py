@@ -106,6 +106,23 @@ def _sklearn_limits(config: Config) -> list[str]:
     return why
 
 
+def peers_that_cannot(targets: list[str], config: Config) -> dict[str, str]:
+    """The peers among `targets` that cannot express `config`, with why."""
+    found = {}
+    for target in targets:
+        why = cannot_express(target[5:], config) if target.startswith("peer:") else None
+        if why:
+            found[target] = why
+    return found
+
+
+def failure(e: BaseException) -> str:
+    """A peer's exception in one line: its type and the first line of its message (a
+    compiler's log below it, or a traceback's hint after it, would hide what failed)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def train_peer(name: str, config: Config, data: Any, epochs: int) -> PeerRun:
     """Train peer `name` on `data` (a Dataset: all of its training images) for `epochs`."""
     from trainer.bench.peer_feed import Feed

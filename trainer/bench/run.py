@@ -38,9 +38,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     target = spec["target"]
     info: dict[str, Any] = {}
     if target.startswith("peer:"):
-        from trainer.bench.peers import train_peer
+        from trainer.bench.peers import failure, train_peer
 
-        run = train_peer(target[5:], config, data, config.epochs)
+        try:
+            run = train_peer(target[5:], config, data, config.epochs)
+        except Exception as e:  # noqa: BLE001 - its row says why (torch.compile, say)
+            return {"error": failure(e)}
         times = run.times
         info["train_samples"] = len(data.train_labels)
         if run.loss is not None:
@@ -131,6 +134,8 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
               epochs: int = 3, warmup: int = 1, rounds: int = 1, limit_train: int | None = None,
               keep_blas_env: bool = False, on_result: Any = None,
               dataset: str = "mnist") -> dict[str, Any]:
+    from trainer.bench.peers import peers_that_cannot
+
     config = config or default_config()
     cannot = peers_that_cannot(targets, config)
     timed = [t for t in targets if t not in cannot]
@@ -168,18 +173,6 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
             "blas_env_unset": not keep_blas_env,
             "fastest": fastest(rows), "fastest_overall": fastest_overall(rows),
             "results": rows}
-
-
-def peers_that_cannot(targets: list[str], config: Config) -> dict[str, str]:
-    """The peers among `targets` that cannot express `config`, with why."""
-    from trainer.bench.peers import cannot_express
-
-    found = {}
-    for target in targets:
-        why = cannot_express(target[5:], config) if target.startswith("peer:") else None
-        if why:
-            found[target] = why
-    return found
 
 
 def fastest(rows: list[dict[str, Any]]) -> dict[int, str]:
