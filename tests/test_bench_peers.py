@@ -234,6 +234,13 @@ def test_the_feed_warps_then_shifts_each_batch_as_a_run_does() -> None:
     assert feed.steps == 5 and len(feed.lrs) == 5  # 70 rows: four of 16 and one of 6
     assert feed.lrs == [learning_rate(cfg, 2, s, 5) for s in range(5)]
     assert len(set(feed.lrs)) == 5
+    seen, real = [], feed.augment  # augmented on one of NumPy's BLAS threads, then restored
+    feed.augment = lambda x, idx: (seen.append([lib.num_threads for lib in feed.blas]),
+                                   real(x, idx))[1]
+    before = [lib.num_threads for lib in feed.blas]
+    feed.batch(0)
+    assert feed.blas and seen == [[1] * len(feed.blas)]
+    assert [lib.num_threads for lib in feed.blas] == before
 
 
 @pytest.mark.parametrize("augment", [True, False], ids=["augmented", "plain"])

@@ -41,6 +41,7 @@ class Feed:
         self.shifter = Shifter(xp, np.ascontiguousarray, shape, aug.shift, background,
                                dtype) if aug.shift else None
         self.augment = chain(self.warp, self.shifter)  # warped first, then shifted
+        self.blas = numpy_blas()
         self.perm = np.arange(self.n)
         self.lrs = [config.learning_rate] * self.steps
 
@@ -68,7 +69,17 @@ class Feed:
         idx = self.perm[step * self.size:(step + 1) * self.size]
         x = np.take(self.x, idx, axis=0)
         if self.augment is not None:
-            x = self.augment(x, idx)
+            # one BLAS thread: the warp's GEMMs are small (train.auto_blas_threads's rule), and
+            # NumPy's BLAS threads spinning beside the peer's own pool would time their clash
+            # (measured here: 38 ms a batch of 128 with two threads under load, 4 with one)
+            threads = [lib.num_threads for lib in self.blas]
+            for lib in self.blas:
+                lib.set_num_threads(1)
+            try:
+                x = self.augment(x, idx)
+            finally:
+                for lib, n in zip(self.blas, threads, strict=True):
+                    lib.set_num_threads(n)
         return x, self.y[idx]
 
     def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
@@ -76,6 +87,14 @@ class Feed:
         self.begin(epoch)
         for step in range(self.steps):
             yield (*self.batch(step), self.lrs[step])
+
+
+def numpy_blas() -> list[Any]:
+    """threadpoolctl's controllers of NumPy's own BLAS (not torch's, say)."""
+    from threadpoolctl import ThreadpoolController
+
+    return [lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and "numpy" in str(lib.filepath)]
 
 
 def initial_params(config: Config) -> list[np.ndarray]:
