@@ -175,3 +175,118 @@ def test_cpu_reads_the_model_and_vector_width(tmp_path: Path, flags: str, simd: 
     got = cpu(str(info))
     assert got["model"] == ("AMD EPYC 7B13") and got["simd"] == simd
     assert cpu(str(tmp_path / "none"))["simd"] == "unknown"
+
+
+def fake_worker(seconds: dict[str, float], calls: list[str]):
+    """A stand-in for the worker subprocess: each target's figures, no training."""
+    def run(spec, keep_blas_env):
+        calls.append(spec["target"])
+        if spec["target"] not in seconds:
+            return {"error": "InductorError: CppCompileError: C++ compile error [g++]"}
+        t = seconds[spec["target"]]
+        return {"times": [t], "first_epoch": t, "peak_rss_mb": 100.0, "train_samples": 1000,
+                "loss": 0.5}
+    return run
+
+
+def test_peers_that_cannot_express_a_config_get_a_row_that_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MSE network with a sigmoid output: no peer but the GEMM floor trains it, and each
+    says so in the table and the JSON, without a worker started; a peer whose worker failed
+    (torch.compile) has its row with the reason."""
+    from typer.testing import CliRunner
+
+    from trainer.bench import run as bench_run
+    from trainer.cli.app import app
+
+    cfg = tmp_path / "mse.json"
+    cfg.write_text(json.dumps({"layers": [{"nodes": 784, "activation": "relu"},
+                                          {"nodes": 32, "activation": "sigmoid"},
+                                          {"nodes": 10}],
+                               "learning_rate": 0.1, "epochs": 1, "batch_size": 32,
+                               "loss": "mse"}))
+    calls: list[str] = []
+    monkeypatch.setattr(bench_run, "_run_worker", fake_worker(
+        {"numpy": 1.0, "peer:gemm-floor": 0.3}, calls))
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", str(cfg), "--peers", "--backends", "numpy",
+                                      "--batch-sizes", "128", "--out", str(out)],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = {r["target"]: r for r in json.loads(out.read_text())["results"]}
+    why = "a sigmoid output with the mse loss (only a softmax output with cross-entropy)"
+    flat = " ".join(result.output.split())
+    for peer in ("torch", "jax-step", "jax-scan", "torch-compile"):
+        assert rows[f"peer:{peer}"]["cannot"] == why and f"peer:{peer}" not in calls
+        assert f"peer:{peer}: can't express: {why}" in flat
+    assert calls == ["numpy", "peer:gemm-floor"] and rows["peer:gemm-floor"]["seconds"] == 0.3
+    assert "Fastest at batch 128: numpy (1.000 s)" in flat  # the floor is not a trainer
+
+    default = tmp_path / "default.json"  # every peer can: the failed one's row says why
+    calls.clear()
+    monkeypatch.setattr(bench_run, "_run_worker", fake_worker(
+        {"numpy": 1.0, "peer:torch": 2.0, "peer:jax-step": 0.9, "peer:jax-scan": 0.8,
+         "peer:sklearn": 1.9, "peer:gemm-floor": 0.3}, calls))
+    result = CliRunner().invoke(app, ["bench", "--peers", "--backends", "numpy",
+                                      "--batch-sizes", "128", "--out", str(default)],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert ("peer:torch-compile: failed: InductorError: CppCompileError: C++ compile error "
+            "[g++]") in flat
+    assert "Fastest at batch 128: peer:jax-scan (0.800 s); ours: numpy 1.25x it" in flat
+    report = json.loads(default.read_text())
+    assert report["fastest_overall"]["128"] == {
+        "target": "peer:jax-scan", "seconds": 0.8, "fastest_peer": "peer:jax-scan",
+        "peer_seconds": 0.8, "ours": "numpy", "ours_vs_peer": 1.25}
+    assert {r["target"] for r in report["results"]} >= {"peer:torch-compile", "peer:torch"}
+
+
+def test_the_last_line_names_ours_when_ours_is_fastest() -> None:
+    from trainer.bench.run import fastest_overall
+    from trainer.cli.bench import summary
+
+    rows = [{"target": "numba", "batch_size": 128, "seconds": 0.5},
+            {"target": "numpy", "batch_size": 128, "seconds": 0.9},
+            {"target": "peer:jax-scan", "batch_size": 128, "seconds": 0.8},
+            {"target": "peer:torch", "batch_size": 128, "seconds": 0.1, "diverged": True},
+            {"target": "peer:gemm-floor", "batch_size": 128, "seconds": 0.2},
+            {"target": "peer:sklearn", "batch_size": 128, "cannot": "dropout"}]
+    report = {"machine": {"cpu": {"model": "EPYC", "cores": 2, "simd": "AVX2"}},
+              "versions": {}, "fastest": {128: "numba"}, "fastest_overall": fastest_overall(rows),
+              "results": rows}
+    assert summary(report)[-1] == ("Fastest at batch 128: numba (0.500 s); ours: numba 0.62x "
+                                   "the fastest peer, peer:jax-scan (0.800 s)")
+
+
+@pytest.mark.slow
+def test_bench_times_the_peers_on_the_recipe(mnist, tmp_path: Path) -> None:
+    """A real (tiny) `bench --peers` of configs/mnist-99.3.json: the torch and jax peers train
+    its features on the images ours train on; scikit-learn's row says what it cannot express;
+    the last line names the fastest row."""
+    import importlib.util
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "bench", "configs/mnist-99.3.json", "--peers",
+         "--backends", "numpy", "--batch-sizes", "128", "--limit-train", "300", "--epochs",
+         "1", "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["target"]: r for r in json.loads(out.read_text())["results"]}
+    for target in ("numpy", "peer:torch", "peer:jax-step", "peer:jax-scan", "peer:gemm-floor"):
+        assert rows[target]["train_samples"] == 300 and rows[target]["seconds"] > 0, target
+    for target in ("peer:torch", "peer:jax-step", "peer:jax-scan"):  # they learn, as ours
+        assert 0 < rows[target]["loss"] < rows["numpy"]["loss"] + 0.5, rows[target]
+        assert rows[target]["not_learning"] is False and rows[target]["diverged"] is False
+    compiled = rows["peer:torch-compile"]  # a row either way: timed, or why it failed
+    assert compiled.get("seconds") or ("peer:torch-compile: failed:" in proc.stdout
+                                       and compiled["error"])
+    if importlib.util.find_spec("sklearn"):
+        assert rows["peer:sklearn"]["cannot"].startswith("dropout; a cosine schedule")
+        assert "peer:sklearn: can't express: dropout" in proc.stdout
+    fastest = next(x for x in proc.stdout.splitlines() if x.startswith("Fastest at batch 128"))
+    best = min((r for t, r in rows.items() if r.get("seconds") and t != "peer:gemm-floor"),
+               key=lambda r: r["seconds"])
+    assert f"Fastest at batch 128: {best['target']} ({best['seconds']:.3f} s)" in fastest

@@ -1,173 +1,136 @@
 """The same network, hyper-parameters and data in other libraries, for `trainer bench --peers`.
 
-Each function trains the config's network for `epochs` epochs on (x, y) and returns the seconds
-of each epoch. Gradients are summed over the batch like neural-net-rs (or, for scikit-learn,
-which averages, the learning rate is multiplied by the batch size to take the same step).
-These libraries are optional: nothing here is imported unless the peer is asked for.
+What the peers express. PyTorch eager (`torch`), PyTorch under `torch.compile` on the CPU
+(`torch-compile`), a jitted JAX step per batch (`jax-step`) and a whole JAX epoch as one
+`lax.scan` (`jax-scan`) train, from the project's own initial weights (network.init_params):
+per-layer hidden activations (sigmoid, tanh, relu, leaky_relu with activations.LEAKY_SLOPE,
+identity), a softmax output with cross-entropy; inverted dropout where the config puts it
+(dropouts[i] on the input of connection i), with the library's own masks (torch.nn.Dropout,
+jax.random); SGD with momentum or Nesterov's, Adam and AdamW; L1/L2 on the weights only, added
+to the summed loss and reduced with it (as the project's Rates.penalty scales it); a summed or
+mean loss; the schedule's rate at every step (schedule.learning_rate); the batch size, the last
+partial batch included. torch uses torch.optim, whose momentum keeps raw gradients: with a
+changing rate its velocity is scaled by the current rate, not by each past step's (the same
+update for a constant rate, the same work either way); JAX's update is written out with the
+project's convention. scikit-learn's MLPClassifier expresses less (one hidden activation, no
+dropout, no L1, no AdamW, no schedule, no augmentation). The GEMM floor is a bound, not a
+trainer: only the forward and backward GEMMs at their real shapes.
+
+A peer that cannot express a config is not run: its row says "can't express: <reasons>".
+
+Augmentation is counted for everyone alike: every peer (the GEMM floor too) applies the
+project's own shifts and elastic warps (augment.Shifter, elastic.ElasticWarp with the NumPy
+backend's `elastic` kernel) on the host with NumPy, on one BLAS thread (peer_feed.py says
+why), to each batch inside its timed loop, as our NumPy backend does per batch; jax-scan
+augments the epoch's rows on the host inside the timed epoch, then scans. These libraries are
+optional: nothing is imported unless the peer runs.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-from collections.abc import Callable
-
-import numpy as np
+import importlib
+from dataclasses import dataclass
+from typing import Any
 
 from trainer.core.config import Config
 
-Peer = Callable[[Config, np.ndarray, np.ndarray, int], list[float]]
-TORCH_ACT = {"sigmoid": "Sigmoid", "relu": "ReLU", "tanh": "Tanh", "identity": "Identity"}
+HIDDEN = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")  # torch's and jax's
 SKLEARN_ACT = {"sigmoid": "logistic", "relu": "relu", "tanh": "tanh", "identity": "identity"}
 
 
-def _hidden(config: Config) -> list[str]:
-    """The hidden activations; every peer here needs the fused softmax + cross-entropy output."""
-    acts = config.activations
-    if acts[-1] != "softmax" or config.loss != "cross_entropy" or len(set(acts[:-1])) > 1:
-        raise ValueError("peers support one hidden activation and a softmax/cross-entropy output")
-    return acts[:-1]
+@dataclass(frozen=True)
+class PeerRun:
+    """A peer's figures: the seconds of each epoch, the last epoch's mean training loss (None
+    where the peer does not say)."""
+
+    times: list[float]
+    loss: float | None = None
 
 
-def torch_eager(config: Config, x: np.ndarray, y: np.ndarray, epochs: int) -> list[float]:
-    import torch
-
-    torch.manual_seed(config.seed)
-    layers: list[torch.nn.Module] = []
-    for i, act in enumerate(_hidden(config)):
-        layers += [torch.nn.Linear(config.sizes[i], config.sizes[i + 1]),
-                   getattr(torch.nn, TORCH_ACT[act])()]
-    layers.append(torch.nn.Linear(config.sizes[-2], config.sizes[-1]))
-    model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    gen, bs, times = torch.Generator().manual_seed(config.seed), config.batch_size, []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(xt), generator=gen)
-        for s in range(0, len(xt), bs):
-            idx = perm[s:s + bs]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-        times.append(time.perf_counter() - t0)
-    return times
+@dataclass(frozen=True)
+class Peer:
+    library: str  # the module that must be installed
+    module: str  # where its `train(config, feed, epochs) -> PeerRun` lives
+    function: str
+    kind: str  # "trainer" (torch, jax), "sklearn" or "floor": what cannot_express asks
 
 
-def sklearn_sgd(config: Config, x: np.ndarray, y: np.ndarray, epochs: int) -> list[float]:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
-    act = {SKLEARN_ACT[a] for a in _hidden(config)}.pop()
-    model = MLPClassifier(hidden_layer_sizes=tuple(config.sizes[1:-1]), activation=act,
-                          solver="sgd", batch_size=config.batch_size, alpha=0.0,
-                          learning_rate_init=config.learning_rate * config.batch_size,
-                          momentum=config.momentum, nesterovs_momentum=False, max_iter=1,
-                          shuffle=True, random_state=config.seed, warm_start=True, tol=0.0)
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(x, y)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _jax_setup(config: Config, x: np.ndarray, y: np.ndarray):
-    import jax
-    import jax.numpy as jnp
-
-    acts = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh,
-            "identity": lambda z: z}
-    hidden = [acts[a] for a in _hidden(config)]
-    rng = np.random.default_rng(config.seed)
-    params = []
-    for fan_in, fan_out in zip(config.sizes[:-1], config.sizes[1:], strict=True):
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        params.append((jnp.asarray(rng.uniform(-limit, limit, (fan_in, fan_out)), jnp.float32),
-                       jnp.zeros(fan_out, jnp.float32)))
-
-    def loss(p, xb, yb):
-        h = xb
-        for (w, b), f in zip(p[:-1], hidden, strict=True):
-            h = f(h @ w + b)
-        logits = h @ p[-1][0] + p[-1][1]
-        return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:, None], axis=1))
-
-    lr, m = config.learning_rate, config.momentum
-
-    def step(state, batch):
-        p, v = state
-        g = jax.grad(loss)(p, *batch)
-        v = jax.tree_util.tree_map(lambda vi, gi: m * vi - lr * gi, v, g)
-        return (jax.tree_util.tree_map(lambda pi, vi: pi + vi, p, v), v), None
-
-    velocity = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return jax, jnp, step, (params, velocity), jnp.asarray(x), jnp.asarray(y.astype(np.int32))
-
-
-def jax_step(config: Config, x: np.ndarray, y: np.ndarray, epochs: int) -> list[float]:
-    """One jitted step per batch (the gather inside it), called from a Python loop."""
-    jax, jnp, step, state, xj, yj = _jax_setup(config, x, y)
-    jstep = jax.jit(lambda s, idx: step(s, (xj[idx], yj[idx]))[0])
-    rng, bs, times = np.random.default_rng(config.seed), config.batch_size, []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        perm = rng.permutation(len(x)).astype(np.int32)  # host indices: one dispatch per step
-        for s in range(0, len(x), bs):
-            state = jstep(state, perm[s:s + bs])
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def jax_scan(config: Config, x: np.ndarray, y: np.ndarray, epochs: int) -> list[float]:
-    """A whole epoch as one jitted `lax.scan` over the batches (the last partial batch dropped)."""
-    jax, jnp, step, state, xj, yj = _jax_setup(config, x, y)
-    bs = config.batch_size
-    steps = len(x) // bs
-
-    @jax.jit
-    def epoch(state, perm):
-        idx = perm[:steps * bs].reshape(steps, bs)
-        return jax.lax.scan(step, state, (xj[idx], yj[idx]))[0]
-
-    rng, times = np.random.default_rng(config.seed), []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        state = epoch(state, jnp.asarray(rng.permutation(len(x))))
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def gemm_floor(config: Config, x: np.ndarray, y: np.ndarray, epochs: int) -> list[float]:
-    """Only the GEMMs of forward and backward at their real shapes, in NumPy: a lower bound."""
-    rng, bs, n = np.random.default_rng(0), config.batch_size, len(x)
-    ws = [rng.random((a, b), dtype=np.float32) for a, b in zip(config.sizes[:-1],
-                                                               config.sizes[1:], strict=True)]
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        for s in range(0, n, bs):
-            outs = [x[s:s + bs]]
-            for w in ws:
-                outs.append(outs[-1] @ w)
-            delta = outs[-1]
-            for i in range(len(ws) - 1, -1, -1):
-                _ = outs[i].T @ delta
-                if i > 0:
-                    delta = delta @ ws[i].T
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-PEERS: dict[str, tuple[str, Peer]] = {
-    "torch": ("torch", torch_eager),
-    "sklearn": ("sklearn", sklearn_sgd),
-    "jax-step": ("jax", jax_step),
-    "jax-scan": ("jax", jax_scan),
-    "gemm-floor": ("numpy", gemm_floor),
+PEERS: dict[str, Peer] = {
+    "torch": Peer("torch", "trainer.bench.peer_torch", "eager", "trainer"),
+    "torch-compile": Peer("torch", "trainer.bench.peer_torch", "compiled", "trainer"),
+    "sklearn": Peer("sklearn", "trainer.bench.peer_other", "sklearn_sgd", "sklearn"),
+    "jax-step": Peer("jax", "trainer.bench.peer_jax", "jax_step", "trainer"),
+    "jax-scan": Peer("jax", "trainer.bench.peer_jax", "jax_scan", "trainer"),
+    "gemm-floor": Peer("numpy", "trainer.bench.peer_other", "gemm_floor", "floor"),
 }
+
+
+def cannot_express(name: str, config: Config) -> str | None:
+    """Why peer `name` cannot train `config` with its features ("; "-joined), or None."""
+    kind = PEERS[name].kind
+    if kind == "floor":
+        return None
+    sklearn = kind == "sklearn"
+    why = _network_limits(config, set(SKLEARN_ACT) if sklearn else set(HIDDEN))
+    if sklearn:
+        why += _sklearn_limits(config)
+    return "; ".join(why) or None
+
+
+def _network_limits(config: Config, hidden: set[str]) -> list[str]:
+    why = []
+    acts = config.activations
+    if acts[-1] != "softmax" or config.loss != "cross_entropy":
+        why.append(f"a {acts[-1]} output with the {config.loss} loss (only a softmax output "
+                   f"with cross-entropy)")
+    other = sorted(set(acts[:-1]) - hidden)
+    if other:
+        why.append(f"hidden activation {', '.join(other)}")
+    return why
+
+
+def _sklearn_limits(config: Config) -> list[str]:
+    why = []
+    if len(set(config.activations[:-1])) > 1:
+        why.append("a different activation per hidden layer")
+    if any(config.dropouts):
+        why.append("dropout")
+    if config.regularization_type == "L1" and config.regularization_rate:
+        why.append("an L1 penalty")
+    if config.optimizer == "adamw":
+        why.append("AdamW")
+    s = config.lr_schedule
+    if s.type != "constant" or s.warmup_epochs:
+        why.append(f"a {s.type} schedule" + (" with warm-up" if s.warmup_epochs else ""))
+    if config.augment.shift or config.augment.warps:
+        why.append("augmentation (fit takes a fixed training set)")
+    return why
+
+
+def peers_that_cannot(targets: list[str], config: Config) -> dict[str, str]:
+    """The peers among `targets` that cannot express `config`, with why."""
+    found = {}
+    for target in targets:
+        why = cannot_express(target[5:], config) if target.startswith("peer:") else None
+        if why:
+            found[target] = why
+    return found
+
+
+def failure(e: BaseException) -> str:
+    """A peer's exception in one line: its type and the first line of its message (a
+    compiler's log below it, or a traceback's hint after it, would hide what failed)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def train_peer(name: str, config: Config, data: Any, epochs: int) -> PeerRun:
+    """Train peer `name` on `data` (a Dataset: all of its training images) for `epochs`."""
+    from trainer.bench.peer_feed import Feed
+
+    why = cannot_express(name, config)
+    if why:
+        raise ValueError(f"peer {name} can't express this config: {why}")
+    peer = PEERS[name]
+    return getattr(importlib.import_module(peer.module), peer.function)(
+        config, Feed.from_dataset(config, data), epochs)

@@ -23,7 +23,7 @@ import numpy as np
 from trainer import backends
 from trainer.core.config import Config, default_config
 from trainer.core.losses import diverged, untrained_loss
-from trainer.data.dataset import InputScaling, load_dataset
+from trainer.data.dataset import load_dataset
 from trainer.errors import UsageError
 
 BLAS_TRAPS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # force an old, slow kernel when set
@@ -32,17 +32,22 @@ BLAS_TRAPS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # force an old, slow ker
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one target for warm-up + timed epochs, in this process; return its figures:
     `times` per timed epoch and `train_samples`, the samples each epoch trained on."""
-    config = Config.from_dict(spec["config"]).replace(
-        batch_size=spec["batch_size"], epochs=spec["warmup"] + spec["epochs"])
+    config = bench_config(Config.from_dict(spec["config"]), spec["batch_size"],
+                          spec["warmup"] + spec["epochs"])
     data = load_dataset(dataset=spec.get("dataset", "mnist")).limit(spec.get("limit_train"), 0)
     target = spec["target"]
     info: dict[str, Any] = {}
     if target.startswith("peer:"):
-        from trainer.bench.peers import PEERS
+        from trainer.bench.peers import failure, train_peer
 
-        x = InputScaling.fit(data.train_images).apply(data.train_images)
-        times = PEERS[target[5:]][1](config, x, data.train_labels, config.epochs)
-        info["train_samples"] = len(x)
+        try:
+            run = train_peer(target[5:], config, data, config.epochs)
+        except Exception as e:  # noqa: BLE001 - its row says why (torch.compile, say)
+            return {"error": failure(e)}
+        times = run.times
+        info["train_samples"] = len(data.train_labels)
+        if run.loss is not None:
+            info["loss"] = run.loss
     else:
         from trainer.run.results import Engine
         from trainer.run.train import train
@@ -66,6 +71,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     # the first epoch apart: it includes compiling (jax, our own and the peers')
     return {"times": times[spec["warmup"]:], "first_epoch": times[0],
             "peak_rss_mb": _peak_rss_mb(), **info}
+
+
+def bench_config(config: Config, batch_size: int, epochs: int) -> Config:
+    """The config every target of a row trains: its batch size and epochs, on the whole
+    training set (a validation split held out, and early stopping on it, are dropped: no
+    target evaluates anything inside a timed epoch, and all train on the same rows)."""
+    return config.replace(batch_size=batch_size, epochs=epochs, validation_split=0.0,
+                          early_stopping_patience=None)
 
 
 def _peak_rss_mb() -> float:
@@ -92,8 +105,8 @@ def available_targets(names: list[str] | None, peers: bool) -> list[str]:
     if peers:
         from trainer.bench.peers import PEERS
 
-        chosen += [f"peer:{p}" for p, (module, _) in PEERS.items()
-                   if importlib.util.find_spec(module) is not None]
+        chosen += [f"peer:{p}" for p, peer in PEERS.items()
+                   if importlib.util.find_spec(peer.library) is not None]
     return chosen
 
 
@@ -121,18 +134,28 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
               epochs: int = 3, warmup: int = 1, rounds: int = 1, limit_train: int | None = None,
               keep_blas_env: bool = False, on_result: Any = None,
               dataset: str = "mnist") -> dict[str, Any]:
+    from trainer.bench.peers import peers_that_cannot
+
     config = config or default_config()
+    cannot = peers_that_cannot(targets, config)
+    timed = [t for t in targets if t not in cannot]
     rows = []
     for bs in batch_sizes:
         samples: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         for _ in range(rounds):
-            for target in targets:  # interleaved: a slow spell of the machine hits every target
+            for target in timed:  # interleaved: a slow spell of the machine hits every target
                 spec = {"config": config.to_dict(), "batch_size": bs, "target": target,
                         "epochs": epochs, "warmup": warmup, "limit_train": limit_train,
                         "dataset": dataset}
                 samples[target].append(_run_worker(spec, keep_blas_env))
         base = None
         for target in targets:
+            if target in cannot:  # a row that says so: never left out silently
+                row = {"target": target, "batch_size": bs, "cannot": cannot[target]}
+                rows.append(row)
+                if on_result:
+                    on_result(row)
+                continue
             row = _summarise(target, bs, samples[target])
             if target == targets[0]:
                 base = row.get("seconds")
@@ -148,7 +171,8 @@ def run_bench(config: Config | None = None, *, batch_sizes: list[int], targets: 
             "versions": versions(targets), "config": config.to_dict(), "dataset": dataset,
             "epochs": epochs, "warmup": warmup, "rounds": rounds,
             "blas_env_unset": not keep_blas_env,
-            "fastest": fastest(rows), "results": rows}
+            "fastest": fastest(rows), "fastest_overall": fastest_overall(rows),
+            "results": rows}
 
 
 def fastest(rows: list[dict[str, Any]]) -> dict[int, str]:
@@ -156,12 +180,36 @@ def fastest(rows: list[dict[str, Any]]) -> dict[int, str]:
     learning): what to pick on this machine."""
     best: dict[int, dict[str, Any]] = {}
     for row in rows:
-        if row["target"].startswith("peer:") or not row.get("seconds") or row.get(
-                "diverged") or row.get("not_learning"):
+        if row["target"].startswith("peer:") or not _trained(row):
             continue
         if row["batch_size"] not in best or row["seconds"] < best[row["batch_size"]]["seconds"]:
             best[row["batch_size"]] = row
     return {bs: row["target"] for bs, row in best.items()}
+
+
+def _trained(row: dict[str, Any]) -> bool:
+    return bool(row.get("seconds")) and not row.get("diverged") and not row.get("not_learning")
+
+
+def fastest_overall(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """At each batch size: the fastest row that trained, ours or a peer's (the GEMM floor is
+    a bound, not a trainer), and the fastest of ours over the fastest peer."""
+    found: dict[int, dict[str, Any]] = {}
+    for bs in sorted({r["batch_size"] for r in rows}):
+        here = [r for r in rows if r["batch_size"] == bs and _trained(r)
+                and r["target"] != "peer:gemm-floor"]
+        if not here:
+            continue
+        best = min(here, key=lambda r: r["seconds"])
+        peers = [r for r in here if r["target"].startswith("peer:")]
+        ours = [r for r in here if not r["target"].startswith("peer:")]
+        entry: dict[str, Any] = {"target": best["target"], "seconds": best["seconds"]}
+        if peers and ours:
+            peer, mine = (min(rs, key=lambda r: r["seconds"]) for rs in (peers, ours))
+            entry |= {"fastest_peer": peer["target"], "peer_seconds": peer["seconds"],
+                      "ours": mine["target"], "ours_vs_peer": mine["seconds"] / peer["seconds"]}
+        found[bs] = entry
+    return found
 
 
 def versions(targets: list[str]) -> dict[str, str]:
@@ -173,7 +221,7 @@ def versions(targets: list[str]) -> dict[str, str]:
         if target.startswith("peer:"):
             from trainer.bench.peers import PEERS
 
-            modules.add(PEERS[target[5:]][0])
+            modules.add(PEERS[target[5:]].library)
         else:
             modules.add(target.replace("-", "_"))
     found = {}
@@ -228,7 +276,7 @@ def judge(config: Config, loss: float | None) -> dict[str, bool]:
     training loop's own definition) or `not_learning` (a cross-entropy over twice an untrained
     network's: far worse than guessing, where a network early in training sits near it, just
     above or below). Either way the row times saturated, often denormal, arithmetic rather than
-    training. A peer reports no loss: nothing is said."""
+    training. Where a row has no loss (scikit-learn, the GEMM floor) nothing is said."""
     if loss is None:
         return {"diverged": False, "not_learning": False}
     untrained = untrained_loss(config.loss, config.sizes[-1])

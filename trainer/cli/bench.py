@@ -36,8 +36,9 @@ def bench_cmd(
     config: Annotated[Path | None, typer.Argument(help="JSON config (default: built-in)")] = None,
     batch_sizes: Annotated[str, Opt(help="comma-separated batch sizes")] = "32,128,512,4096",
     backends: Annotated[str | None, Opt(help="comma-separated (default: all that load)")] = None,
-    peers: Annotated[bool, Opt("--peers", help="also time scikit-learn, PyTorch, JAX "
-                                               "and the GEMM floor, interleaved")] = False,
+    peers: Annotated[bool, Opt("--peers", help="also time PyTorch (eager, compiled), JAX, "
+                                               "scikit-learn and the GEMM floor on the "
+                                               "config's features, interleaved")] = False,
     epochs: Annotated[int, Opt(min=1, help="timed epochs per run (median reported)")] = 3,
     warmup: Annotated[int, Opt(min=0, help="untimed epochs first")] = 1,
     rounds: Annotated[int, Opt(min=1, help="interleaved rounds of every target")] = 1,
@@ -68,9 +69,11 @@ def bench_cmd(
         flagged: dict[str, list[int]] = {"diverged": [], "not_learning": []}
 
         def show(row: dict[str, Any]) -> None:
-            if "error" in row:
-                console.print(f"[red]{row['target']} at batch {row['batch_size']}: "
-                              f"{row['error']}[/]", soft_wrap=True)
+            if "cannot" in row or "error" in row:  # a row all the same: never left out
+                why = (f"can't express: {row['cannot']}" if "cannot" in row
+                       else f"failed: {row['error']}")
+                table.add_row(str(row["batch_size"]), f"{row['target']}: {shown(why)}",
+                              *[""] * 7, style="yellow" if "cannot" in row else "red")
                 return
             threads, loss = row.get("threads"), row.get("loss")
             bad = False
@@ -141,11 +144,18 @@ def summary(report: dict[str, Any]) -> list[str]:
     if by_target:
         lines.append("Fastest of ours here: " + "; ".join(
             f"{target} at batch {', '.join(won)}" for target, won in by_target.items()))
+    for bs, best in sorted(report.get("fastest_overall", {}).items(), key=lambda i: int(i[0])):
+        line = f"Fastest at batch {bs}: {best['target']} ({best['seconds']:.3f} s)"
+        if "ours_vs_peer" in best:
+            peer = ("it" if best["fastest_peer"] == best["target"] else
+                    f"the fastest peer, {best['fastest_peer']} ({best['peer_seconds']:.3f} s)")
+            line += f"; ours: {best['ours']} {best['ours_vs_peer']:.2f}x {peer}"
+        lines.append(line)
     return lines
 
 
 def _loss_text(loss: float | None, diverged: bool, flagged: bool) -> str:
-    if loss is None:  # a peer reports none; a diverged run's was not finite
+    if loss is None:  # scikit-learn and the floor report none; a diverged run's was not finite
         return "[red]not finite[/]" if diverged else ""
     return f"[red]{loss:.3g}[/]" if flagged else f"{loss:.3g}"
 
