@@ -195,3 +195,19 @@ def test_a_batch_with_auto_records_its_pick_and_resumes(
         assert metrics["backend"] == "numpy"
     again = run(*cmd)  # the same command: the same pick, the same group, nothing retrained
     assert again.exit_code == 0 and "Resuming the batch" in again.output
+
+
+def test_a_sweep_with_auto_trains_its_trials_on_the_pick(
+        idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _absent(monkeypatch, "cupy", "numba", "jax")
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": {"log_uniform": [0.003, 0.1]}}))
+    result = run("sweep", write_config(tmp_path, epochs=1), "--space", space, "--trials", 1,
+                 "--data-dir", idx_dir, "--sweep-dir", tmp_path / "sw", "--backend", "auto")
+    assert result.exit_code == 0, result.output
+    assert "--backend auto: numpy (numba does not load here" in result.output
+    metrics = json.loads((tmp_path / "sw" / "trials" / "0" / "metrics.json").read_text())
+    assert metrics["backend"] == "numpy"
+    result = run("sweep", write_config(tmp_path), "--space", space, "--trials", 1,
+                 "--backend", "auto", "--cluster", "tcp://127.0.0.1:9")
+    assert result.exit_code == 2 and "a cluster's workers load theirs" in result.output
