@@ -225,3 +225,8 @@ def test_the_python_api_takes_auto(monkeypatch: pytest.MonkeyPatch) -> None:
                             "learning_rate": 0.1, "epochs": 1, "batch_size": 8})
     result = trainer.train(cfg, make_dataset(n_train=64, n_test=16, classes=4), "auto")
     assert result.backend == "numpy"
+
+
+def test_a_name_it_does_not_know_is_not_available() -> None:
+    assert auto.available("nonesuch") is None  # a checkpoint's recorded backend, say
+    assert auto.available("numpy") is not None

@@ -20,10 +20,11 @@ JAX_MIN_WEIGHTS = 400_000
 
 
 def available(name: str, device: str | None = None) -> Backend | None:
-    """Backend `name` on `device` if it loads here, else None: auto's availability check."""
+    """Backend `name` on `device` if it loads here, else None: auto's availability check (a
+    name it does not know, read from a checkpoint, does not load either)."""
     try:
         return backends.load(name, device)
-    except ImportError:
+    except (ImportError, ValueError):
         return None
 
 
