@@ -230,3 +230,21 @@ def test_the_python_api_takes_auto(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_name_it_does_not_know_is_not_available() -> None:
     assert auto.available("nonesuch") is None  # a checkpoint's recorded backend, say
     assert auto.available("numpy") is not None
+
+
+def test_a_resume_asked_for_auto_stays_on_the_runs_own_backend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast, without training: the slow test above trains and compares the bits."""
+    from types import SimpleNamespace
+
+    from trainer.cli.train import _resumed_backend
+
+    present(monkeypatch, "numba", "jax", "numpy")
+    on_numpy = SimpleNamespace(run={"backend": "numpy"})  # a checkpoint's record
+    assert _resumed_backend("auto", on_numpy, SMALL, None) == (
+        "numpy", "the run's own: resumed on it, the run stays bit for bit")
+    assert _resumed_backend("auto", None, SMALL, None)[0] == "numba"  # a new run: the rule
+    assert _resumed_backend(None, on_numpy, SMALL, None) == ("numpy", None)
+    present(monkeypatch, "numpy")  # its own no longer loads: picked again
+    on_numba = SimpleNamespace(run={"backend": "numba"})
+    assert _resumed_backend("auto", on_numba, SMALL, None)[0] == "numpy"
