@@ -13,9 +13,9 @@ from trainer.core.step.fused import FusedStep
 from trainer.errors import UsageError
 
 AUTO = "auto"
-# Below this many weights NumPy's per-batch step beats jax's compiled one on the CPU (XLA's
-# GEMMs lose to OpenBLAS on a small network; from here up, fusing the elementwise passes wins):
-# BENCHMARKS.md's table
+# From this many weights up jax's compiled step beats NumPy's on the CPU (0.52-0.89x at 535,040
+# and 1.3 million); below, they are level or NumPy is ahead (0.89-1.22x at 101,632-234,752),
+# and NumPy neither compiles nor takes twice the memory: BENCHMARKS.md's auto table
 JAX_MIN_WEIGHTS = 400_000
 
 
