@@ -105,6 +105,8 @@ def test_names_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
         auto.resolve_backend("nonesuch", [SMALL])
     with pytest.raises(UsageError, match="a cluster's workers load theirs: name one"):
         auto.resolve_backend("auto", [SMALL], on_cluster=True)
+    with pytest.raises(UsageError, match=r"choose one of numpy, .*, jax$"):  # not auto there
+        auto.resolve_backend("nonesuch", [SMALL], on_cluster=True)
     present(monkeypatch)  # nothing loads on this device
     with pytest.raises(UsageError, match="no backend loads on device 'cuda:7'"):
         auto.choose_backend(SMALL, "cuda:7")

@@ -80,8 +80,9 @@ def resolve_backend(name: str, configs: Sequence[Config], device: str | None = N
     """`name`, or for `auto` the backend chosen for `configs`; and why (None: not auto). A
     cluster's workers load their own backend: auto, which looks here, is refused there."""
     if name not in (*backends.NAMES, AUTO):
-        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(backends.NAMES)}"
-                         f", or {AUTO} (the fastest here for the config)")
+        also = "" if on_cluster else f", or {AUTO} (the fastest here for the config)"
+        raise UsageError(f"unknown backend {name!r}; choose one of "
+                         f"{', '.join(backends.NAMES)}{also}")
     if name != AUTO:
         return name, None
     if on_cluster:
