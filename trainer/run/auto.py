@@ -13,10 +13,10 @@ from trainer.core.step.fused import FusedStep
 from trainer.errors import UsageError
 
 AUTO = "auto"
-# From this many weights up jax's compiled step beats NumPy's on the CPU (0.52-0.89x at 535,040
-# and 1.3 million); below, they are level or NumPy is ahead (0.89-1.22x at 101,632-234,752),
+# From this many weights up jax's compiled step beats NumPy's on the CPU (0.52-0.98x at 317,600
+# to 1.3 million); below, they are level or NumPy is ahead (0.89-1.22x at 101,632-234,752),
 # and NumPy neither compiles nor takes twice the memory: BENCHMARKS.md's auto table
-JAX_MIN_WEIGHTS = 400_000
+JAX_MIN_WEIGHTS = 300_000
 
 
 def available(name: str, device: str | None = None) -> Backend | None:
