@@ -23,6 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (file, the exact text, what the bug puts there)
 MUTANTS = {
+    "auto: numba whatever its kernel covers": (
+        "trainer/run/auto.py", "if choice.fallback is None and choice.kind == FusedStep.kind:",
+        "if True:"),
+    "auto: jax below its size": (
+        "trainer/run/auto.py", "big = n >= JAX_MIN_WEIGHTS", "big = n < JAX_MIN_WEIGHTS"),
+    "auto: the GPU not first": (
+        "trainer/run/auto.py", 'gpu = available("cupy", device)', "gpu = None"),
+    "auto: a resumed run picked again": (
+        "trainer/cli/train.py", "if given == AUTO and recorded is not None and available(",
+        "if False and given == AUTO and recorded is not None and available("),
     "skip the last batch": (
         "trainer/run/loop.py", "while done < steps:", "while done < steps - 1:"),
     "drop the partial batch": (

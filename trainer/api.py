@@ -17,6 +17,7 @@ from trainer.core.metrics import Report
 from trainer.data.dataset import Dataset, load_dataset
 from trainer.fileio import atomic_write_json
 from trainer.run import inference
+from trainer.run.auto import resolve_backend
 from trainer.run.catalog import resolve_run
 from trainer.run.checkpoint import LoopState, save_checkpoint
 from trainer.run.model_io import SavedModel
@@ -44,7 +45,9 @@ def train(config: Config, data: Dataset, backend: Backend | str = "numpy", *,
     `load_run` read it). `progress`: rich's live bars and a line per epoch, in a terminal or a
     Jupyter notebook (whose live bars need ipywidgets). `resume`: a checkpoint's state."""
     callbacks = callbacks or Callbacks()
-    loaded = load_backend(backend) if isinstance(backend, str) else backend
+    # a name; auto: the fastest backend here for `config` (run/auto.py)
+    loaded = load_backend(resolve_backend(backend, [config])[0]) if isinstance(backend, str) \
+        else backend
     display: Any = contextlib.nullcontext()
     if progress:
         from trainer.cli.console import console

@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.backends import NAMES, Backend
+from trainer.backends import Backend
 from trainer.data.dataset import Dataset, load_dataset
-from trainer.errors import UsageError
+from trainer.run.auto import resolve_backend
 from trainer.run.train import check_data, check_memory, load_backend
 
 from .cluster import train_on_cluster
@@ -56,16 +56,21 @@ def train_batch(configs: Sequence[str | Path], seeds: list[int] | None = None, *
                 on_event: Callable[[Event], None] = lambda event: None,
                 stop_requested: Callable[[], int | None] | None = None,
                 on_group: Callable[[Path, bool], None] = lambda path, resumed: None,
-                cluster: Cluster | None = None) -> dict[str, Any]:
+                cluster: Cluster | None = None,
+                on_backend: Callable[[str, str], None] = lambda name, why: None
+                ) -> dict[str, Any]:
     """The whole batch from config files: checked up front (every config against the data and
     the memory, before any directory is made), its group found again or made (`on_group(path,
     resumed)` is told which), run, summarised. `seeds` None: each config's own seed.
     `cluster`: each run a task on that Dask cluster (the backend then loads on the workers
-    only, and checks its memory there); the runs that failed are the summary's `failed`."""
+    only, and checks its memory there); the runs that failed are the summary's `failed`.
+    `backend` auto: the one run/auto.py picks for the configs, told to `on_backend(name, why)`
+    (the group records it: the same command again picks it again and resumes)."""
     paths = [Path(c) for c in configs]
     loaded = load_configs(paths, {k: v for k, v in (overrides or {}).items() if v is not None})
-    if cluster is not None and backend not in NAMES:
-        raise UsageError(f"unknown backend {backend!r}: one of {', '.join(NAMES)}")
+    backend, why = resolve_backend(backend, list(loaded.values()), device, cluster is not None)
+    if why is not None:
+        on_backend(backend, why)
     be = load_backend(backend, device) if cluster is None else None
     data = data if data is not None else load_dataset(data_dir, dataset=dataset)
     for cfg in loaded.values():

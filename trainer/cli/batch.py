@@ -11,7 +11,7 @@ from rich.table import Table
 
 from trainer.batch import Event, parse_seeds, train_batch
 from trainer.cli.cluster import RunTable
-from trainer.cli.console import console, err_console, print_json, shown
+from trainer.cli.console import console, err_console, print_json, say_auto, shown
 from trainer.cli.display import epoch_line, load_data
 from trainer.cli.track import tracking
 from trainer.errors import UsageError
@@ -61,6 +61,8 @@ def batch_cli(configs: list[Path], seeds: str | None, workers: int, overrides: d
                 summary = train_batch(configs, seed_list, overrides=overrides, data=data,
                                       workers=workers, on_event=on_event,
                                       stop_requested=stop_requested, on_group=on_group,
+                                      on_backend=lambda name, why: say_auto(name, why,
+                                                                            as_json),
                                       **options)
         except Interrupted as e:
             err_console.print(f"Stopped: finished runs are kept, the running ones checkpointed "

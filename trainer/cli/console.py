@@ -45,6 +45,14 @@ def print_json(data: Any) -> None:
                      + "\n")
 
 
+def say_auto(name: str, why: str | None, as_json: bool = False) -> None:
+    """One line: the backend --backend auto picked, and why (None: it was named, nothing to
+    say); on stderr under --json, whose stdout is the JSON."""
+    if why is not None:
+        (err_console if as_json else console).print(
+            f"--backend auto: {shown(name)} ({shown(why)})", soft_wrap=True)
+
+
 def strict_json(value: Any) -> Any:
     """`value` with NumPy scalars as Python ones and non-finite floats as None."""
     if isinstance(value, dict):

@@ -11,6 +11,9 @@ from trainer.data.datasets import EMNIST_SPLITS, NAMES
 
 Opt = typer.Option
 BackendOpt = Annotated[str, Opt(help="numpy | numba | array-api-strict | torch | cupy | jax")]
+# sweep's: the backends, or auto (the fastest here for the config, run/auto.py)
+TrainBackendOpt = Annotated[str, Opt(help="numpy | numba | array-api-strict | torch | cupy | "
+                                          "jax | auto (the fastest here for the config)")]
 DeviceOpt = Annotated[str | None, Opt(help="device of the backend, e.g. cuda:0")]
 DataDirOpt = Annotated[Path | None, Opt(help="folder with the four IDX files")]
 DATASET_HELP = ", ".join(n for n in NAMES if not n.startswith("emnist-")) + \

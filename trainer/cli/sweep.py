@@ -22,10 +22,17 @@ from trainer.cli.cluster import (
     TlsKeyOpt,
     cluster_option,
 )
-from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
+from trainer.cli.console import (
+    cli_errors,
+    console,
+    err_console,
+    load_config,
+    print_json,
+    say_auto,
+    shown,
+)
 from trainer.cli.display import load_data
 from trainer.cli.options import (
-    BackendOpt,
     BatchSizeOpt,
     DataDirOpt,
     DatasetOpt,
@@ -35,9 +42,11 @@ from trainer.cli.options import (
     LearningRateOpt,
     MomentumOpt,
     Opt,
+    TrainBackendOpt,
 )
 from trainer.cli.track import LogOpt, targets, tracking
 from trainer.data.datasets import get_spec
+from trainer.run.auto import resolve_backend
 from trainer.run.rundir import check_run_name
 from trainer.sweep.cluster import cluster_executor
 from trainer.sweep.report import TRUSTED_TRIALS, note, reruns, seconds
@@ -179,7 +188,7 @@ def sweep_cmd(
     sweep_dir: Annotated[Path | None, Opt(help="default sweeps/<study>")] = None,
     workers: Annotated[int, Opt(min=1, help="local worker processes (BLAS threads split "
                                 "between them)")] = 1,
-    backend: BackendOpt = "numpy",
+    backend: TrainBackendOpt = "numpy",
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
     dataset: DatasetOpt = None,
@@ -221,6 +230,9 @@ def sweep_cmd(
                 check_run_name(config.stem, "study name",
                                hint=f"; the study is named after the config file "
                                     f"{str(config)!r}: name it with --study NAME"))
+        # auto: chosen for the base config
+        backend, why = resolve_backend(backend, [cfg], device, on_cluster=cluster is not None)
+        say_auto(backend, why, as_json)
         settings = SweepSettings(
             cfg, load_space(space, cfg), trials, sweep_dir or Path("sweeps") / name, name,
             storage=storage, sampler=sampler, seed=cfg.seed, backend=backend, device=device,

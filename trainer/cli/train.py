@@ -22,7 +22,15 @@ from trainer.cli.cluster import (
     TlsKeyOpt,
     cluster_option,
 )
-from trainer.cli.console import cli_errors, console, err_console, load_config, print_json, shown
+from trainer.cli.console import (
+    cli_errors,
+    console,
+    err_console,
+    load_config,
+    print_json,
+    say_auto,
+    shown,
+)
 from trainer.cli.display import TrainProgress, held_out, load_data, notice, print_report
 from trainer.cli.options import (
     BatchSizeOpt,
@@ -42,6 +50,7 @@ from trainer.core.step import select_step
 from trainer.data.dataset import Dataset
 from trainer.errors import UsageError
 from trainer.fileio import atomic_write_json
+from trainer.run.auto import AUTO, available, resolve_backend
 from trainer.run.catalog import resolve_run
 from trainer.run.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from trainer.run.failures import recorded_failures
@@ -115,15 +124,23 @@ def resumed_run(resume: Path, overrides: dict[str, Any]
         raise UsageError(f"{resume}: the checkpoint does not record its run") from None
 
 
-def _resumed_backend(given: str | None, state: LoopState | None) -> str:
-    """The backend to train on: a resumed run continues on its own unless told otherwise
-    (another backend's arithmetic would not give the uninterrupted run's bits)."""
+def _resumed_backend(given: str | None, state: LoopState | None, cfg: Config,
+                     device: str | None) -> tuple[str, str | None]:
+    """The backend to train on, and why auto chose it (None: it was named): a resumed run
+    continues on its own unless told otherwise (another backend's arithmetic would not give
+    the uninterrupted run's bits); auto too, where its own loads here."""
     recorded = state.run.get("backend") if state is not None else None
+    recorded = recorded if isinstance(recorded, str) else None
+    why = None
+    if given == AUTO and recorded is not None and available(recorded, device) is not None:
+        given, why = recorded, "the run's own: resumed on it, the run stays bit for bit"
+    elif given is not None:
+        given, why = resolve_backend(given, [cfg], device)
     if given is not None and recorded is not None and given != recorded:
-        err_console.print(f"note: this run was trained on {shown(str(recorded))} so far; "
+        err_console.print(f"note: this run was trained on {shown(recorded)} so far; "
                           f"resumed on {shown(given)}, it will not be bit for bit the "
                           f"uninterrupted run", soft_wrap=True)
-    return given or (recorded if isinstance(recorded, str) else None) or "numpy"
+    return given or recorded or "numpy", why
 
 
 def _check_resume(path: Path, state: LoopState, data: Dataset, fingerprint: str,
@@ -160,7 +177,8 @@ def train_cmd(
         metavar="CONFIG", help="JSON config (default: built-in; -: standard input); "
                                     "several, or --seeds: a batch")] = None,
     backend: Annotated[str | None, Opt(help="numpy (default; --resume: the run's own) | numba | "
-                                            "array-api-strict | torch | cupy | jax")] = None,
+                                            "array-api-strict | torch | cupy | jax | auto "
+                                            "(the fastest here for the config)")] = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
     dataset: DatasetOpt = None,
@@ -239,7 +257,9 @@ def train_cmd(
             cfg = load_config(config)
             cfg = cfg.replace(**overrides)
             run_name = _run_name(name, config)
-        loaded = load_backend(_resumed_backend(backend, state), device)
+        name_used, why = _resumed_backend(backend, state, cfg, device)
+        loaded = load_backend(name_used, device)
+        say_auto(loaded.name, why, as_json)
         dataset = dataset or (state.run.get("dataset") if state else None) or "mnist"
         data = load_data(data_dir, show=not (quiet or as_json), dataset=dataset)
         check_data(cfg, data, limit_train)  # before the run directory exists: nothing left
