@@ -1,5 +1,5 @@
 """What every peer does alike on the host: the epoch's batch order, the project's augmentation
-of each batch (NumPy, the numpy backend's kernels), the schedule's rate per step and the
+of each batch (with our fastest CPU backend's kernels), the schedule's rate per step and the
 project's initial weights. See peers.py for how augmentation is counted."""
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ class Feed:
         self.full = self.n // self.size  # steps on a full batch
         self.rng = np.random.default_rng(config.seed)
         dtype, aug = getattr(np, config.dtype), config.augment
-        kernels = backends.load("numpy").kernels
+        kernels = fastest_augmentation(backends)
         self.warp = ElasticWarp(
             xp, np.ascontiguousarray, shape, alpha=aug.elastic_alpha, sigma=aug.elastic_sigma,
             rotate=aug.rotate, scale=aug.scale, background=background, seed=config.seed,
             dtype=dtype, hash_kernel=kernels.hash32, kernel=kernels.elastic) if aug.warps else None
         self.shifter = Shifter(xp, np.ascontiguousarray, shape, aug.shift, background,
-                               dtype) if aug.shift else None
+                               dtype, kernel=kernels.shift) if aug.shift else None
         self.augment = chain(self.warp, self.shifter)  # warped first, then shifted
         self.blas = numpy_blas()
         self.perm = np.arange(self.n)
@@ -87,6 +87,16 @@ class Feed:
         self.begin(epoch)
         for step in range(self.steps):
             yield (*self.batch(step), self.lrs[step])
+
+
+def fastest_augmentation(backends: Any) -> Any:
+    """The kernels of our fastest augmentation on the host: numba's compiled warp and shift
+    where numba loads (the numba backend's own), else NumPy's. Every peer augments with the
+    very code our fastest CPU backend runs, so augmentation costs them all alike."""
+    try:
+        return backends.load("numba").kernels
+    except ImportError:
+        return backends.load("numpy").kernels
 
 
 def numpy_blas() -> list[Any]:

@@ -19,9 +19,10 @@ trainer: only the forward and backward GEMMs at their real shapes.
 A peer that cannot express a config is not run: its row says "can't express: <reasons>".
 
 Augmentation is counted for everyone alike: every peer (the GEMM floor too) applies the
-project's own shifts and elastic warps (augment.Shifter, elastic.ElasticWarp with the NumPy
-backend's `elastic` kernel) on the host with NumPy, on one BLAS thread (peer_feed.py says
-why), to each batch inside its timed loop, as our NumPy backend does per batch; jax-scan
+project's own shifts and elastic warps (augment.Shifter, elastic.ElasticWarp with the numba
+backend's compiled `elastic` and `shift` kernels where numba loads, else NumPy's) on the host,
+NumPy's BLAS on one thread (peer_feed.py says why), to each batch inside its timed loop, as our
+numba backend does per batch; jax-scan
 augments the epoch's rows on the host inside the timed epoch, then scans. These libraries are
 optional: nothing is imported unless the peer runs.
 """
