@@ -15,7 +15,7 @@ from conftest import _load_or_skip
 from trainer import backends
 from trainer.backends.fused_args import HIDDEN
 from trainer.core import optim
-from trainer.core.activations import ACTIVATIONS
+from trainer.core.activations import ACTIVATIONS, LEAKY_SLOPE
 from trainer.core.dropout import hash32, keep_mask
 from trainer.core.losses import loss_and_delta
 from trainer.core.metrics import hits
@@ -169,17 +169,18 @@ def numba_bias_momentum(w: np.ndarray, v: np.ndarray, g: np.ndarray, m: float) -
 FAST_ACTS = ("sigmoid", "tanh", "relu", "identity")  # what the kernels offer
 
 
-def check_forward(variant: Callable[..., np.ndarray]) -> None:
+def check_forward(variant: Callable[..., np.ndarray], names: tuple[str, ...] = FAST_ACTS) -> None:
     """variant(name, z, b) -> activation(z + b) (network.forward's layer), for each name."""
-    for name in FAST_ACTS:
+    for name in names:
         z, b = RNG.normal(0, 3, (17, 9)), RNG.normal(0, 1, 9)
         np.testing.assert_allclose(variant(name, z.copy(), b), ACTIVATIONS[name][0](z + b),
                                    rtol=RTOL, atol=1e-15, err_msg=name)
 
 
-def check_backward(variant: Callable[..., np.ndarray]) -> None:
+def check_backward(variant: Callable[..., np.ndarray], names: tuple[str, ...] = FAST_ACTS
+                   ) -> None:
     """variant(name, a, g) -> activation's backward(a, g) from its output a (network.backward)."""
-    for name in FAST_ACTS:
+    for name in names:
         a = ACTIVATIONS[name][0](RNG.normal(0, 3, (17, 9)))
         g = RNG.normal(0, 1, (17, 9))
         np.testing.assert_allclose(variant(name, a, g.copy()), ACTIVATIONS[name][1](a, g),
@@ -210,13 +211,84 @@ def kernel_backward(backend: str) -> Callable[..., Any]:
 
 
 def numba_forward(name: str, z: np.ndarray, b: np.ndarray) -> np.ndarray:
-    _numba_step()._bias_activate(z, b, HIDDEN[name])
+    _numba_step()._bias_activate(z, b, HIDDEN[name], LEAKY_SLOPE)
     return z
 
 
 def numba_backward(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    _numba_step()._activate_grad(g, a, HIDDEN[name])
+    _numba_step()._activate_grad(g, a, HIDDEN[name], LEAKY_SLOPE)
     return g
+
+
+def check_forward_leaky(variant: Callable[..., np.ndarray]) -> None:
+    check_forward(variant, ("leaky_relu", *FAST_ACTS))
+
+
+def check_backward_leaky(variant: Callable[..., np.ndarray]) -> None:
+    check_backward(variant, ("leaky_relu", *FAST_ACTS))
+
+
+# --- the fused kernel's dropout and update rules: dropout.keep_mask, optim.* ---------------------
+
+def numba_keep_mask(counter: np.ndarray, key: int, p: float) -> np.ndarray:
+    """numba's dropout: the input times the multipliers, and the multipliers, from the counter
+    r * width + j (counter here is that arange) and the step's key."""
+    ones, out, mask = np.ones(counter.shape), np.empty(counter.shape), np.empty(counter.shape)
+    _numba_step()._drop(ones, out, mask, key, int(p * 2**32), 1.0 / (1.0 - p))
+    np.testing.assert_array_equal(out, mask)
+    return mask
+
+
+def check_nesterov(variant: Callable[..., tuple[np.ndarray, np.ndarray]]) -> None:
+    """variant(w, v, g, m) -> (w, v) after optim.sgd's Nesterov step."""
+    w, v, g = (RNG.normal(0, 1, 1000) for _ in range(3))
+    want_w, want_v = optim.sgd(w.copy(), v.copy(), g.copy(), 0.9, nesterov=True)
+    got_w, got_v = variant(w.copy(), v.copy(), g.copy(), 0.9)
+    np.testing.assert_allclose(got_v, want_v, rtol=RTOL, atol=1e-15)
+    np.testing.assert_allclose(got_w, want_w, rtol=RTOL, atol=1e-15)
+
+
+def numba_nesterov(w: np.ndarray, v: np.ndarray, g: np.ndarray, m: float) -> Any:
+    _numba_step()._nesterov(w, v, g, m)
+    return w, v
+
+
+def check_adam(variant: Callable[..., tuple[np.ndarray, ...]]) -> None:
+    """variant(w, first, second, g, rates) -> (w, first, second) after optim.adam's step, with
+    and without AdamW's decay."""
+    for decay in (0.0, 0.1):
+        w, first, g = (RNG.normal(0, 1, 1000) for _ in range(3))
+        second = RNG.random(1000)
+        rates = optim.adam_rates(0.01, 3, 0.9, 0.999, decay)
+        want = optim.adam(w.copy(), first.copy(), second.copy(), g.copy(), rates, beta1=0.9,
+                          beta2=0.999, epsilon=1e-8)
+        got = variant(w.copy(), first.copy(), second.copy(), g.copy(), rates)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-15)
+
+
+def numba_adam(w: np.ndarray, first: np.ndarray, second: np.ndarray, g: np.ndarray,
+               rates: optim.AdamRates) -> Any:
+    _numba_step()._adam(w, first, second, g, 0.9, 0.999, 1e-8, rates.step, rates.bias2,
+                        rates.decay or 1.0, rates.decay is not None)
+    return w, first, second
+
+
+def check_penalty(variant: Callable[..., np.ndarray]) -> None:
+    """variant(grad, w, kind, factor) -> optim.add_penalty's grad, for L2 and L1."""
+    for kind in ("L2", "L1"):
+        grad, w = RNG.normal(0, 1, 1000), RNG.normal(0, 1, 1000)
+        w[:5] = 0.0  # sign(0) is 0
+        want = optim.add_penalty(grad.copy(), w, kind, 0.3, -0.05)
+        np.testing.assert_allclose(variant(grad.copy(), w, kind, 0.3 * -0.05), want,
+                                   rtol=RTOL, atol=1e-15, err_msg=kind)
+
+
+def numba_penalty(grad: np.ndarray, w: np.ndarray, kind: str, factor: float) -> np.ndarray:
+    from trainer.backends.fused_args import L1, L2
+
+    _numba_step()._penalize(grad, w, factor, {"L2": L2, "L1": L1}[kind])
+    return grad
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -231,15 +303,21 @@ VARIANTS: dict[str, tuple[Callable[[Any], None], list[Callable[..., Any]]]] = {
     "losses.loss_and_delta(cross_entropy) + metrics.hits": (check_softmax_xent, [
         softmax_xent_t("numpy"), numba_softmax_xent, gpu(softmax_xent_t("cupy"))]),
     "dropout.hash32": (check_hash32, [kernel_hash32("numpy")]),
-    "dropout.keep_mask (hash32 inside)": (check_keep_mask, [gpu(kernel_keep_mask("cupy"))]),
+    "dropout.keep_mask (hash32 inside)": (check_keep_mask, [
+        numba_keep_mask, gpu(kernel_keep_mask("cupy"))]),
     "elastic.ElasticWarp (hash32 inside)": (check_warp, [numpy_elastic]),
     "optim.sgd (momentum)": (check_sgd, [
         kernel_sgd_update("numpy"), numpy_gemm_acc_axpy, numba_bias_momentum,
         gpu(kernel_sgd_update("cupy"))]),
+    "optim.sgd (nesterov)": (check_nesterov, [numba_nesterov]),
+    "optim.adam (and AdamW's decay)": (check_adam, [numba_adam]),
+    "optim.add_penalty (L2, L1)": (check_penalty, [numba_penalty]),
     "activations (forward)": (check_forward, [
-        kernel_forward("numpy"), numba_forward, gpu(kernel_forward("cupy"))]),
+        kernel_forward("numpy"), gpu(kernel_forward("cupy"))]),
+    "activations (forward, leaky ReLU too)": (check_forward_leaky, [numba_forward]),
     "activations (backward)": (check_backward, [
-        kernel_backward("numpy"), numba_backward, gpu(kernel_backward("cupy"))]),
+        kernel_backward("numpy"), gpu(kernel_backward("cupy"))]),
+    "activations (backward, leaky ReLU too)": (check_backward_leaky, [numba_backward]),
 }
 
 
