@@ -253,16 +253,3 @@ def test_bench_does_not_time_numba_on_configs_its_kernel_does_not_cover(
     assert named.exit_code == 0, named.output
     assert timed[-1] == ["cupy"]
 
-
-def test_augmenting_the_next_batch_in_a_thread_changes_no_bit(
-        numba: backends.Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With an augmentation the next batch is made while the kernel trains (FusedStep.overlap):
-    the same bits as one batch after the other."""
-    cfg = covered_config(dtype="float32", validation_split=0.2,
-                         **RECIPES["adamw-dropout-augmented"])
-    overlapped = train(cfg, make_dataset(), numba)
-    monkeypatch.setattr(FusedStep, "overlap", False)
-    serial = train(cfg, make_dataset(), numba)
-    for a, b in zip(overlapped.params, serial.params, strict=True):
-        assert np.array_equal(a, b)
-    assert [h.loss for h in overlapped.history] == [h.loss for h in serial.history]

@@ -4,7 +4,6 @@ kernel on host arrays (Backend.fused: the numba backend's backends/numba_step.py
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -50,11 +49,10 @@ class FusedStep(StretchStep):
     """The state in flat host buffers, trained a stretch at a time by the backend's fused
     kernel: the same math as reference.train_batch (tests/test_numba_step.py). A stretch's
     steps run one after the other in the kernel whatever the stretch's length; with an
-    augmentation each step's batch is gathered and augmented here, then trained by the kernel
-    alone."""
+    augmentation each step's batch is gathered and augmented here (by the backend's kernels,
+    as on NumPy), then trained by the kernel alone."""
 
     kind = "fused"
-    overlap = True  # augment the next batch while the kernel trains (see _augmented)
 
     def __init__(self, config: Config, xp: Any, params: Sequence[Array],
                  velocities: Sequence[Array], kernel: Callable[..., Any]) -> None:
@@ -92,10 +90,6 @@ class FusedStep(StretchStep):
             ibuf=aligned_empty(xp, (inputs,), like), mbuf=aligned_empty(xp, (inputs,), like),
             labels=np.empty(bs, dtype=np.int64), sums=np.zeros(2, dtype=np.float64),
             bound=divergence_bound(c.loss))
-        # the second input buffer, and the thread that fills one while the kernel reads the
-        # other (made on the first augmented stretch)
-        self._spare = (aligned_empty(xp, (bs * sizes[0],), like), np.empty(bs, dtype=np.int64))
-        self._pool: ThreadPoolExecutor | None = None
         self._ready = False
 
     def _begin(self, x_all: Array, y_all: Array, perm: Array, rates: Sequence[Rates],
@@ -120,11 +114,6 @@ class FusedStep(StretchStep):
                             dtype=np.int64).reshape(len(rates), layers))
         self._ready = True
 
-    def end_epoch(self) -> None:
-        if self._pool is not None:  # (a sweep builds many steps in one process)
-            self._pool.shutdown()
-            self._pool = None
-
     def _stretch(self, first: int, count: int, batch: int, loss_sum: float, correct: float
                  ) -> tuple[float, float, int | None, float]:
         if not self._ready:
@@ -139,38 +128,19 @@ class FusedStep(StretchStep):
         return float(sums[0]), float(sums[1]), None if broke < 0 else int(broke), float(last)
 
     def _augmented(self, first: int, count: int, batch: int) -> tuple[int, float]:
-        """The kernel a step at a time, each step's batch gathered and augmented beforehand:
-        in a thread, while the kernel trains the step before it, where `overlap` is set
-        (into the other of two input buffers)."""
+        """The kernel a step at a time, each step's batch gathered and augmented just before.
+        (Augmenting the next batch in a thread while the kernel trains was 1.08x slower on the
+        2-core CPU: its small GEMMs and the kernel's big ones fight over the BLAS's threads.)"""
         args = self.args
-        buffers = [(args.xbuf, args.labels), self._spare]
-        if not self.overlap:
-            for s in range(first, first + count):
-                self._gather(s, batch, *buffers[0])
-                broke, last = self.kernel(args, s, 1, batch, True)
-                if broke >= 0:
-                    break
-            return broke, last
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="augment")
-        pending = self._pool.submit(self._gather, first, batch, *buffers[0])
-        try:
-            for k, s in enumerate(range(first, first + count)):
-                pending.result()
-                x, labels = buffers[k % 2]
-                if s + 1 < first + count:
-                    pending = self._pool.submit(self._gather, s + 1, batch,
-                                                *buffers[(k + 1) % 2])
-                broke, last = self.kernel(args._replace(xbuf=x, labels=labels), s, 1, batch,
-                                          True)
-                if broke >= 0:
-                    break
-        finally:
-            pending.result()  # nothing writes a buffer after the stretch
+        for s in range(first, first + count):
+            self._gather(s, batch, args.xbuf, args.labels)
+            broke, last = self.kernel(args, s, 1, batch, True)
+            if broke >= 0:
+                break
         return broke, last
 
     def _gather(self, s: int, batch: int, xbuf: np.ndarray, labels: np.ndarray) -> None:
-        """Step s's batch, augmented, into an input buffer and its labels."""
+        """Step s's batch, augmented, into the kernel's input buffer and its labels."""
         args = self.args
         rows = args.perm[s * args.batch_size:s * args.batch_size + batch]
         x = self.augment(np.take(args.x_all, rows, axis=0), rows)
