@@ -310,3 +310,15 @@ def test_the_feed_augments_with_numbas_kernels_where_numba_loads() -> None:
     feed = make_feed(feed_config())
     assert isinstance(feed.warp.kernel, ElasticKernel)
     assert isinstance(feed.shifter.kernel, ShiftKernel)
+
+
+def test_a_batch_from_the_feed_outlives_the_next_one() -> None:
+    """The augmentation kernels overwrite their output on their next call; a peer may still be
+    reading a batch then (JAX's asynchronous dispatch once trained on the next batch's images
+    with this one's labels, and learned nothing)."""
+    feed = make_feed(feed_config())
+    feed.begin(1)
+    first, _ = feed.batch(0)
+    kept = first.copy()
+    feed.batch(1)
+    np.testing.assert_array_equal(first, kept)

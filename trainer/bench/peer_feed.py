@@ -76,7 +76,10 @@ class Feed:
             for lib in self.blas:
                 lib.set_num_threads(1)
             try:
-                x = self.augment(x, idx)
+                # a copy: the kernels return buffers they overwrite on their next call, and a
+                # peer may still be reading this batch then (JAX's dispatch is asynchronous
+                # and may share the host's memory)
+                x = np.array(self.augment(x, idx))
             finally:
                 for lib, n in zip(self.blas, threads, strict=True):
                     lib.set_num_threads(n)
