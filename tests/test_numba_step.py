@@ -84,7 +84,7 @@ def test_exp_and_tanh_match_numpy(numba: backends.Backend) -> None:
     """The kernel's own exp and tanh (Cephes' polynomials) against NumPy's: a few ulps."""
     from numba import njit
 
-    from trainer.backends.numba_step import EXP_FLOOR32, EXP_FLOOR64, vexp, vtanh
+    from trainer.backends.numba_math import EXP_FLOOR32, EXP_FLOOR64, vexp, vtanh
 
     @njit(error_model="numpy")
     def apply(x: np.ndarray, out_exp: np.ndarray, out_tanh: np.ndarray) -> None:
