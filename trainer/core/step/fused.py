@@ -143,6 +143,7 @@ class FusedStep(StretchStep):
         """Step s's batch, augmented, into the kernel's input buffer and its labels."""
         args = self.args
         rows = args.perm[s * args.batch_size:s * args.batch_size + batch]
-        x = self.augment(np.take(args.x_all, rows, axis=0), rows)
-        xbuf[:x.size] = x.reshape(-1)
+        gathered = xbuf[:batch * args.x_all.shape[1]].reshape(batch, -1)
+        np.take(args.x_all, rows, axis=0, out=gathered)  # into the buffer: no allocation
+        gathered[...] = self.augment(gathered, rows)  # (the augmentation's own buffer)
         np.take(args.labels_all, rows, out=labels[:batch])
