@@ -75,9 +75,13 @@ def backward(params: Sequence[Array], activations: Sequence[str], outs: Sequence
     return grads
 
 
-def predict(params: Sequence[Array], activations: Sequence[str], x: Array, chunk: int = 8192,
+def predict(params: Sequence[Array], activations: Sequence[str], x: Array, chunk: int = 1024,
             on_chunk: Callable[[int, int], None] | None = None) -> Array:
-    """Predicted class per row, in chunks to bound memory; `on_chunk(done, total)` after each."""
+    """Predicted class per row, in chunks to bound memory; `on_chunk(done, total)` after each.
+
+    Chunks of 1,024 rows: after an epoch of training, 5,000 rows of the recipes' network in one
+    chunk took a median of 119 ms (its activations fresh memory), in chunks of 1,024 38 ms
+    (scripts/bench_eval_chunk.py, BENCHMARKS.md)."""
     xp, n = array_namespace(x), x.shape[0]
     preds = []
     for i in range(0, n, chunk):
