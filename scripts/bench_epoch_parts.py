@@ -1,0 +1,134 @@
+"""Where a numba epoch of a config goes: the whole epoch, the same epoch with the GEMMs made
+no-ops, the GEMMs alone at the step's shapes, and NumPy's epoch beside them; medians, rounds
+interleaved, each measurement in its own process.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/bench_epoch_parts.py \
+        configs/mnist-99.3.json [--epochs 2] [--rounds 3] [--out epoch_parts.json]
+
+- "numba": the epoch's training seconds (trainer's own figure, validation not included).
+- "numba, GEMMs no-op": the same run with the kernel's GEMM replaced by a call that only zeroes
+  its output: what is left is the augmentation, the gathers and the kernel's elementwise work.
+- "GEMMs alone": the step's forward and backward GEMMs at their shapes, back to back, through
+  NumPy's own BLAS with its threads, times the epoch's steps (no augmentation, no elementwise).
+- "numpy": NumPy's epoch, the same config.
+A benchmark: run it under `flock /tmp/trainer-bench.lock` on an otherwise quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _epoch(config: str, backend: str, epochs: int, noop: bool) -> list[float]:
+    """One process: train `epochs` + 1 epochs; the seconds of all but the first (compiling)."""
+    from trainer import backends
+    from trainer.core.config import Config
+    from trainer.data.dataset import load_dataset
+    from trainer.run.train import train
+
+    if noop:
+        import ctypes
+
+        from trainer.backends import numba_step
+
+        def zeroing(_dtype: object) -> object:
+            i64, real = ctypes.c_int64, ctypes.c_float
+            kind = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64,
+                                    real, i64, i64, i64, i64, real, i64, i64)
+
+            def call(_o, _ta, _tb, m, n, _k, _alpha, _a, _lda, _b, _ldb, beta, c, ldc):  # noqa: ANN001
+                if beta == 0.0:  # C = op(A) op(B): leave C zero (finite logits, loss ln k)
+                    ctypes.memset(c, 0, m * ldc * 4)
+
+            zeroing.keep = kind(call)  # type: ignore[attr-defined]
+            return zeroing.keep  # type: ignore[attr-defined]
+
+        numba_step.gemm_function = zeroing
+    cfg = Config.from_file(config).replace(epochs=epochs + 1)
+    result = train(cfg, load_dataset(), backends.load(backend))
+    return [h.seconds for h in result.history[1:]]
+
+
+def _gemms(config: str) -> list[float]:
+    """The step's GEMMs back to back, per epoch of the config's training rows."""
+    import numpy as np
+
+    from trainer.core.config import Config
+    from trainer.data.dataset import load_dataset
+
+    cfg = Config.from_file(config)
+    n_train = len(load_dataset().train_labels)
+    rows = n_train - cfg.validation_size(n_train)
+    n, sizes = cfg.batch_size, cfg.sizes
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(cfg.dtype)
+    ws = [rng.standard_normal((a, b)).astype(dtype) for a, b in zip(sizes[:-1], sizes[1:],
+                                                                    strict=True)]
+    acts = [rng.standard_normal((n, s)).astype(dtype) for s in sizes]
+    grads = [np.empty_like(w) for w in ws]
+    downs = [np.empty((n, s), dtype) for s in sizes]
+
+    def step() -> None:
+        for i, w in enumerate(ws):  # forward
+            np.matmul(acts[i], w, out=acts[i + 1])
+        for i in range(len(ws) - 1, -1, -1):  # backward: delta @ w^T (not for the input), a^T delta
+            if i > 0:
+                np.matmul(acts[i + 1], ws[i].T, out=downs[i])
+            np.matmul(acts[i].T, acts[i + 1], out=grads[i])
+
+    steps = -(-rows // n)
+    for _ in range(20):
+        step()
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="epoch_parts.json")
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # a worker process: one measurement
+    args = parser.parse_args()
+    if args.part:
+        kind, _, backend = args.part.partition(":")
+        times = (_gemms(args.config) if kind == "gemms"
+                 else _epoch(args.config, backend, args.epochs, kind == "noop"))
+        print(json.dumps(times))
+        return
+    parts = {"numba": "epoch:numba", "numba, GEMMs no-op": "noop:numba",
+             "GEMMs alone": "gemms:", "numpy": "epoch:numpy"}
+    samples: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(args.rounds):
+        for name, part in parts.items():  # interleaved: a slow spell falls on every part
+            out = subprocess.run([sys.executable, __file__, args.config, "--epochs",
+                                  str(args.epochs), "--part", part], capture_output=True,
+                                 text=True, check=True, cwd=ROOT).stdout
+            samples[name] += json.loads(out.strip().splitlines()[-1])
+    medians = {name: statistics.median(t) for name, t in samples.items()}
+    print(f"{args.config}: seconds per epoch, medians of {args.rounds} rounds x "
+          f"{args.epochs} epochs")
+    print("| part | s/epoch | ÷ numba |\n| --- | ---: | ---: |")
+    for name, m in medians.items():
+        print(f"| {name} | {m:.3f} | {m / medians['numba']:.2f} |")
+    Path(args.out).write_text(json.dumps({"config": args.config, "medians": medians,
+                                          "samples": samples}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
