@@ -11,6 +11,8 @@ interleaved, each measurement in its own process.
 - "GEMMs alone": the step's forward and backward GEMMs at their shapes, back to back, through
   NumPy's own BLAS with its threads, times the epoch's steps (no augmentation, no elementwise).
 - "numpy": NumPy's epoch, the same config.
+It also prints the GEMMs' rate at the step's shapes and that of one 2048x2048x2048 SGEMM (about
+what the BLAS's threads can do on this CPU), in GFLOP/s.
 A benchmark: run it under `flock /tmp/trainer-bench.lock` on an otherwise quiet machine.
 """
 
@@ -55,6 +57,34 @@ def _epoch(config: str, backend: str, epochs: int, noop: bool) -> list[float]:
     cfg = Config.from_file(config).replace(epochs=epochs + 1)
     result = train(cfg, load_dataset(), backends.load(backend))
     return [h.seconds for h in result.history[1:]]
+
+
+def _peak() -> list[float]:
+    """GFLOP/s of a 2048x2048x2048 SGEMM through NumPy's BLAS, three times."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    out = a @ a
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(5):
+            np.matmul(a, a, out=out)
+        rates.append(5 * 2 * 2048**3 / (time.perf_counter() - started) / 1e9)
+    return rates
+
+
+def _flops(config: str) -> float:
+    """Floating-point operations of an epoch's GEMMs (as _gemms runs them)."""
+    from trainer.core.config import Config
+    from trainer.data.dataset import load_dataset
+
+    cfg = Config.from_file(config)
+    n_train = len(load_dataset().train_labels)
+    steps = -(-(n_train - cfg.validation_size(n_train)) // cfg.batch_size)
+    pairs = list(zip(cfg.sizes[:-1], cfg.sizes[1:], strict=True))
+    macs = sum((3 if i > 0 else 2) * a * b for i, (a, b) in enumerate(pairs))
+    return 2.0 * macs * cfg.batch_size * steps
 
 
 def _gemms(config: str) -> list[float]:
@@ -106,12 +136,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.part:
         kind, _, backend = args.part.partition(":")
-        times = (_gemms(args.config) if kind == "gemms"
+        times = (_gemms(args.config) if kind == "gemms" else _peak() if kind == "peak"
                  else _epoch(args.config, backend, args.epochs, kind == "noop"))
         print(json.dumps(times))
         return
     parts = {"numba": "epoch:numba", "numba, GEMMs no-op": "noop:numba",
-             "GEMMs alone": "gemms:", "numpy": "epoch:numpy"}
+             "GEMMs alone": "gemms:", "numpy": "epoch:numpy", "peak": "peak:"}
     samples: dict[str, list[float]] = {name: [] for name in parts}
     for _ in range(args.rounds):
         for name, part in parts.items():  # interleaved: a slow spell falls on every part
@@ -120,11 +150,16 @@ def main() -> None:
                                  text=True, check=True, cwd=ROOT).stdout
             samples[name] += json.loads(out.strip().splitlines()[-1])
     medians = {name: statistics.median(t) for name, t in samples.items()}
+    peak = medians.pop("peak")
     print(f"{args.config}: seconds per epoch, medians of {args.rounds} rounds x "
           f"{args.epochs} epochs")
     print("| part | s/epoch | ÷ numba |\n| --- | ---: | ---: |")
     for name, m in medians.items():
         print(f"| {name} | {m:.3f} | {m / medians['numba']:.2f} |")
+    rate = _flops(args.config) / medians["GEMMs alone"] / 1e9
+    print(f"The GEMMs at the step's shapes: {rate:.0f} GFLOP/s; a 2048x2048x2048 SGEMM: "
+          f"{peak:.0f} GFLOP/s")
+    medians |= {"gemm_gflops": rate, "peak_gflops": peak}
     Path(args.out).write_text(json.dumps({"config": args.config, "medians": medians,
                                           "samples": samples}, indent=1))
 
