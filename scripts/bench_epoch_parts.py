@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,14 +42,17 @@ def _epoch(config: str, backend: str, epochs: int, noop: bool) -> list[float]:
 
         from trainer.backends import numba_step
 
-        def zeroing(_dtype: object) -> object:
-            i64, real = ctypes.c_int64, ctypes.c_float
+        def zeroing(dtype: object) -> object:
+            import numpy as np
+
+            size = np.dtype(dtype).itemsize
+            i64, real = ctypes.c_int64, (ctypes.c_float if size == 4 else ctypes.c_double)
             kind = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64,
                                     real, i64, i64, i64, i64, real, i64, i64)
 
             def call(_o, _ta, _tb, m, n, _k, _alpha, _a, _lda, _b, _ldb, beta, c, ldc):  # noqa: ANN001
                 if beta == 0.0:  # C = op(A) op(B): leave C zero (finite logits, loss ln k)
-                    ctypes.memset(c, 0, m * ldc * 4)
+                    ctypes.memset(c, 0, m * ldc * size)
 
             zeroing.keep = kind(call)  # type: ignore[attr-defined]
             return zeroing.keep  # type: ignore[attr-defined]
@@ -74,14 +78,22 @@ def _peak() -> list[float]:
     return rates
 
 
+def _steps(cfg: Any) -> int:
+    """Steps in an epoch of the config: its training rows (the validation split held out) in
+    batches, the last one partial."""
+    from trainer.data.dataset import load_dataset
+
+    n_train = len(load_dataset().train_labels)
+    rows = n_train - cfg.validation_size(n_train)
+    return -(-rows // cfg.batch_size)
+
+
 def _flops(config: str) -> float:
     """Floating-point operations of an epoch's GEMMs (as _gemms runs them)."""
     from trainer.core.config import Config
-    from trainer.data.dataset import load_dataset
 
     cfg = Config.from_file(config)
-    n_train = len(load_dataset().train_labels)
-    steps = -(-(n_train - cfg.validation_size(n_train)) // cfg.batch_size)
+    steps = _steps(cfg)
     pairs = list(zip(cfg.sizes[:-1], cfg.sizes[1:], strict=True))
     macs = sum((3 if i > 0 else 2) * a * b for i, (a, b) in enumerate(pairs))
     return 2.0 * macs * cfg.batch_size * steps
@@ -92,11 +104,8 @@ def _gemms(config: str) -> list[float]:
     import numpy as np
 
     from trainer.core.config import Config
-    from trainer.data.dataset import load_dataset
 
     cfg = Config.from_file(config)
-    n_train = len(load_dataset().train_labels)
-    rows = n_train - cfg.validation_size(n_train)
     n, sizes = cfg.batch_size, cfg.sizes
     rng = np.random.default_rng(0)
     dtype = np.dtype(cfg.dtype)
@@ -114,7 +123,7 @@ def _gemms(config: str) -> list[float]:
                 np.matmul(acts[i + 1], ws[i].T, out=downs[i])
             np.matmul(acts[i].T, acts[i + 1], out=grads[i])
 
-    steps = -(-rows // n)
+    steps = _steps(cfg)
     for _ in range(20):
         step()
     times = []

@@ -6,6 +6,7 @@ here cannot load skips; the GPU ones run under the `gpu` marker."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -220,12 +221,9 @@ def numba_backward(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g
 
 
-def check_forward_leaky(variant: Callable[..., np.ndarray]) -> None:
-    check_forward(variant, ("leaky_relu", *FAST_ACTS))
-
-
-def check_backward_leaky(variant: Callable[..., np.ndarray]) -> None:
-    check_backward(variant, ("leaky_relu", *FAST_ACTS))
+# numba's kernels offer leaky ReLU too
+check_forward_leaky = partial(check_forward, names=("leaky_relu", *FAST_ACTS))
+check_backward_leaky = partial(check_backward, names=("leaky_relu", *FAST_ACTS))
 
 
 # --- the fused kernel's dropout and update rules: dropout.keep_mask, optim.* ---------------------

@@ -133,17 +133,17 @@ class FusedStep(StretchStep):
         2-core CPU: its small GEMMs and the kernel's big ones fight over the BLAS's threads.)"""
         args = self.args
         for s in range(first, first + count):
-            self._gather(s, batch, args.xbuf, args.labels)
+            self._gather(s, batch)
             broke, last = self.kernel(args, s, 1, batch, True)
             if broke >= 0:
                 break
         return broke, last
 
-    def _gather(self, s: int, batch: int, xbuf: np.ndarray, labels: np.ndarray) -> None:
-        """Step s's batch, augmented, into the kernel's input buffer and its labels."""
+    def _gather(self, s: int, batch: int) -> None:
+        """Step s's batch, augmented, into the kernel's input buffer, and its labels."""
         args = self.args
         rows = args.perm[s * args.batch_size:s * args.batch_size + batch]
-        gathered = xbuf[:batch * args.x_all.shape[1]].reshape(batch, -1)
+        gathered = args.xbuf[:batch * args.x_all.shape[1]].reshape(batch, -1)
         np.take(args.x_all, rows, axis=0, out=gathered)  # into the buffer: no allocation
         gathered[...] = self.augment(gathered, rows)  # (the augmentation's own buffer)
-        np.take(args.labels_all, rows, out=labels[:batch])
+        np.take(args.labels_all, rows, out=args.labels[:batch])
