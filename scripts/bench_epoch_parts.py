@@ -10,7 +10,14 @@ interleaved, each measurement in its own process.
   its output: what is left is the augmentation, the gathers and the kernel's elementwise work.
 - "GEMMs alone": the step's forward and backward GEMMs at their shapes, back to back, through
   NumPy's own BLAS with its threads, times the epoch's steps (no augmentation, no elementwise).
+- "augmentation alone": the gather, warp and shifts of an epoch's batches, with numba's kernels
+  (what the numba step runs before each step: FusedStep._gather), nothing else.
+- "update alone": the fused kernel's update of every weight (the config's rule: momentum,
+  Nesterov or Adam; numba_step._update) once per step of an epoch, nothing else.
 - "numpy": NumPy's epoch, the same config.
+The sum of the three "alone" parts is about the least an epoch of the fused kernel can take
+with this BLAS (the rest of its elementwise work, the gathers and the calls not counted); it is
+printed beside 0.6x NumPy's epoch.
 It also prints the GEMMs' rate at the step's shapes and that of one 2048x2048x2048 SGEMM (about
 what the BLAS's threads can do on this CPU), in GFLOP/s.
 A benchmark: run it under `flock /tmp/trainer-bench.lock` on an otherwise quiet machine.
@@ -61,6 +68,66 @@ def _epoch(config: str, backend: str, epochs: int, noop: bool) -> list[float]:
     cfg = Config.from_file(config).replace(epochs=epochs + 1)
     result = train(cfg, load_dataset(), backends.load(backend))
     return [h.seconds for h in result.history[1:]]
+
+
+def _augmentation(config: str) -> list[float]:
+    """An epoch's batches gathered, warped and shifted by numba's kernels, three times."""
+    import numpy as np
+
+    from trainer.bench.peer_feed import Feed
+    from trainer.core.config import Config
+    from trainer.data.dataset import load_dataset
+
+    cfg = Config.from_file(config)
+    feed = Feed.from_dataset(cfg, load_dataset())
+    if feed.augment is None:
+        return [0.0, 0.0, 0.0]
+    steps, size = _steps(cfg), cfg.batch_size
+    times = []
+    for epoch in range(1, 5):
+        feed.begin(epoch)
+        started = time.perf_counter()
+        for s in range(steps):  # as FusedStep._gather: no thread limit, no copy
+            idx = feed.perm[s * size:(s + 1) * size]
+            feed.augment(np.take(feed.x, idx, axis=0), idx)
+        times.append(time.perf_counter() - started)
+    return times[1:]  # the first compiles
+
+
+def _update(config: str) -> list[float]:
+    """The fused kernel's update (numba_step._update) once per step of an epoch, three times."""
+    import numpy as np
+    from numba import njit
+
+    from trainer import backends
+    from trainer.backends.numba_step import _update as update
+    from trainer.core.config import Config
+    from trainer.core.network import init_params
+    from trainer.core.step.fused import FusedStep
+
+    cfg = Config.from_file(config)
+    be = backends.load("numba")
+    host = init_params(cfg.sizes, cfg.activations, cfg.init, np.random.default_rng(0), cfg.dtype)
+    step = FusedStep(cfg, be.xp, host, [np.zeros_like(p) for p in host], be.fused(cfg.dtype))
+    steps, rows = _steps(cfg), cfg.batch_size * _steps(cfg)
+    x = np.zeros((rows, cfg.sizes[0]), dtype=cfg.dtype)
+    step.begin_epoch(x, np.zeros(rows, dtype=np.int64), np.arange(rows),
+                     [cfg.learning_rate] * steps, 0, 0.0, 0.0)
+    if step.args.g.size:  # Nesterov's and Adam's gradient buffer: small, finite values
+        step.args.g[:] = 1e-6
+
+    @njit(nogil=True, error_model="numpy")
+    def updates(args: Any, count: int) -> None:
+        for s in range(count):
+            update(args, s)
+
+    updates(step.args, 1)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        updates(step.args, steps)
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def _peak() -> list[float]:
@@ -145,12 +212,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.part:
         kind, _, backend = args.part.partition(":")
-        times = (_gemms(args.config) if kind == "gemms" else _peak() if kind == "peak"
+        alone = {"gemms": _gemms, "augmentation": _augmentation, "update": _update}
+        times = (alone[kind](args.config) if kind in alone else _peak() if kind == "peak"
                  else _epoch(args.config, backend, args.epochs, kind == "noop"))
         print(json.dumps(times))
         return
     parts = {"numba": "epoch:numba", "numba, GEMMs no-op": "noop:numba",
-             "GEMMs alone": "gemms:", "numpy": "epoch:numpy", "peak": "peak:"}
+             "GEMMs alone": "gemms:", "augmentation alone": "augmentation:",
+             "update alone": "update:", "numpy": "epoch:numpy", "peak": "peak:"}
     samples: dict[str, list[float]] = {name: [] for name in parts}
     for _ in range(args.rounds):
         for name, part in parts.items():  # interleaved: a slow spell falls on every part
@@ -168,7 +237,10 @@ def main() -> None:
     rate = _flops(args.config) / medians["GEMMs alone"] / 1e9
     print(f"The GEMMs at the step's shapes: {rate:.0f} GFLOP/s; a 2048x2048x2048 SGEMM: "
           f"{peak:.0f} GFLOP/s")
-    medians |= {"gemm_gflops": rate, "peak_gflops": peak}
+    floor = sum(medians[f"{name} alone"] for name in ("GEMMs", "augmentation", "update"))
+    print(f"GEMMs + augmentation + update, each alone: {floor:.3f} s; 0.6x NumPy's epoch: "
+          f"{0.6 * medians['numpy']:.3f} s")
+    medians |= {"gemm_gflops": rate, "peak_gflops": peak, "alone_sum": floor}
     Path(args.out).write_text(json.dumps({"config": args.config, "medians": medians,
                                           "samples": samples}, indent=1))
 
