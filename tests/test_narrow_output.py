@@ -94,6 +94,25 @@ def test_the_ctrl_c_notice_is_one_line_between_the_bars(monkeypatch: pytest.Monk
     assert len("SIGTERM: stopping after this step, with a checkpoint (again: stop now)") <= 80
 
 
+def test_the_ctrl_c_notice_without_bars_survives_a_half_imported_module(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """CI once saw `trainer train -q` die on SIGTERM: the signal landed while rich imported its
+    emoji table for the first epoch line, and the handler's notice, printed through rich, needed
+    that half-initialized module (ImportError, exit 1, no checkpoint). The handler's notice must
+    not depend on any such module: here rich's emoji table is a module with nothing in it yet."""
+    import sys
+    import types
+
+    from trainer.cli import train
+
+    monkeypatch.setitem(sys.modules, "rich._emoji_codes", types.ModuleType("rich._emoji_codes"))
+    with train.stop_on_signals() as stop_requested:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop_requested() == signal.SIGTERM
+    err = capfd.readouterr().err
+    assert err.strip() == "SIGTERM: stopping after this step, with a checkpoint (again: stop now)"
+
+
 def test_the_bench_table_and_its_legend_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     from trainer.cli.bench import LEGEND, bench_table, summary
 

@@ -4,6 +4,7 @@ per-class table."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,11 +72,18 @@ _pending: list[str] | None = None
 
 
 def notice(text: str) -> None:
-    """A line for the user on stderr, now, or between two steps while the bars are live."""
+    """A line for the user on stderr, now, or between two steps while the bars are live.
+
+    Called from a signal handler, which runs between two bytecodes of whatever the main thread
+    was doing: perhaps importing a module (rich imports its emoji table on first use: a handler
+    printing through rich then found it half-initialized, and the run died with an ImportError
+    instead of checkpointing) or writing to sys.stderr (a second write into its buffer raises).
+    So the line goes straight to file descriptor 2, with nothing imported or buffered."""
     if _pending is not None:
         _pending.append(text)
-    else:
-        err_console.print(f"\n{text}", soft_wrap=True)  # after the terminal's ^C
+        return
+    with contextlib.suppress(OSError):  # no stderr to write to: the stop itself still happens
+        os.write(2, f"\n{text}\n".encode(errors="replace"))  # after the terminal's ^C
 
 
 class TrainProgress:
