@@ -1,6 +1,6 @@
 """Where a numba epoch of a config goes: the whole epoch, the same epoch with the GEMMs made
-no-ops, the GEMMs alone at the step's shapes, and NumPy's epoch beside them; medians, rounds
-interleaved, each measurement in its own process.
+no-ops, the GEMMs, the augmentation and the update each alone, and NumPy's epoch beside them;
+medians, rounds interleaved, each measurement in its own process.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/bench_epoch_parts.py \
         configs/mnist-99.3.json [--epochs 2] [--rounds 3] [--out epoch_parts.json]
@@ -11,12 +11,13 @@ interleaved, each measurement in its own process.
 - "GEMMs alone": the step's forward and backward GEMMs at their shapes, back to back, through
   NumPy's own BLAS with its threads, times the epoch's steps (no augmentation, no elementwise).
 - "augmentation alone": the gather, warp and shifts of an epoch's batches, with numba's kernels
-  (what the numba step runs before each step: FusedStep._gather), nothing else.
+  (what FusedStep._gather runs before each step, less its copy of the result into the kernel's
+  input buffer), nothing else.
 - "update alone": the fused kernel's update of every weight (the config's rule: momentum,
   Nesterov or Adam; numba_step._update) once per step of an epoch, nothing else.
 - "numpy": NumPy's epoch, the same config.
 The sum of the three "alone" parts is about the least an epoch of the fused kernel can take
-with this BLAS (the rest of its elementwise work, the gathers and the calls not counted); it is
+with this BLAS (the rest of its elementwise work, that copy and the calls not counted); it is
 printed beside 0.6x NumPy's epoch.
 It also prints the GEMMs' rate at the step's shapes and that of one 2048x2048x2048 SGEMM (about
 what the BLAS's threads can do on this CPU), in GFLOP/s.
@@ -87,7 +88,7 @@ def _augmentation(config: str) -> list[float]:
     for epoch in range(1, 5):
         feed.begin(epoch)
         started = time.perf_counter()
-        for s in range(steps):  # as FusedStep._gather: no thread limit, no copy
+        for s in range(steps):  # as FusedStep._gather (no thread limit), less its copy
             idx = feed.perm[s * size:(s + 1) * size]
             feed.augment(np.take(feed.x, idx, axis=0), idx)
         times.append(time.perf_counter() - started)
@@ -109,7 +110,8 @@ def _update(config: str) -> list[float]:
     be = backends.load("numba")
     host = init_params(cfg.sizes, cfg.activations, cfg.init, np.random.default_rng(0), cfg.dtype)
     step = FusedStep(cfg, be.xp, host, [np.zeros_like(p) for p in host], be.fused(cfg.dtype))
-    steps, rows = _steps(cfg), cfg.batch_size * _steps(cfg)
+    steps = _steps(cfg)
+    rows = cfg.batch_size * steps
     x = np.zeros((rows, cfg.sizes[0]), dtype=cfg.dtype)
     step.begin_epoch(x, np.zeros(rows, dtype=np.int64), np.arange(rows),
                      [cfg.learning_rate] * steps, 0, 0.0, 0.0)
